@@ -1,0 +1,31 @@
+"""One exception family for failures a user can act on.
+
+Front ends catch :class:`BrainSynthError` and show its message as is (one line on
+stderr for the CLI, a dialog for the GUI). Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class BrainSynthError(Exception):
+    """A failure caused by the user's input or environment, with an actionable message."""
+
+
+class VolumeError(BrainSynthError):
+    """A scan cannot be read or is not a usable 3-D T1 volume."""
+
+
+class CheckpointError(BrainSynthError):
+    """A checkpoint cannot be read, is unsafe, or does not fit the model spec."""
+
+
+class ExportError(BrainSynthError):
+    """An export would overwrite data or cannot be written."""
+
+
+class SamplingError(BrainSynthError):
+    """Sampling was asked for with impossible settings (steps, device, sampler)."""
+
+
+class CancelledError(BrainSynthError):
+    """The user cancelled a long-running operation."""

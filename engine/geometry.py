@@ -1,0 +1,84 @@
+"""Grid geometry: where the model's voxels sit in MNI space.
+
+Conventions (see DESIGN.md): arrays are RAS+ (axis 0 left→right, axis 1 posterior→anterior,
+axis 2 inferior→superior); affines map voxel indices to millimetres.
+
+The reference data live in the 1 mm MNI box of 181 x 217 x 181 voxels whose first voxel
+centre is at (-90, -126, -72) mm. A model grid of n' voxels laid over an axis of n voxels of
+spacing s has spacing s·n/n' and its first centre at origin + (s·n/n' − s)/2, so the outer
+edges of the two grids coincide and nothing shifts by half a voxel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MNI_BOX_SHAPE: tuple[int, int, int] = (181, 217, 181)
+MNI_BOX_SPACING_MM: tuple[float, float, float] = (1.0, 1.0, 1.0)
+MNI_BOX_ORIGIN_MM: tuple[float, float, float] = (-90.0, -126.0, -72.0)
+
+
+def mni_box_affine() -> np.ndarray:
+    """Affine of the 1 mm MNI box (RAS+, mm)."""
+    affine = np.diag([*MNI_BOX_SPACING_MM, 1.0])
+    affine[:3, 3] = MNI_BOX_ORIGIN_MM
+    return affine
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    """A regular RAS+ voxel grid in MNI space.
+
+    Attributes:
+        shape: voxels along (R, A, S).
+        spacing_mm: voxel size along each axis in mm.
+        origin_mm: world position (mm, RAS) of the centre of voxel (0, 0, 0).
+    """
+
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, float, float]
+
+    @classmethod
+    def over_mni_box(cls, shape: tuple[int, int, int]) -> GridGeometry:
+        """The grid of ``shape`` voxels whose outer edges coincide with the 1 mm MNI box."""
+        spacing = tuple(s * n / m for s, n, m in zip(MNI_BOX_SPACING_MM, MNI_BOX_SHAPE, shape, strict=True))
+        origin = tuple(o + (sp - s) / 2 for o, sp, s in zip(MNI_BOX_ORIGIN_MM, spacing, MNI_BOX_SPACING_MM, strict=True))
+        return cls(shape=tuple(int(n) for n in shape), spacing_mm=spacing, origin_mm=origin)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 voxel→mm affine (RAS+)."""
+        affine = np.diag([*self.spacing_mm, 1.0])
+        affine[:3, 3] = self.origin_mm
+        return affine
+
+    def voxel_to_mm(self, ijk) -> np.ndarray:
+        """World coordinates (mm, RAS) of voxel index (or indices, last axis 3)."""
+        ijk = np.asarray(ijk, dtype=float)
+        return ijk @ np.diag(self.spacing_mm) + np.asarray(self.origin_mm)
+
+    def mm_to_voxel(self, xyz) -> np.ndarray:
+        """Continuous voxel index of world coordinates (mm, RAS)."""
+        xyz = np.asarray(xyz, dtype=float)
+        return (xyz - np.asarray(self.origin_mm)) / np.asarray(self.spacing_mm)
+
+    def to_dict(self) -> dict:
+        return {
+            "shape": list(self.shape),
+            "spacing_mm": list(self.spacing_mm),
+            "origin_mm": list(self.origin_mm),
+            "affine": self.affine.tolist(),
+            "space": "MNI152",
+            "orientation": "RAS+",
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GridGeometry:
+        return cls(
+            shape=tuple(int(v) for v in data["shape"]),
+            spacing_mm=tuple(float(v) for v in data["spacing_mm"]),
+            origin_mm=tuple(float(v) for v in data["origin_mm"]),
+        )
