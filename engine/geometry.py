@@ -45,7 +45,9 @@ class GridGeometry:
     def over_mni_box(cls, shape: tuple[int, int, int]) -> GridGeometry:
         """The grid of ``shape`` voxels whose outer edges coincide with the 1 mm MNI box."""
         spacing = tuple(s * n / m for s, n, m in zip(MNI_BOX_SPACING_MM, MNI_BOX_SHAPE, shape, strict=True))
-        origin = tuple(o + (sp - s) / 2 for o, sp, s in zip(MNI_BOX_ORIGIN_MM, spacing, MNI_BOX_SPACING_MM, strict=True))
+        origin = tuple(
+            o + (sp - s) / 2 for o, sp, s in zip(MNI_BOX_ORIGIN_MM, spacing, MNI_BOX_SPACING_MM, strict=True)
+        )
         return cls(shape=tuple(int(n) for n in shape), spacing_mm=spacing, origin_mm=origin)
 
     @property
