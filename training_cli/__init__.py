@@ -1,0 +1,1 @@
+"""Headless command line for BrainSynth: ``brainsynth-cli``. A thin layer over ``engine``."""
