@@ -1,0 +1,386 @@
+"""Checkpoints: one self-describing, code-free file per model.
+
+Format (``.safetensors``): tensors named ``model.<key>`` (the raw weights) and optionally
+``ema.<key>`` (the exponential moving average used for sampling), plus the safetensors
+header metadata entry ``"brainsynth"`` holding JSON::
+
+    {"format": "brainsynth-checkpoint", "format_version": 1,
+     "spec": {...ModelSpec.to_dict(): unet, schedule, grid (with affine), intensity...},
+     "provenance": {"created": ..., "software_version": ..., "source": ..., "training": {...}}}
+
+safetensors holds only tensors and a JSON header, so loading never runs code. Plain MONAI
+``state_dict`` files (``.pt``/``.pth``, as the MONAI tutorials and the reference study save
+them) are imported with ``torch.load(weights_only=True)`` given a preset; a pickle that
+would run code is refused before anything in it runs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine import __version__
+from engine.atomic import atomic_path
+from engine.errors import CheckpointError
+from engine.specs import PRESETS, ModelSpec, get_preset
+
+FORMAT_NAME = "brainsynth-checkpoint"
+FORMAT_VERSION = 1
+NATIVE_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+# Keys under which training scripts commonly nest the weights, most preferred first.
+NESTED_WEIGHT_KEYS = ("model", "unet_state_dict", "state_dict", "model_state_dict")
+_PREFIXES_TO_STRIP = ("module.", "_orig_mod.")
+_MAX_KEYS_IN_MESSAGE = 6
+
+
+@dataclass
+class Checkpoint:
+    """A model spec with its weights.
+
+    Attributes:
+        spec: network, schedule, grid and intensity mapping.
+        weights: the trained weights (MONAI ``DiffusionModelUNet`` state_dict keys).
+        ema_weights: exponential moving average of the weights, if the trainer kept one.
+        provenance: where the weights came from (JSON-serialisable).
+        path: the file it was loaded from, if any.
+    """
+
+    spec: ModelSpec
+    weights: dict[str, torch.Tensor]
+    ema_weights: dict[str, torch.Tensor] | None = None
+    provenance: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def has_ema(self) -> bool:
+        return self.ema_weights is not None
+
+    def build_model(
+        self, *, use_ema: bool = True, device: torch.device | str = "cpu", use_flash_attention: bool = False
+    ) -> torch.nn.Module:
+        """The MONAI network with these weights, in eval mode, on ``device``.
+
+        Args:
+            use_ema: prefer the EMA weights when the checkpoint has them (they sample better).
+            device: where to put the model.
+            use_flash_attention: MONAI's fused attention (GPU only).
+        """
+        model = self.spec.build_model(use_flash_attention=use_flash_attention)
+        weights = self.ema_weights if (use_ema and self.ema_weights is not None) else self.weights
+        check_state_dict(model, weights, source=self.describe_source())
+        model.load_state_dict(weights, strict=True)
+        return model.to(device).eval()
+
+    def metadata(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "spec": self.spec.to_dict(),
+            "provenance": self.provenance,
+            "has_ema": self.has_ema,
+        }
+
+    def describe_source(self) -> str:
+        return self.path.name if self.path else "checkpoint"
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the checkpoint atomically; refuses to replace a file unless ``overwrite``."""
+        return save_checkpoint(
+            path,
+            spec=self.spec,
+            weights=self.weights,
+            ema_weights=self.ema_weights,
+            provenance=self.provenance,
+            overwrite=overwrite,
+        )
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    spec: ModelSpec,
+    weights: Mapping[str, torch.Tensor],
+    ema_weights: Mapping[str, torch.Tensor] | None = None,
+    provenance: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save weights and spec as one ``.safetensors`` file, atomically.
+
+    Args:
+        path: target file; must end in ``.safetensors``.
+        spec: the model spec the weights belong to.
+        weights: state_dict of the network.
+        ema_weights: state_dict of the EMA network, if any.
+        provenance: free-form JSON-serialisable record (training config, data, epochs...).
+        overwrite: replace an existing file.
+
+    Returns:
+        The path written.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"checkpoint files end in .safetensors, not {path.name!r}")
+    tensors = {f"model.{k}": _plain_tensor(v) for k, v in weights.items()}
+    if ema_weights is not None:
+        tensors.update({f"ema.{k}": _plain_tensor(v) for k, v in ema_weights.items()})
+    provenance = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "software_version": __version__,
+        **(provenance or {}),
+    }
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "spec": spec.to_dict(),
+        "provenance": provenance,
+        "has_ema": ema_weights is not None,
+    }
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata={"brainsynth": json.dumps(meta)})
+    return path
+
+
+def _plain_tensor(t: torch.Tensor) -> torch.Tensor:
+    # safetensors refuses views that share storage and non-contiguous tensors.
+    return t.detach().to("cpu").contiguous().clone()
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON metadata of a BrainSynth checkpoint, reading only the file header."""
+    path = _existing_file(path)
+    if path.suffix not in NATIVE_SUFFIXES:
+        raise CheckpointError(
+            f"{path.name} is a plain PyTorch file with no BrainSynth metadata; "
+            "import it with --preset (brainsynth-cli info --preset paper FILE)"
+        )
+    header = _read_safetensors_header(path)
+    if header is None:
+        raise CheckpointError(
+            f"{path.name} is a safetensors file without BrainSynth metadata; give --preset to import its weights"
+        )
+    return header
+
+
+def load_checkpoint(path: str | Path, *, preset: str | ModelSpec | None = None) -> Checkpoint:
+    """Load a BrainSynth checkpoint, or import a plain MONAI state_dict given a preset.
+
+    Args:
+        path: ``.safetensors`` (BrainSynth, or plain weights with ``preset``) or
+            ``.pt``/``.pth``/``.ckpt``/``.bin`` (PyTorch state_dict, needs ``preset``).
+        preset: preset name or spec for files that do not describe themselves. Ignored
+            (but checked for agreement) for BrainSynth checkpoints.
+
+    Raises:
+        CheckpointError: missing, truncated, unsafe or mismatching files, with a message
+            that says what to do.
+    """
+    path = _existing_file(path)
+    suffix = path.suffix.lower()
+    if suffix in NATIVE_SUFFIXES:
+        return _load_safetensors(path, preset)
+    if suffix in TORCH_SUFFIXES:
+        if preset is None:
+            raise CheckpointError(
+                f"{path.name} is a plain PyTorch state_dict with no model description; "
+                f"say which architecture it is with --preset ({', '.join(PRESETS)})"
+            )
+        return import_state_dict(path, spec=_as_spec(preset))
+    raise CheckpointError(
+        f"{path.name} is not a checkpoint: expected a BrainSynth .safetensors file "
+        f"or a MONAI state_dict ({', '.join(TORCH_SUFFIXES)})"
+    )
+
+
+def import_state_dict(path: str | Path, *, spec: ModelSpec) -> Checkpoint:
+    """Import a plain MONAI ``DiffusionModelUNet`` state_dict saved with ``torch.save``.
+
+    Only ``torch.load(weights_only=True)`` is used: tensors and plain containers load, any
+    pickled object that would run code is refused before it runs. Dicts nesting the weights
+    under ``model``/``ema``/``unet_state_dict``/``state_dict`` are understood; ``module.``
+    (DistributedDataParallel) and ``_orig_mod.`` (torch.compile) prefixes are removed.
+    """
+    path = _existing_file(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused to load {path.name}: it contains pickled Python objects other than tensors, "
+            "which could run arbitrary code. Nothing in it was run. If you trust its source, re-save only the "
+            "weights: torch.save(model.state_dict(), 'weights.pt'). "
+            f"(PyTorch said: {_first_line(exc)})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path.name} is not a readable PyTorch file (truncated or not a checkpoint): {_first_line(exc)}"
+        ) from None
+    weights, ema = _extract_weights(obj, path)
+    ckpt = Checkpoint(
+        spec=spec,
+        weights=weights,
+        ema_weights=ema,
+        provenance={"source": f"imported from {path.name}", "imported_with_preset": spec.name},
+        path=path,
+    )
+    model = spec.build_model()
+    check_state_dict(model, weights, source=path.name, spec_name=spec.name)
+    if ema is not None:
+        check_state_dict(model, ema, source=f"{path.name} (ema)", spec_name=spec.name)
+    return ckpt
+
+
+def check_state_dict(
+    model: torch.nn.Module, weights: Mapping[str, torch.Tensor], *, source: str, spec_name: str | None = None
+) -> None:
+    """Raise a CheckpointError naming missing, unexpected and mis-shaped keys, if any."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    misshaped = [
+        f"{k}: file {tuple(weights[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)
+    ]
+    if not (missing or unexpected or misshaped):
+        return
+    target = f"preset {spec_name!r}" if spec_name else "the model spec"
+    parts = [f"{source} does not fit {target}:"]
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshaped)):
+        if keys:
+            shown = "; ".join(keys[:_MAX_KEYS_IN_MESSAGE])
+            more = f" (+{len(keys) - _MAX_KEYS_IN_MESSAGE} more)" if len(keys) > _MAX_KEYS_IN_MESSAGE else ""
+            parts.append(f"{len(keys)} {label}: {shown}{more}.")
+    fitting = _presets_that_fit(weights)
+    if fitting:
+        parts.append(f"It fits preset {', '.join(repr(n) for n in fitting)}.")
+    raise CheckpointError(" ".join(parts))
+
+
+def _presets_that_fit(weights: Mapping[str, torch.Tensor]) -> list[str]:
+    names = []
+    for name, spec in PRESETS.items():
+        expected = spec.build_model().state_dict()
+        if set(expected) == set(weights) and all(tuple(expected[k].shape) == tuple(weights[k].shape) for k in expected):
+            names.append(name)
+    return names
+
+
+def _extract_weights(obj, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path.name} holds a {type(obj).__name__}, not a state_dict of named tensors")
+    ema = obj.get("ema") if isinstance(obj.get("ema"), Mapping) else None
+    weights = None
+    for key in NESTED_WEIGHT_KEYS:
+        if isinstance(obj.get(key), Mapping):
+            weights = obj[key]
+            break
+    if weights is None:
+        weights = ema if ema is not None else obj
+    weights = _clean_keys(weights, path)
+    return weights, (_clean_keys(ema, path) if ema is not None and ema is not weights else None)
+
+
+def _clean_keys(state: Mapping, path: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{path.name}: entry {key!r} is a {type(value).__name__}, not a tensor; "
+                "this does not look like a model state_dict"
+            )
+        name = str(key)
+        for prefix in _PREFIXES_TO_STRIP:
+            while name.startswith(prefix):
+                name = name[len(prefix) :]
+        out[name] = value
+    if not out:
+        raise CheckpointError(f"{path.name} holds no tensors")
+    return out
+
+
+def _load_safetensors(path: Path, preset: str | ModelSpec | None) -> Checkpoint:
+    from safetensors.torch import load_file
+
+    header = _read_safetensors_header(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error type for every kind of damage
+        raise CheckpointError(f"{path.name} is damaged or truncated: {_first_line(exc)}") from None
+    if header is None:
+        if preset is None:
+            raise CheckpointError(
+                f"{path.name} holds weights without a BrainSynth model description; "
+                f"say which architecture it is with --preset ({', '.join(PRESETS)})"
+            )
+        spec = _as_spec(preset)
+        weights = _clean_keys(tensors, path)
+        check_state_dict(spec.build_model(), weights, source=path.name, spec_name=spec.name)
+        return Checkpoint(spec=spec, weights=weights, provenance={"source": f"imported from {path.name}"}, path=path)
+    spec = ModelSpec.from_dict(header["spec"])
+    if preset is not None:
+        asked = _as_spec(preset)
+        if (asked.unet, asked.grid) != (spec.unet, spec.grid):
+            raise CheckpointError(
+                f"{path.name} holds a {spec.name!r} model but preset {asked.name!r} was asked for; "
+                "leave out --preset for BrainSynth checkpoints"
+            )
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    ema = {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")} or None
+    if not weights:
+        raise CheckpointError(f"{path.name} has BrainSynth metadata but no model weights")
+    return Checkpoint(spec=spec, weights=weights, ema_weights=ema, provenance=header.get("provenance", {}), path=path)
+
+
+def _read_safetensors_header(path: Path) -> dict | None:
+    """BrainSynth metadata from a safetensors header; None for plain safetensors weights."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path.name} is not a readable safetensors checkpoint (truncated or another kind of file): "
+            f"{_first_line(exc)}"
+        ) from None
+    if "brainsynth" not in meta:
+        return None
+    try:
+        header = json.loads(meta["brainsynth"])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path.name}: its BrainSynth metadata is not valid JSON") from None
+    if header.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path.name}: unknown metadata format {header.get('format')!r}")
+    if int(header.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path.name} was written by a newer BrainSynth (format {header['format_version']}); "
+            f"this version reads format {FORMAT_VERSION} — please upgrade"
+        )
+    return header
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file inside it")
+    return path
+
+
+def _as_spec(preset: str | ModelSpec) -> ModelSpec:
+    return preset if isinstance(preset, ModelSpec) else get_preset(preset)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,47 @@
+"""``brainsynth-cli info CKPT``: print what a checkpoint holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("info", help="show a checkpoint's model spec, grid and provenance")
+    parser.add_argument("checkpoint", help="BrainSynth .safetensors checkpoint, or a MONAI .pt/.pth with --preset")
+    parser.add_argument("--preset", help="architecture of a plain MONAI state_dict")
+    parser.add_argument("--json", action="store_true", help="print the full metadata as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.checkpoint import load_checkpoint
+    from engine.specs import format_shape
+
+    ckpt = load_checkpoint(args.checkpoint, preset=args.preset)
+    meta = ckpt.metadata()
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    spec = ckpt.spec
+    n_params = sum(t.numel() for t in ckpt.weights.values())
+    grid = spec.grid
+    lines = [
+        f"checkpoint   {ckpt.path}",
+        f"preset       {spec.name}   ({n_params / 1e6:.2f} M parameters, "
+        f"EMA weights: {'yes' if ckpt.has_ema else 'no'})",
+        f"network      MONAI DiffusionModelUNet, channels {tuple(spec.unet.channels)}, "
+        f"attention {tuple(spec.unet.attention_levels)}, {spec.unet.num_res_blocks} res blocks/level, "
+        f"{spec.unet.num_head_channels} head channels",
+        f"grid         {format_shape(grid.shape)} voxels of "
+        f"{' x '.join(f'{s:.3f}' for s in grid.spacing_mm)} mm, RAS+, MNI152, "
+        f"first voxel at ({', '.join(f'{o:.2f}' for o in grid.origin_mm)}) mm",
+        f"schedule     {spec.schedule.schedule}, T={spec.schedule.num_train_timesteps}, "
+        f"beta {spec.schedule.beta_start} → {spec.schedule.beta_end}, clip x0: {spec.schedule.clip_sample}",
+        f"intensity    {spec.intensity.kind}: brain p{spec.intensity.upper_percentile:g} → {spec.intensity.scale:g}",
+    ]
+    for key, value in ckpt.provenance.items():
+        shown = json.dumps(value) if isinstance(value, dict | list) else value
+        lines.append(f"{key:<12} {shown}")
+    print("\n".join(lines))
+    return 0
