@@ -1,0 +1,1 @@
+"""BrainSynth desktop app (PySide6 + pyqtgraph): a thin front end over ``engine``."""

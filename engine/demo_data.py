@@ -1,0 +1,264 @@
+"""A demo population built from the MNI152 2009a T1 template (not patients).
+
+No public MRI data set can be downloaded where BrainSynth is often first tried, but the
+ICBM 2009a symmetric template (with its grey- and white-matter maps) ships inside nilearn's
+package data. Each demo "subject" is that one brain, changed the way real brains and
+scanners differ:
+
+* a smooth random diffeomorphic deformation (a stationary velocity field integrated by
+  scaling and squaring, so folds never cross), a few mm at most;
+* a global affine: scaling (head size), small rotations and shifts;
+* ventricle enlargement (a radial pull towards the lateral ventricles) and cortical
+  atrophy (grey matter partly replaced by CSF signal), both driven by one atrophy score;
+* a smooth multiplicative bias field and Rician scanner noise, a random scanner gain.
+
+They are written as skull-stripped float NIfTI volumes in the 1 mm MNI box
+(181 x 217 x 181, RAS+), like a real preprocessed data set, so they go through the same
+``prepare``/``train`` path a real data set does. They are template-derived: every one is the
+same anatomy, deformed. Use them to try the software, never as evidence about brains.
+
+Template notice (ICBM 2009a, reproduced as distributed by the MNI): Copyright (C) 1993–2009
+Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill
+University. Permission to use, copy, modify, and distribute this software and its
+documentation for any purpose and without fee is hereby granted, provided that the above
+copyright notice appear in all copies. The authors and McGill University make no
+representations about the suitability of this software for any purpose. It is provided
+"as is" without express or implied warranty.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from engine.errors import BrainSynthError
+from engine.geometry import MNI_BOX_SHAPE, mni_box_affine
+
+TEMPLATE_NOTICE = __doc__.split("Template notice")[1].strip(" :\n")
+# Approximate centre of the lateral ventricles in MNI space (mm, RAS).
+VENTRICLE_CENTRE_MM = np.array([0.0, -12.0, 18.0])
+BRAIN_CENTRE_MM = np.array([0.0, -18.0, 18.0])
+_COARSE_STEP_MM = 4  # velocity fields live on a 4 mm grid and are upsampled once
+
+
+@dataclass(frozen=True)
+class SubjectParameters:
+    """The random draws that make one demo subject (all reproducible from its seed)."""
+
+    seed: int
+    scale: tuple[float, float, float]
+    rotation_deg: tuple[float, float, float]
+    shift_mm: tuple[float, float, float]
+    deformation_mm: float
+    atrophy: float
+    bias_strength: float
+    noise_fraction: float
+    gain: float
+
+
+@dataclass
+class DemoTemplate:
+    """The MNI152 2009a T1 template and tissue maps, resampled into the 1 mm MNI box."""
+
+    t1: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+
+    @classmethod
+    def load(cls) -> DemoTemplate:
+        try:
+            from nilearn import datasets
+        except ImportError:
+            raise BrainSynthError(
+                "building demo data needs nilearn (it ships the MNI152 template): pip install 'brainsynth[demo]'"
+            ) from None
+        images = [
+            datasets.load_mni152_template(resolution=1),
+            datasets.load_mni152_gm_template(resolution=1),
+            datasets.load_mni152_wm_template(resolution=1),
+        ]
+        box = mni_box_affine()
+        arrays = []
+        for image in images:
+            # Template and box are both 1 mm RAS; only the origin differs, so this is a pure shift.
+            to_source = np.linalg.inv(image.affine) @ box
+            arrays.append(
+                ndimage.affine_transform(
+                    np.asarray(image.dataobj, dtype=np.float32), to_source, output_shape=MNI_BOX_SHAPE, order=1
+                )
+            )
+        return cls(*arrays)
+
+
+def draw_parameters(seed: int) -> SubjectParameters:
+    """The subject's random parameters; a fixed function of ``seed``."""
+    rng = np.random.default_rng(seed)
+    head = rng.normal(1.0, 0.04)
+    return SubjectParameters(
+        seed=int(seed),
+        scale=tuple(float(head * rng.normal(1.0, 0.015)) for _ in range(3)),
+        rotation_deg=tuple(float(v) for v in rng.normal(0.0, 2.0, 3)),
+        shift_mm=tuple(float(v) for v in rng.normal(0.0, 1.5, 3)),
+        deformation_mm=float(rng.uniform(1.5, 4.0)),
+        atrophy=float(rng.beta(2.0, 4.0)),
+        bias_strength=float(rng.uniform(0.03, 0.12)),
+        noise_fraction=float(rng.uniform(0.01, 0.03)),
+        gain=float(rng.uniform(600.0, 1400.0)),
+    )
+
+
+def synthesize_subject(template: DemoTemplate, params: SubjectParameters) -> np.ndarray:
+    """One demo T1 volume in the 1 mm MNI box (scanner-like units, background 0)."""
+    rng = np.random.default_rng([params.seed, 1])
+    t1 = _atrophied_t1(template, params.atrophy, rng)
+    coords = _sampling_coordinates(params, rng)
+    warped = ndimage.map_coordinates(t1, coords, order=1, mode="constant", cval=0.0)
+    brain = ndimage.map_coordinates((template.t1 > 0.05).astype(np.float32), coords, order=1) > 0.5
+    del coords
+    warped *= _bias_field(params.bias_strength, rng)
+    sigma = params.noise_fraction * float(np.percentile(warped[brain], 99))
+    noisy = np.hypot(warped + rng.normal(0.0, sigma, warped.shape), rng.normal(0.0, sigma, warped.shape))
+    noisy[~brain] = 0.0  # skull-stripped, like the reference study's preprocessing
+    return (noisy * params.gain).astype(np.float32)
+
+
+def _atrophied_t1(template: DemoTemplate, atrophy: float, rng: np.random.Generator) -> np.ndarray:
+    """Cortical atrophy: part of the outer grey matter takes CSF-like signal, patchily."""
+    coarse_shape = _coarse_shape()
+    patchiness = ndimage.gaussian_filter(rng.standard_normal(coarse_shape), 2.0)
+    patchiness = _upsample(patchiness / (patchiness.std() + 1e-6), coarse_shape)
+    cortex = template.gm * (1.0 - template.wm)
+    loss = np.clip(atrophy * 0.6 * (1.0 + 0.5 * patchiness), 0.0, 0.9)
+    csf_level = 0.25
+    return template.t1 - loss * cortex**2 * np.clip(template.t1 - csf_level, 0.0, None)
+
+
+def _sampling_coordinates(params: SubjectParameters, rng: np.random.Generator) -> np.ndarray:
+    """For every output voxel, the template voxel it shows (3, *MNI_BOX_SHAPE)."""
+    box = mni_box_affine()
+    coarse_shape = _coarse_shape()
+    displacement = _diffeomorphic_displacement(coarse_shape, params.deformation_mm / _COARSE_STEP_MM, rng)
+    grid = np.indices(MNI_BOX_SHAPE, dtype=np.float32)
+    world = np.tensordot(box[:3, :3], grid, axes=1) + box[:3, 3, None, None, None]
+    del grid
+    for axis in range(3):  # coarse displacement (coarse voxels) → 1 mm field in mm
+        world[axis] += _upsample(displacement[axis], coarse_shape) * np.float32(_COARSE_STEP_MM)
+    # Ventricle enlargement: output voxels near the ventricles show template voxels closer to them.
+    offset = world - VENTRICLE_CENTRE_MM[:, None, None, None].astype(np.float32)
+    falloff = np.exp(-(offset**2).sum(axis=0) / (2 * 22.0**2)).astype(np.float32)
+    world -= np.float32(0.35 * params.atrophy) * offset * falloff
+    del offset, falloff
+    # Global affine about the brain centre: output = A (template - c) + c + shift, so invert it.
+    matrix = _rotation(params.rotation_deg) @ np.diag(params.scale)
+    inverse = np.linalg.inv(matrix).astype(np.float32)
+    centred = world - (BRAIN_CENTRE_MM + params.shift_mm)[:, None, None, None].astype(np.float32)
+    del world
+    source_world = np.tensordot(inverse, centred, axes=1) + BRAIN_CENTRE_MM[:, None, None, None].astype(np.float32)
+    del centred
+    to_voxel = np.linalg.inv(box).astype(np.float32)
+    return np.tensordot(to_voxel[:3, :3], source_world, axes=1) + to_voxel[:3, 3, None, None, None]
+
+
+def _coarse_shape() -> tuple[int, int, int]:
+    return tuple(int(np.ceil(n / _COARSE_STEP_MM)) for n in MNI_BOX_SHAPE)
+
+
+def _upsample(field: np.ndarray, coarse_shape: tuple[int, int, int]) -> np.ndarray:
+    """Linear upsampling of a coarse-grid field to the 1 mm box, float32."""
+    zoom = np.array(MNI_BOX_SHAPE) / np.array(coarse_shape)
+    return ndimage.zoom(field.astype(np.float32), zoom, order=1)[tuple(slice(0, n) for n in MNI_BOX_SHAPE)]
+
+
+def _diffeomorphic_displacement(shape: tuple[int, ...], amplitude: float, rng: np.random.Generator) -> np.ndarray:
+    """Displacement of exp(v) for a smooth random velocity field v (scaling and squaring).
+
+    Args:
+        shape: grid shape.
+        amplitude: largest velocity magnitude, in grid voxels.
+    """
+    velocity = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), 3.0) for _ in range(3)])
+    velocity *= amplitude / (np.abs(velocity).max() + 1e-9)
+    squarings = 6
+    disp = velocity / 2**squarings
+    grid = np.indices(shape, dtype=np.float64)
+    for _ in range(squarings):
+        # phi ∘ phi: u(x) + u(x + u(x))
+        disp = disp + np.stack(
+            [ndimage.map_coordinates(disp[a], grid + disp, order=1, mode="nearest") for a in range(3)]
+        )
+    return disp.astype(np.float32)
+
+
+def _rotation(degrees: tuple[float, float, float]) -> np.ndarray:
+    ax, ay, az = np.deg2rad(degrees)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _bias_field(strength: float, rng: np.random.Generator) -> np.ndarray:
+    """exp of a random quadratic polynomial over the box; ``strength`` is its log-amplitude."""
+    axes = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in MNI_BOX_SHAPE]
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    terms = [x, y, z, x * y, x * z, y * z, x**2 - 1 / 3, y**2 - 1 / 3, z**2 - 1 / 3]
+    coefficients = rng.normal(0.0, 1.0, len(terms))
+    coefficients *= strength / np.sqrt((coefficients**2).sum())
+    log_field = sum(c * t for c, t in zip(coefficients, terms, strict=True))
+    return np.exp(log_field).astype(np.float32)
+
+
+def subject_seed(population_seed: int, index: int) -> int:
+    """Seed of subject ``index``; populations with different seeds share no subject."""
+    return int(np.random.SeedSequence([population_seed, index]).generate_state(1)[0])
+
+
+def build_population(
+    out_dir: str | Path,
+    *,
+    count: int,
+    seed: int,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
+    """Write ``count`` demo subjects as ``demo_s<seed>_<index>.nii.gz`` plus a JSON sidecar each.
+
+    Args:
+        out_dir: output folder (created).
+        count: number of subjects.
+        seed: population seed (a held-out population simply uses another seed).
+        overwrite: replace existing files.
+        progress: called with (done, total) after each subject.
+    """
+    from engine.atomic import atomic_write_text, check_writable
+    from engine.export import save_nifti, sidecar_path
+
+    if count < 1:
+        raise BrainSynthError("--count must be at least 1")
+    out_dir = Path(out_dir)
+    names = [out_dir / f"demo_s{seed}_{i:04d}.nii.gz" for i in range(count)]
+    for path in names:
+        check_writable(path, overwrite=overwrite)
+        check_writable(sidecar_path(path), overwrite=overwrite)
+    template = DemoTemplate.load()
+    affine = mni_box_affine()
+    for i, path in enumerate(names):
+        params = draw_parameters(subject_seed(seed, i))
+        volume = synthesize_subject(template, params)
+        save_nifti(path, volume, affine, overwrite=overwrite, description="BrainSynth demo subject (MNI152-derived)")
+        sidecar = {
+            "kind": "BrainSynth demo subject: the MNI152 2009a template, deformed; not a patient",
+            "population_seed": seed,
+            "index": i,
+            "parameters": asdict(params),
+            "template_notice": TEMPLATE_NOTICE,
+        }
+        atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=2), overwrite=overwrite)
+        if progress:
+            progress(i + 1, count)
+    return names
