@@ -147,6 +147,33 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
+def export_targets(
+    out_dir: str | os.PathLike, *, prefix: str, items: Sequence[tuple[int, int]], overwrite: bool
+) -> list[tuple[Path, Path]]:
+    """The (NIfTI, sidecar) paths :func:`export_batch` writes for (index, seed) pairs, checked.
+
+    Front ends call this before a long sampling run so that a name clash is reported at
+    once rather than after hours of work.
+
+    Raises:
+        ExportError: a bad prefix, ``out_dir`` is a file, or a target exists (without
+            ``overwrite``) or is a folder.
+    """
+    if not prefix or any(sep in prefix for sep in ("/", "\\", os.sep)) or prefix.startswith("."):
+        raise ExportError(f"file name prefix {prefix!r} must be a plain name without folders")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} is a file; choose a folder to export into")
+    targets = []
+    for index, seed in items:
+        stem = f"{prefix}_{int(index):04d}_seed{int(seed)}"
+        targets.append((out_dir / f"{stem}.nii.gz", out_dir / f"{stem}.json"))
+    for nii, js in targets:
+        _check_target(nii, overwrite=overwrite)
+        _check_target(js, overwrite=overwrite)
+    return targets
+
+
 def export_batch(
     volumes: Sequence[tuple[int, np.ndarray]],
     *,
@@ -199,8 +226,6 @@ def export_batch(
     from engine.geometry import MNI_BOX_SHAPE, GridGeometry, mni_box_affine
     from engine.preprocessing import resample_grid_to_grid
 
-    if not prefix or any(sep in prefix for sep in ("/", "\\", os.sep)) or prefix.startswith("."):
-        raise ExportError(f"file name prefix {prefix!r} must be a plain name without folders")
     items = list(volumes)
     if not items:
         raise ExportError("nothing to export: the batch is empty")
@@ -214,16 +239,12 @@ def export_batch(
             raise ExportError(f"volume with seed {seed} contains NaN or infinite values; sampling diverged")
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir} is a file; choose a folder to export into")
-    targets: list[tuple[Path, Path]] = []
-    for offset, (seed, _) in enumerate(items):
-        stem = f"{prefix}_{start_index + offset:04d}_seed{int(seed)}"
-        targets.append((out_dir / f"{stem}.nii.gz", out_dir / f"{stem}.json"))
-    # Every clash up front, before the first byte is written.
-    for nii, js in targets:
-        _check_target(nii, overwrite=overwrite)
-        _check_target(js, overwrite=overwrite)
+    targets = export_targets(
+        out_dir,
+        prefix=prefix,
+        items=[(start_index + offset, seed) for offset, (seed, _) in enumerate(items)],
+        overwrite=overwrite,
+    )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -1,0 +1,191 @@
+"""``brainsynth-cli sample``: generate a batch of synthetic volumes and export them as NIfTI.
+
+Each volume is written as soon as its batch finishes, so an interrupted run keeps every
+volume it completed (each file whole, never half-written). With ``--shard I/N`` (for job
+arrays and multi-GPU SLURM jobs) this process generates only volumes I, I+N, I+2N, ... of
+the batch; file names carry the global index and seed, so no two shards write one file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_SAMPLER = "dpmpp-2m"
+DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpmpp-2m": 25}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="generate synthetic volumes and write them as NIfTI with JSON sidecars",
+        description="Generate synthetic T1 volumes from a checkpoint (the bundled demo model by default).",
+    )
+    parser.add_argument(
+        "--checkpoint", metavar="CKPT", help="BrainSynth .safetensors or MONAI .pt/.pth (with --preset)"
+    )
+    parser.add_argument("--preset", metavar="P", help="architecture of a plain MONAI state_dict (paper, demo, tiny)")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="volumes to generate (default 1)")
+    parser.add_argument(
+        "--sampler",
+        default=DEFAULT_SAMPLER,
+        choices=("ddpm", "ddim", "dpmpp-2m"),
+        help=f"sampling method (default {DEFAULT_SAMPLER}: DPM-Solver++ 2M, good volumes in few steps)",
+    )
+    parser.add_argument(
+        "--steps", type=int, metavar="K", help="denoising steps (default: ddpm 1000, ddim 50, dpmpp-2m 25)"
+    )
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale (ddim only; default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="SEED", help="seed of the first volume; volume k uses SEED+k"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--device", default="auto", metavar="D", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+    )
+    parser.add_argument("--batch-size", type=int, default=1, metavar="B", help="volumes denoised together (default 1)")
+    parser.add_argument(
+        "--trajectory-frames",
+        type=int,
+        default=0,
+        metavar="F",
+        help="also write F frames of each volume's denoising (x_t and predicted x_0) as 4-D NIfTI",
+    )
+    parser.add_argument("--resample-1mm", action="store_true", help="write volumes on the 1 mm MNI box (181x217x181)")
+    parser.add_argument("--raw-weights", action="store_true", help="use the raw weights even if the checkpoint has EMA")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 autocast needs CUDA")
+    parser.add_argument("--prefix", default="synthetic", help="file name prefix (default 'synthetic')")
+    parser.add_argument("--shard", default="0/1", metavar="I/N", help="generate only volumes I, I+N, ... (default 0/1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files of the same names")
+    parser.set_defaults(func=run)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    from engine.errors import BrainSynthError
+
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise BrainSynthError(f"--shard takes I/N, e.g. 0/4 (got {text!r})") from None
+    if count < 1 or not 0 <= index < count:
+        raise BrainSynthError(f"--shard {text}: need 0 <= I < N")
+    return index, count
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engine import __version__
+    from engine.checkpoint import load_checkpoint
+    from engine.device import describe_device, resolve_device
+    from engine.export import export_batch, export_targets, save_trajectory_nifti, sha256_file
+    from engine.generation import generate, seeds_from
+    from engine.resources import default_checkpoint
+    from engine.samplers import SamplerSettings
+
+    shard, shards = parse_shard(args.shard)
+    steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
+    settings = SamplerSettings(name=args.sampler, steps=steps, eta=args.eta)
+    all_seeds = seeds_from(args.seed, args.num_samples)
+    indices = list(range(shard, len(all_seeds), shards))
+    if not indices:
+        print(f"shard {args.shard} has no volumes to generate", file=sys.stderr)
+        return 0
+    seeds = [all_seeds[i] for i in indices]
+    out_dir = Path(args.out)
+    # Refuse clashes before hours of sampling, not after.
+    export_targets(out_dir, prefix=args.prefix, items=list(zip(indices, seeds, strict=True)), overwrite=args.overwrite)
+
+    ckpt_path = default_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(ckpt_path, preset=args.preset)
+    settings.validate(ckpt.spec.schedule)
+    device = resolve_device(args.device)
+    model = ckpt.build_model(use_ema=not args.raw_weights, device=device)
+    checkpoint_sha = sha256_file(ckpt_path)
+    sampler_info = {
+        "sampler": settings.name,
+        "steps": settings.steps,
+        "eta": settings.eta,
+        "weights": "raw" if args.raw_weights or not ckpt.has_ema else "ema",
+        "device": str(device),
+        "precision": args.precision,
+        "checkpoint": str(ckpt_path),
+    }
+    print(
+        f"sampling {len(seeds)} volume(s) with {settings.name}, {settings.steps} steps, "
+        f"on {describe_device(device)} from {ckpt_path.name}",
+        file=sys.stderr,
+    )
+
+    events = generate(
+        model,
+        ckpt.spec,
+        seeds=seeds,
+        settings=settings,
+        device=device,
+        batch_size=args.batch_size,
+        trajectory_frames=args.trajectory_frames,
+        preview_every=0,
+        precision=args.precision,
+    )
+    bar = _progress_bar(total=len(seeds) * settings.steps)
+    written: list[Path] = []
+    try:
+        for event in events:
+            bar.update(1)
+            for volume in event.finished:
+                global_index = indices[volume.index]
+                written += export_batch(
+                    [(volume.seed, volume.array)],
+                    spec=ckpt.spec,
+                    out_dir=out_dir,
+                    checkpoint_sha256=checkpoint_sha,
+                    sampler_info=sampler_info,
+                    software_version=__version__,
+                    prefix=args.prefix,
+                    start_index=global_index,
+                    resample_to_1mm=args.resample_1mm,
+                    overwrite=args.overwrite,
+                )
+                if volume.trajectory is not None:
+                    _write_trajectory(
+                        save_trajectory_nifti, written[-1], volume, ckpt.spec, sampler_info, overwrite=args.overwrite
+                    )
+    finally:
+        bar.close()
+        events.close()
+    print(f"wrote {len(written)} volume(s) to {out_dir}")
+    return 0
+
+
+def _write_trajectory(save, volume_path, volume, spec, sampler_info: dict, *, overwrite: bool) -> None:
+    import numpy as np
+
+    trajectory = volume.trajectory
+    affine = spec.grid.affine.copy()
+    if trajectory.downsample > 1:
+        affine[:3, :3] *= trajectory.downsample
+    stem = volume_path.name[: -len(".nii.gz")]
+    for kind, frames in (("xt", trajectory.x_t_array()), ("x0", trajectory.x0_array())):
+        save(
+            volume_path.with_name(f"{stem}_trajectory_{kind}.nii.gz"),
+            np.asarray(frames, dtype=np.float32),
+            affine,
+            steps=list(trajectory.timesteps),
+            overwrite=overwrite,
+            description=f"BrainSynth denoising trajectory ({kind}), seed {volume.seed}",
+            metadata={
+                "space": "model",
+                "frames": "x_t after each kept step" if kind == "xt" else "predicted x_0 at each kept step",
+                "step_indices": list(trajectory.steps),
+                "seed": volume.seed,
+                "sampler": sampler_info,
+            },
+        )
+
+
+def _progress_bar(*, total: int):
+    """tqdm on a terminal; silent elsewhere (SLURM logs stay parseable)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", disable=not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True)
