@@ -1,0 +1,33 @@
+"""Tiny training data the training tests make: brain-like blobs already on a preset's grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+def blob_volume(shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """A smooth ellipsoid "brain" in standard space ([0, 1000], background 0), varied by seed."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    radii = 0.7 + 0.1 * rng.random(3)
+    r2 = sum((g / r) ** 2 for g, r in zip(grids, radii, strict=True))
+    inside = r2 < 1.0
+    data = np.where(inside, 600.0 + 300.0 * np.cos(3.0 * r2 + rng.random()) + 50.0 * rng.random(shape), 0.0)
+    return np.clip(data, 0.0, 1000.0).astype(np.float32)
+
+
+def write_volumes(folder: Path, spec, n: int, *, start: int = 0, prefix: str = "scan") -> list[Path]:
+    """``n`` NIfTI files on ``spec.grid`` (its MNI affine), standard intensities."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + n):
+        img = nib.Nifti1Image(blob_volume(tuple(spec.grid.shape), seed=i), spec.grid.affine)
+        img.set_sform(spec.grid.affine, code=4)
+        img.set_qform(spec.grid.affine, code=4)
+        path = folder / f"{prefix}_{i:03d}.nii.gz"
+        nib.save(img, path)
+        paths.append(path)
+    return paths
