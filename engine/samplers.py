@@ -1,0 +1,351 @@
+"""Our own reverse-diffusion loop: DDPM, DDIM and DPM-Solver++(2M), one step per ``yield``.
+
+Why not MONAI's ``DiffusionInferer.sample``: it has no progress callback, cannot be
+cancelled, seeds only through the global RNG (so sample k depends on the batch it is in) and
+keeps intermediates only when ``t % intermediate_steps == 0``. :func:`denoise` is a Python
+generator instead: it yields a :class:`SamplingStep` after every model evaluation, the
+consumer draws progress, frames or a cancel button from that, and cancelling is simply not
+asking for the next step (or calling ``.close()``): nothing runs after the last ``yield`` the
+consumer received.
+
+Conventions:
+
+* Timesteps are MONAI's: integers ``0 .. T-1`` where ``T = schedule.num_train_timesteps``;
+  ``abar(t) = prod_{s<=t} (1 - beta_s)`` (``ScheduleSpec.alphas_cumprod``) and, for the step
+  after the last, ``abar = 1`` (the clean image; MONAI's ``set_alpha_to_one``).
+* The network predicts epsilon and is called as ``model(x, timesteps=t_vec)`` with ``t_vec``
+  a float tensor of shape ``(B,)`` (MONAI's inferer passes float timesteps too).
+* Scalar coefficients are computed in float64 Python floats from the float64 schedule;
+  tensors stay in the dtype of the noise (the model dtype).
+* Seeds are per sample: every random draw for sample k comes from ``generators[k]`` and is
+  drawn with shape ``(1, C, *spatial)``, then concatenated, so sample k is the same volume
+  whatever batch it is generated in.
+
+Timestep layout ("trailing", Lin et al. 2023, "Common diffusion noise schedules and sample
+steps are flawed"): for N steps out of T, ``t_i = round(T - i*T/N) - 1`` for
+``i = 0 .. N-1``; the first step is always ``T-1`` (pure noise, where ``x_T`` was drawn) and
+the step after ``t_i`` is ``t_{i+1}`` (``abar = 1`` after the last). With N = T this is
+``T-1, T-2, ..., 0``, MONAI's full DDPM chain. All three samplers share this layout, so the
+same N gives the same model evaluations.
+
+MONAI traps this module avoids (MONAI 1.4–1.6):
+
+* ``DDPMScheduler.step`` uses ``alphas_cumprod[t-1]`` and ``betas[t]`` as if the previous
+  step were always ``t-1``; with fewer than T steps each jump of T/N timesteps is treated as
+  a jump of one, and the samples stay mostly noise (see :func:`ddpm_coefficients`).
+* ``DDIMScheduler.set_timesteps`` lays out ``linspace(T-1, 0, N).round()`` but ``step``
+  takes the previous timestep as ``t - T//N``; the two agree only in the trailing layout when
+  N divides T (e.g. T=1000, N=50: linspace gives 999, 979, ..., but the last step jumps from
+  0 to -20, and for N=30 the steps drift apart). We carry the actual next timestep instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from engine.errors import SamplingError
+from engine.specs import ScheduleSpec
+
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp-2m")
+"""Valid values of :attr:`SamplerSettings.name`."""
+
+FramePredicate = Callable[[int], bool]
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Which sampler to run and how many model evaluations it may use.
+
+    Attributes:
+        name: ``"ddpm"`` (ancestral, stochastic), ``"ddim"`` (deterministic when ``eta`` is 0)
+            or ``"dpmpp-2m"`` (DPM-Solver++(2M), deterministic).
+        steps: number of denoising steps = model evaluations per volume, 1 .. T.
+        eta: DDIM's noise scale (0 = deterministic DDIM, 1 = DDPM-like posterior noise);
+            only meaningful for ``"ddim"``.
+
+    Raises:
+        SamplingError: for an unknown name, steps < 1, a negative eta or eta on a sampler
+            that has none. The upper bound (steps <= T) is checked by :meth:`validate`,
+            which knows the schedule.
+    """
+
+    name: str = "ddpm"
+    steps: int = 1000
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise SamplingError(f"unknown sampler {self.name!r}; choose one of: {', '.join(SAMPLERS)}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int):
+            raise SamplingError(f"the number of sampling steps must be a whole number, not {self.steps!r}")
+        if self.steps < 1:
+            raise SamplingError(f"the number of sampling steps must be at least 1 (got {self.steps})")
+        if not math.isfinite(float(self.eta)) or self.eta < 0:
+            raise SamplingError(f"eta must be 0 or positive (got {self.eta})")
+        if self.eta != 0 and self.name != "ddim":
+            raise SamplingError(f"eta applies to the 'ddim' sampler only; the {self.name!r} sampler has none")
+
+    def validate(self, schedule: ScheduleSpec) -> None:
+        """Check the settings against the model's schedule.
+
+        Raises:
+            SamplingError: when more steps are asked for than the model was trained with.
+        """
+        if self.steps > schedule.num_train_timesteps:
+            raise SamplingError(
+                f"{self.steps} sampling steps asked for, but the model was trained with "
+                f"{schedule.num_train_timesteps} diffusion steps; use at most {schedule.num_train_timesteps}"
+            )
+
+
+@dataclass
+class SamplingStep:
+    """What :func:`denoise` yields after each denoising step.
+
+    Attributes:
+        index: 0-based number of the step just done (``0 .. total-1``).
+        total: number of steps in the run.
+        timestep: the model timestep (``0 .. T-1``) the network was evaluated at in this step.
+        x_t: the batch after this step, shape ``(B, C, *spatial)``, model space; present when
+            the caller asked for a frame at this index, and always on the last step, where it
+            is the final sample.
+        x0_pred: the network's prediction of the clean batch at this step (clamped to [-1, 1]
+            when the schedule's ``clip_sample`` is set, as MONAI does), same shape; present
+            when the caller asked for a frame at this index.
+    """
+
+    index: int
+    total: int
+    timestep: int
+    x_t: torch.Tensor | None = None
+    x0_pred: torch.Tensor | None = None
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.total - 1
+
+
+def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
+    """The trailing timestep layout ``t_i = round(T - i*T/N) - 1``, i = 0 .. N-1, descending.
+
+    Rounds halves up, in exact integer arithmetic (no float drift for large T).
+
+    Args:
+        num_train_timesteps: T.
+        steps: N, 1 <= N <= T.
+
+    Returns:
+        N strictly decreasing timesteps, the first ``T-1``.
+    """
+    big_t, n = num_train_timesteps, steps
+    if not 1 <= n <= big_t:
+        raise SamplingError(f"steps must be between 1 and {big_t} (got {n})")
+    # round(T*(N-i)/N) = floor((2*T*(N-i) + N) / (2*N))
+    return [(2 * big_t * (n - i) + n) // (2 * n) - 1 for i in range(n)]
+
+
+def ddpm_coefficients(abar_t: float, abar_prev: float) -> tuple[float, float, float]:
+    """Posterior q(x_prev | x_t, x_0) for a respaced DDPM step from t to the next timestep.
+
+    With fewer than T steps, the chain jumps from t straight to the next kept timestep
+    ``t_prev`` (Nichol & Dhariwal 2021, "Improved DDPMs", section 4): the respaced
+    ``beta' = 1 - abar(t)/abar(t_prev)``, ``alpha' = 1 - beta'``, and the posterior (Ho et al.
+    2020, eq. 7) is
+
+        mean = sqrt(abar_prev) * beta' / (1 - abar_t) * x_0 + sqrt(alpha') * (1 - abar_prev) / (1 - abar_t) * x_t
+        var  = (1 - abar_prev) / (1 - abar_t) * beta'      ("fixed small", MONAI's default)
+
+    With all T steps ``t_prev = t - 1`` and this is exactly MONAI's ``DDPMScheduler.step``.
+    MONAI uses ``alphas_cumprod[t-1]`` and ``betas[t]`` whatever the spacing, so with N < T
+    it removes one step's worth of noise per jump: with T=1000 and N=100 on Gaussian data
+    N(0, 0.25) its final variance is ≈ 0.77 instead of ≈ 0.22 (see the tests).
+
+    Args:
+        abar_t: alpha-bar at the current timestep.
+        abar_prev: alpha-bar at the next timestep (1.0 after the last step).
+
+    Returns:
+        ``(x0_coefficient, xt_coefficient, posterior_variance)``, float64.
+    """
+    beta = 1.0 - abar_t / abar_prev
+    x0_coef = math.sqrt(abar_prev) * beta / (1.0 - abar_t)
+    xt_coef = math.sqrt(1.0 - beta) * (1.0 - abar_prev) / (1.0 - abar_t)
+    # MONAI clamps the variance at 1e-20 for "fixed_small"; only the last step (variance 0)
+    # is affected, and no noise is added there anyway.
+    variance = max((1.0 - abar_prev) / (1.0 - abar_t) * beta, 0.0)
+    return x0_coef, xt_coef, variance
+
+
+def initial_noise(
+    sample_shape: Sequence[int],
+    seeds: Sequence[int],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """x_T for a batch, one seeded generator per sample.
+
+    Each generator is seeded with its sample's seed and draws that sample's x_T first, so
+    ``torch.manual_seed(s); torch.randn((1, *sample_shape))`` gives the same x_T on the CPU.
+    The generators are then handed to :func:`denoise`, which draws every later random number
+    for sample k from generator k.
+
+    Args:
+        sample_shape: shape of one sample, ``(C, *spatial)``, e.g. ``(1, 84, 128, 84)``.
+        seeds: one non-negative integer seed per sample.
+        device: where the generators and the noise live (CUDA generators draw on the GPU,
+            so the same seed gives different noise on the CPU and on a GPU).
+        dtype: dtype of the noise (the model's).
+
+    Returns:
+        ``(noise, generators)``: noise of shape ``(len(seeds), *sample_shape)``.
+
+    Raises:
+        SamplingError: for no seeds, or a seed that is not an integer in [0, 2**63).
+    """
+    device = torch.device(device)
+    if len(seeds) == 0:
+        raise SamplingError("at least one seed is needed")
+    generators = []
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise SamplingError(f"a seed must be a whole number from 0 to 2**63-1 (got {seed!r})")
+        generators.append(torch.Generator(device=device).manual_seed(seed))
+    noise = torch.cat(
+        [torch.randn((1, *sample_shape), generator=g, device=device, dtype=dtype) for g in generators], dim=0
+    )
+    return noise, generators
+
+
+def _per_sample_noise(like: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, row k drawn from ``generators[k]``."""
+    return torch.cat(
+        [torch.randn((1, *like.shape[1:]), generator=g, device=like.device, dtype=like.dtype) for g in generators],
+        dim=0,
+    )
+
+
+def _frames_wanted(want_frames: bool | FramePredicate, index: int) -> bool:
+    return want_frames(index) if callable(want_frames) else bool(want_frames)
+
+
+def denoise(
+    model: Callable[..., torch.Tensor],
+    schedule: ScheduleSpec,
+    noise: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    settings: SamplerSettings,
+    *,
+    want_frames: bool | FramePredicate = False,
+) -> Iterator[SamplingStep]:
+    """Run the reverse diffusion from ``noise`` = x_T, yielding after every step.
+
+    The model is called once per step, under ``torch.inference_mode()``, as
+    ``model(x, timesteps=torch.full((B,), float(t)))``; it should be in eval mode (the caller's
+    job: :func:`engine.generation.generate` does it). Inference mode is entered per step and
+    left before each ``yield``, so the consumer's own code between steps never runs in it.
+
+    Samplers (all on the trailing timesteps of :func:`trailing_timesteps`):
+
+    * ``ddpm`` — ancestral sampling with the respaced posterior of :func:`ddpm_coefficients`;
+      with ``steps == T`` it reproduces MONAI's ``DDPMScheduler`` + ``DiffusionInferer.sample``
+      (same noise stream when ``generators[0]`` is seeded like the global RNG).
+    * ``ddim`` — Song et al. 2021, eq. 12 and 16: ``x_prev = sqrt(abar_prev) x0 +
+      sqrt(1 - abar_prev - sigma^2) eps + sigma z`` with ``sigma = eta * sqrt((1 - abar_prev) /
+      (1 - abar_t) * (1 - abar_t / abar_prev))``; as MONAI, ``eps`` is the raw network output
+      even when ``x0`` was clamped. Equals MONAI's ``DDIMScheduler.step`` over the same
+      timesteps (N dividing T; otherwise MONAI's own layout is inconsistent, see the module
+      docstring).
+    * ``dpmpp-2m`` — DPM-Solver++(2M), Lu et al. 2022 (arXiv 2211.01095), Algorithm 2, in
+      data-prediction form with ``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)``,
+      ``lambda_t = log(alpha_t / sigma_t)``, ``h_i = lambda_{t_i} - lambda_{t_{i-1}}``:
+      first step first-order (``x = sigma_i/sigma_{i-1} x - alpha_i (e^{-h_i} - 1) x0``),
+      then second order with ``r = h_{i-1} / h_i`` and
+      ``D = (1 + 1/(2r)) x0_{i-1} - 1/(2r) x0_{i-2}``; the last step goes to sigma = 0
+      (lambda = +inf), where only the first-order update is defined: the result is the last
+      predicted x0. The predicted x0 is clamped when ``clip_sample`` is set.
+
+    Args:
+        model: the epsilon-predicting network (or any callable with that signature).
+        schedule: the model's noise schedule.
+        noise: x_T, shape ``(B, C, *spatial)``, in the model's dtype and on its device.
+        generators: one ``torch.Generator`` per sample (on ``noise.device``), already past the
+            x_T draw (see :func:`initial_noise`); used by ``ddpm`` and by ``ddim`` with eta > 0.
+        settings: sampler, steps and eta.
+        want_frames: ``True`` to attach ``x_t`` and ``x0_pred`` to every step, or a predicate
+            ``want_frames(index) -> bool``; the last step always carries the final ``x_t``.
+
+    Yields:
+        One :class:`SamplingStep` per step, ``settings.steps`` in all.
+
+    Raises:
+        SamplingError: for steps > T, a batch/generator mismatch or an unsupported schedule.
+    """
+    settings.validate(schedule)
+    if schedule.prediction_type != "epsilon":
+        raise SamplingError(f"only epsilon-predicting models are supported (got {schedule.prediction_type!r})")
+    if noise.shape[0] != len(generators):
+        raise SamplingError(f"{noise.shape[0]} noise volumes but {len(generators)} generators; give one per sample")
+
+    abar = schedule.alphas_cumprod().tolist()  # float64 Python floats
+    timesteps = trailing_timesteps(schedule.num_train_timesteps, settings.steps)
+    total = len(timesteps)
+    clip = schedule.clip_sample
+    batch = noise.shape[0]
+
+    x = noise
+    previous_x0: torch.Tensor | None = None  # DPM-Solver++ history
+    previous_h: float | None = None
+
+    for index, t in enumerate(timesteps):
+        last = index == total - 1
+        a_t = abar[t]
+        a_prev = 1.0 if last else abar[timesteps[index + 1]]
+        with torch.inference_mode():
+            t_vec = torch.full((batch,), float(t), device=x.device)
+            eps = model(x, timesteps=t_vec).to(x.dtype)
+            x0 = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
+            if clip:
+                x0 = x0.clamp(-1.0, 1.0)
+
+            if settings.name == "ddpm":
+                x0_coef, xt_coef, variance = ddpm_coefficients(a_t, a_prev)
+                x_next = x0_coef * x0 + xt_coef * x
+                if not last and variance > 0.0:
+                    x_next = x_next + math.sqrt(variance) * _per_sample_noise(x, generators)
+            elif settings.name == "ddim":
+                sigma = settings.eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
+                direction = math.sqrt(max(1.0 - a_prev - sigma * sigma, 0.0))
+                x_next = math.sqrt(a_prev) * x0 + direction * eps
+                if sigma > 0.0:
+                    x_next = x_next + sigma * _per_sample_noise(x, generators)
+            else:  # dpmpp-2m
+                if last:
+                    # sigma_next = 0: the exponential integrator's first-order step is x0 itself.
+                    x_next = x0
+                else:
+                    alpha_t, sigma_t = math.sqrt(a_t), math.sqrt(1.0 - a_t)
+                    alpha_n, sigma_n = math.sqrt(a_prev), math.sqrt(1.0 - a_prev)
+                    h = (math.log(alpha_n) - math.log(sigma_n)) - (math.log(alpha_t) - math.log(sigma_t))
+                    if previous_x0 is None:
+                        d = x0
+                    else:
+                        r = previous_h / h
+                        d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * previous_x0
+                    # -(e^{-h} - 1) via expm1: h is small for many steps and e^{-h} - 1 would cancel.
+                    x_next = (sigma_n / sigma_t) * x + (alpha_n * -math.expm1(-h)) * d
+                    previous_h = h
+                previous_x0 = x0
+        x = x_next
+
+        frames = _frames_wanted(want_frames, index)
+        yield SamplingStep(
+            index=index,
+            total=total,
+            timestep=t,
+            x_t=x if (frames or last) else None,
+            x0_pred=x0 if frames else None,
+        )
