@@ -36,12 +36,20 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        # mkstemp makes files private (0600); give the result the permissions any new file gets.
+        os.chmod(tmp, 0o666 & ~_current_umask())
         if not overwrite and path.exists():
             raise ExportError(f"{path} appeared while writing; nothing was overwritten")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> None:
