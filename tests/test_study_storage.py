@@ -163,6 +163,14 @@ def test_answers_are_validated(db, tmp_path):
     with pytest.raises(StudyError, match="no case 99"):
         session.answer(99, GOOD)
     assert session.next_case() == n and session.progress().answered == 0  # nothing half-saved
+    from engine.study import missing_required
+
+    assert missing_required(session.questions, {"confidence": 4, "realism": 9}) == [
+        "realism",
+        "plausibility",
+        "consistency",
+    ]
+    assert missing_required(session.questions, GOOD) == []
     saved = session.answer(n, {"confidence": "5", "realism": "2", "plausibility": 2, "consistency": 1, "notes": ""})
     assert saved.values == {"confidence": 5, "realism": 2, "plausibility": 2, "consistency": 1}
 

@@ -16,7 +16,7 @@ Heavy modules (matplotlib in ``report``) are imported only when used.
 
 from engine.study.display import DisplayCase, DisplaySettings
 from engine.study.errors import StudyError
-from engine.study.questions import DEFAULT_QUESTIONS, Question, validate_answer
+from engine.study.questions import DEFAULT_QUESTIONS, Question, missing_required, validate_answer
 from engine.study.storage import (
     Answer,
     HistoryEntry,
@@ -45,6 +45,7 @@ __all__ = [
     "StudyInfo",
     "StudySummary",
     "default_database_path",
+    "missing_required",
     "reader_order",
     "validate_answer",
 ]

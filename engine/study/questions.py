@@ -186,6 +186,27 @@ def validate_answer(questions: Sequence[Question], values: Mapping[str, object])
     return clean
 
 
+def missing_required(questions: Sequence[Question], values: Mapping[str, object]) -> list[str]:
+    """Keys of required questions without a usable answer yet (never raises).
+
+    For a rating panel that keeps Next disabled until this is empty; :func:`validate_answer`
+    then gives the canonical values (and :meth:`ReaderSession.answer` validates again).
+    """
+    missing = []
+    for q in questions:
+        if not q.required:
+            continue
+        raw = values.get(q.key)
+        if q.kind == "text":
+            ok = raw is not None and bool(str(raw).strip())
+        else:
+            value = _as_int(raw)
+            ok = value is not None and q.low <= value <= q.high
+        if not ok:
+            missing.append(q.key)
+    return missing
+
+
 def _as_int(raw: object) -> int | None:
     if isinstance(raw, bool):
         return None
