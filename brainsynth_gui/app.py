@@ -1,4 +1,12 @@
-"""Entry point of the ``brainsynth`` desktop app."""
+"""Entry point of the ``brainsynth`` desktop app.
+
+``brainsynth [--checkpoint CKPT] [--real FILE_OR_DIR] [--generate N] [--screenshot FILE]``
+
+With ``--screenshot`` (like ``fsleyes render``) the window opens with what was asked, waits for
+any generation to finish, saves a PNG of the whole window and exits; it works headless (the
+offscreen Qt platform is chosen when there is no display). The exit status is 0 when
+everything asked for worked, 1 when an error was reported (the PNG is saved either way).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +23,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainsynth", description="Generate and review synthetic 3-D brain MRI.")
     parser.add_argument("--version", action="version", version=f"brainsynth {__version__}")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint to open (default: the bundled demo model)")
-    parser.add_argument("--screenshot", type=Path, help="save a PNG of the window and exit (works headless)")
+    parser.add_argument(
+        "--real", type=Path, action="append", metavar="FILE_OR_DIR", help="real scan(s) to compare with (repeatable)"
+    )
+    parser.add_argument("--generate", type=int, metavar="N", help="generate N volumes on start")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp-2m"), help="sampler for --generate")
+    parser.add_argument("--steps", type=int, help="denoising steps for --generate")
+    parser.add_argument("--seed", type=int, help="first seed for --generate")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument(
+        "--screenshot", type=Path, metavar="FILE", help="save a PNG of the window and exit (works headless)"
+    )
+    parser.add_argument("--size", default="1400x860", help="window size for --screenshot, WIDTHxHEIGHT")
     return parser
 
 
@@ -32,17 +51,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("BrainSynth")
     app.setApplicationVersion(__version__)
-    window = MainWindow()
-    window.open_checkpoint(args.checkpoint, quiet=args.screenshot is not None)
-    window.resize(1100, 700)
+    window = MainWindow(quiet=args.screenshot is not None)
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        width, height = 1400, 860
+    window.resize(width, height)
+    window.open_checkpoint(args.checkpoint)
+    if args.real:
+        window.open_scans(list(args.real))
+    else:
+        window.open_demo_scans()
     window.show()
+
+    if args.generate:
+        panel = window.generation_panel
+        request = panel.request()
+        changes = {"count": args.generate}
+        for key in ("sampler", "steps", "seed", "device"):
+            if getattr(args, key) is not None:
+                changes[key] = getattr(args, key)
+        from dataclasses import replace
+
+        if args.sampler and args.steps is None:
+            from brainsynth_gui.generation_request import DEFAULT_STEPS
+
+            changes["steps"] = DEFAULT_STEPS[args.sampler]
+        panel.set_request(replace(request, **changes))
+        started = window.start_generation()
+    else:
+        started = False
+
     if args.screenshot:
 
         def save_and_quit() -> None:
-            window.grab().save(str(args.screenshot))
-            app.quit()
+            app.processEvents()
+            window.save_views_png(args.screenshot, whole_window=True)
+            app.exit(1 if window.errors else 0)
 
-        QTimer.singleShot(200, save_and_quit)
+        def after_generation(_cancelled: bool = False) -> None:
+            # Let the last volume reach the views before grabbing.
+            QTimer.singleShot(300, save_and_quit)
+
+        if started:
+            window.generation_finished.connect(after_generation)
+        else:
+            after_generation()
     return app.exec()
 
 

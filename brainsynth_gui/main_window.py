@@ -1,59 +1,648 @@
-"""The main window. For now: open a checkpoint and show what it holds."""
+"""The main window: assembles the panels and views over one shared state and runs the actions.
+
+Layout: the Model, Generate, Generated volumes and Real scans panels dock on the left; the
+display controls sit above the orthogonal viewer (synthetic row over real row); the
+denoising timeline runs along the bottom; the cursor readout is in the status bar.
+
+Errors a user can act on (:class:`engine.errors.BrainSynthError`) are shown in a dialog and the
+app keeps running; with ``quiet=True`` (the ``--screenshot`` mode) they go to stderr instead,
+since nobody is there to close a dialog. :attr:`MainWindow.errors` keeps every reported
+message, for tests and for the screenshot mode's exit status.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox
+import numpy as np
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QDockWidget,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
+from brainsynth_gui.animation import animation_frames
+from brainsynth_gui.checkpoint_info import NO_MODEL_HTML, describe_checkpoint
+from brainsynth_gui.display_panel import DisplayPanel
+from brainsynth_gui.export_dialogs import AnimationDialog, export_nifti
+from brainsynth_gui.generation_panel import GenerationPanel
+from brainsynth_gui.generation_request import GenerationRequest
+from brainsynth_gui.generation_worker import GenerationWorker, ProgressReport
+from brainsynth_gui.recent_files import RecentFiles
+from brainsynth_gui.state import ViewerState
+from brainsynth_gui.timeline import TimelineBar
+from brainsynth_gui.viewer import OrthoViewer
+from brainsynth_gui.volume_library import RealScans, SyntheticEntry, SyntheticLibrary, model_to_display
 from engine import __version__
-from engine.errors import BrainSynthError
+from engine.checkpoint import TORCH_SUFFIXES, Checkpoint
+from engine.errors import BrainSynthError, CancelledError, ExportError
+from engine.specs import PRESETS, ModelSpec
+
+CHECKPOINT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
+CHECKPOINT_FILTER = "Checkpoints (*.safetensors *.pt *.pth *.ckpt);;All files (*)"
+SCAN_FILTER = "Scans (*.nii *.nii.gz *.mgh *.mgz);;All files (*)"
 
 
 class MainWindow(QMainWindow):
-    def __init__(self) -> None:
-        super().__init__()
-        self.setWindowTitle(f"BrainSynth {__version__}")
-        self.checkpoint = None
-        self.info = QLabel("No checkpoint loaded. File ▸ Open checkpoint…")
-        self.info.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.info.setMargin(16)
-        self.setCentralWidget(self.info)
-        menu = self.menuBar().addMenu("&File")
-        menu.addAction("&Open checkpoint…", self._ask_checkpoint, "Ctrl+O")
-        menu.addSeparator()
-        menu.addAction("&Quit", self.close, "Ctrl+Q")
+    """The BrainSynth desktop window.
 
-    def _ask_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open checkpoint", "", "Checkpoints (*.safetensors *.pt *.pth);;All files (*)"
+    Args:
+        recent: where recent files are kept (default: the user's config folder).
+        quiet: report errors on stderr instead of dialogs (headless screenshots).
+
+    Signals:
+        generation_finished(bool): after every generation run; True when it was cancelled.
+    """
+
+    generation_finished = Signal(bool)
+
+    def __init__(self, *, recent: RecentFiles | None = None, quiet: bool = False) -> None:
+        super().__init__()
+        from engine.device import available_devices, describe_device, resolve_device
+
+        self.setWindowTitle(f"BrainSynth {__version__}")
+        self.setAcceptDrops(True)
+        self.quiet = quiet
+        self.errors: list[str] = []
+        self.recent = recent or RecentFiles()
+        self.checkpoint: Checkpoint | None = None
+        self._checkpoint_sha: str | None = None
+        self.spec: ModelSpec = PRESETS["demo"]  # the grid real scans use until a model is open
+        self.state = ViewerState.for_grid(self.spec.grid)
+        self.library = SyntheticLibrary()
+        self.scans = RealScans()
+        self.worker: GenerationWorker | None = None
+        self._model_cache: dict = {}
+        self._follow_preview = False
+        self._current: SyntheticEntry | None = None
+
+        # Central area: display controls, viewer, timeline.
+        self.viewer = OrthoViewer(self.state)
+        self.display_panel = DisplayPanel(self.state)
+        self.timeline = TimelineBar(self.state.trajectory)
+        central = QWidget()
+        column = QVBoxLayout(central)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        column.addWidget(self.display_panel)
+        column.addWidget(self.viewer, 1)
+        column.addWidget(self.timeline)
+        self.setCentralWidget(central)
+
+        # Left dock: model, generation, generated volumes, real scans.
+        self.model_info = QLabel(NO_MODEL_HTML)
+        self.model_info.setWordWrap(True)
+        self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        open_model = QPushButton("Open checkpoint…")
+        open_model.clicked.connect(self.ask_checkpoint)
+        try:
+            auto = describe_device(resolve_device("auto"))
+        except Exception:  # describing is cosmetic; never block start-up on it
+            auto = ""
+        self.generation_panel = GenerationPanel(available_devices(), auto)
+        self.generation_panel.generate_requested.connect(self.start_generation)
+        self.generation_panel.cancel_requested.connect(self.cancel_generation)
+        self.volume_list = QListWidget()
+        self.volume_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.volume_list.setToolTip("Generated volumes; select several to export them together")
+        self.volume_list.currentRowChanged.connect(self._volume_chosen)
+        self.scan_list = QListWidget()
+        self.scan_list.setToolTip("Real scans, resampled onto the model grid for comparison")
+        self.scan_list.currentRowChanged.connect(self._scan_chosen)
+        open_scan = QPushButton("Open scan…")
+        open_scan.clicked.connect(self.ask_scans)
+        open_folder = QPushButton("Open folder…")
+        open_folder.clicked.connect(self.ask_scan_folder)
+        scan_buttons = QHBoxLayout()
+        scan_buttons.addWidget(open_scan)
+        scan_buttons.addWidget(open_folder)
+
+        side = QWidget()
+        panel = QVBoxLayout(side)
+        panel.addWidget(_heading("Model"))
+        panel.addWidget(self.model_info)
+        panel.addWidget(open_model)
+        panel.addWidget(_heading("Generate"))
+        panel.addWidget(self.generation_panel)
+        panel.addWidget(_heading("Generated volumes"))
+        panel.addWidget(self.volume_list, 2)
+        panel.addWidget(_heading("Real scans"))
+        panel.addWidget(self.scan_list, 1)
+        panel.addLayout(scan_buttons)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(side)
+        dock = QDockWidget("Session", self)
+        dock.setObjectName("session")
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
+        dock.setWidget(scroll)
+        dock.setMinimumWidth(300)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
+
+        self.readout = QLabel()
+        self.statusBar().addPermanentWidget(self.readout)
+        for observable in (self.state.cursor, self.state.synthetic, self.state.real):
+            observable.subscribe(self._update_readout)
+        self.state.trajectory.subscribe(self._show_current)
+        self._build_menus()
+        self._update_readout()
+
+    # -- menus and shortcuts ----------------------------------------------------------------
+
+    def _action(self, menu, text: str, slot, shortcut: str | QKeySequence | None = None) -> QAction:
+        action = QAction(text, self)
+        if shortcut:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(lambda _checked=False: slot())
+        menu.addAction(action)
+        return action
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        self._action(file_menu, "&Open checkpoint…", self.ask_checkpoint, "Ctrl+O")
+        self.recent_checkpoints_menu = file_menu.addMenu("Recent checkpoints")
+        file_menu.addSeparator()
+        self._action(file_menu, "Open &scan…", self.ask_scans, "Ctrl+Shift+O")
+        self._action(file_menu, "Open scan &folder…", self.ask_scan_folder)
+        self.recent_scans_menu = file_menu.addMenu("Recent scans")
+        file_menu.addSeparator()
+        self._action(file_menu, "&Export selected volumes as NIfTI…", self.ask_export_nifti, "Ctrl+E")
+        self._action(file_menu, "Export denoising &animation (GIF/MP4)…", self.ask_export_animation, "Ctrl+Shift+E")
+        self._action(file_menu, "Save &PNG of the views…", self.ask_save_png, "Ctrl+Shift+S")
+        file_menu.addSeparator()
+        self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        file_menu.aboutToShow.connect(self._fill_recent_menus)
+
+        generate_menu = bar.addMenu("&Generate")
+        self._action(generate_menu, "&Generate", lambda: self.start_generation(), "Ctrl+G")
+        self._action(generate_menu, "&Cancel", self.cancel_generation, "Esc")
+
+        view_menu = bar.addMenu("&View")
+        orientation = self.state.orientation
+        self._action(
+            view_menu,
+            "Toggle &radiological / neurological",
+            lambda: orientation.set_radiological(not orientation.radiological),
+            "R",
         )
+        zoom = self.state.zoom
+        self._action(view_menu, "Zoom &in", lambda: zoom.zoom_by(1.25), "Ctrl+=")
+        self._action(view_menu, "Zoom &out", lambda: zoom.zoom_by(0.8), "Ctrl+-")
+        self._action(view_menu, "&Fit", zoom.reset, "Ctrl+0")
+        wl = self.state.window_level
+        self._action(view_menu, "Reset &window/level", lambda: wl.set(window=1000, level=500), "Ctrl+R")
+
+        timeline_menu = bar.addMenu("&Timeline")
+        trajectory = self.state.trajectory
+        self._action(timeline_menu, "&Play / pause", trajectory.toggle_playing, "Space")
+        self._action(timeline_menu, "P&revious frame", lambda: trajectory.step_by(-1), ",")
+        self._action(timeline_menu, "&Next frame", lambda: trajectory.step_by(1), ".")
+        self._action(timeline_menu, "&First frame", lambda: trajectory.set_index(0), "Home")
+        last = lambda: trajectory.set_index(len(trajectory) - 1)  # noqa: E731
+        self._action(timeline_menu, "&Last frame (finished volume)", last, "End")
+        self._action(
+            timeline_menu,
+            "Show x_t / predicted x_0",
+            lambda: trajectory.set_kind("x0" if trajectory.kind == "x_t" else "x_t"),
+            "X",
+        )
+
+    def _fill_recent_menus(self) -> None:
+        for menu, kind, opener in (
+            (self.recent_checkpoints_menu, "checkpoints", self.open_checkpoint),
+            (self.recent_scans_menu, "scans", lambda p: self.open_scans([p])),
+        ):
+            menu.clear()
+            paths = self.recent.get(kind)
+            for path in paths:
+                action = menu.addAction(str(path))
+                action.triggered.connect(lambda _c=False, p=path, o=opener: o(p))
+            menu.setEnabled(bool(paths))
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def report_error(self, title: str, message: str) -> None:
+        """Tell the user; the app keeps running."""
+        self.errors.append(message)
+        self.statusBar().showMessage(message, 15000)
+        if self.quiet:
+            print(f"brainsynth: {message}", file=sys.stderr)
+        else:
+            QMessageBox.warning(self, title, message)
+
+    # -- checkpoint -------------------------------------------------------------------------
+
+    def ask_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open checkpoint", "", CHECKPOINT_FILTER)
         if path:
             self.open_checkpoint(Path(path))
 
-    def open_checkpoint(self, path: Path | None, *, quiet: bool = False) -> bool:
-        """Load ``path`` (or the bundled demo model); errors go to a dialog, never a crash."""
-        from engine.checkpoint import load_checkpoint
-        from engine.resources import default_checkpoint
+    def open_checkpoint(self, path: str | Path | None = None) -> bool:
+        """Load ``path``, or the bundled demo model when None (if this installation has one).
 
-        try:
-            self.checkpoint = load_checkpoint(default_checkpoint(path))
-        except BrainSynthError as exc:
-            self.statusBar().showMessage(str(exc))
-            if not quiet:
-                QMessageBox.warning(self, "Cannot open checkpoint", str(exc))
+        Returns:
+            True when a model is loaded now.
+        """
+        from engine.checkpoint import load_checkpoint
+        from engine.resources import bundled_checkpoint
+
+        if path is None:
+            path = bundled_checkpoint()
+            if path is None:
+                self.statusBar().showMessage("No model loaded: open a checkpoint (Ctrl+O)")
+                return False
+        if self.worker is not None:
+            self.report_error("Cannot open checkpoint", "a generation is running; cancel it before changing the model")
             return False
-        spec = self.checkpoint.spec
-        grid = " x ".join(map(str, spec.grid.shape))
-        self.info.setText(
-            f"<h3>{self.checkpoint.path.name}</h3>"
-            f"<p>preset <b>{spec.name}</b>, grid {grid} voxels "
-            f"({' x '.join(f'{s:.2f}' for s in spec.grid.spacing_mm)} mm, MNI152, RAS+)</p>"
-            f"<p>channels {tuple(spec.unet.channels)}, schedule {spec.schedule.schedule} "
-            f"(T = {spec.schedule.num_train_timesteps})</p>"
-            f"<p>EMA weights: {'yes' if self.checkpoint.has_ema else 'no'}</p>"
-        )
-        self.statusBar().showMessage(f"Loaded {self.checkpoint.path}")
+        try:
+            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+            try:
+                checkpoint = load_checkpoint(Path(path))
+            finally:
+                QApplication.restoreOverrideCursor()
+        except BrainSynthError as exc:
+            self.report_error("Cannot open checkpoint", str(exc))
+            return False
+        self.checkpoint = checkpoint
+        self._checkpoint_sha = None
+        self._model_cache.clear()
+        self.recent.add("checkpoints", path)
+        self.model_info.setText(describe_checkpoint(checkpoint))
+        self.generation_panel.set_max_steps(checkpoint.spec.schedule.num_train_timesteps)
+        self._set_spec(checkpoint.spec)
+        self.statusBar().showMessage(f"Loaded {checkpoint.path}", 5000)
         return True
+
+    def _set_spec(self, spec: ModelSpec) -> None:
+        if spec.grid != self.spec.grid and len(self.library):
+            self.library.clear()
+            self.volume_list.clear()
+            self._current = None
+            self.state.trajectory.clear()
+            self.state.synthetic.set(None)
+            self.statusBar().showMessage("New model grid: the previous volumes were removed from the list", 8000)
+        self.spec = spec
+        self.state.set_grid(spec.grid)
+        self._scan_chosen(self.scan_list.currentRow())
+
+    # -- real scans -------------------------------------------------------------------------
+
+    def ask_scans(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Open real scans", "", SCAN_FILTER)
+        if paths:
+            self.open_scans([Path(p) for p in paths])
+
+    def ask_scan_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of real scans")
+        if folder:
+            self.open_scans([Path(folder)])
+
+    def open_scans(self, paths: list[str | Path]) -> bool:
+        """Add scans (files or folders) to the Real scans list and show the first new one."""
+        try:
+            new = self.scans.add(paths)
+        except BrainSynthError as exc:
+            self.report_error("Cannot open scans", str(exc))
+            return False
+        for path in paths:
+            self.recent.add("scans", path)
+        first_new = self.scan_list.count()
+        for path in new:
+            self.scan_list.addItem(path.name)
+        if new:
+            self.scan_list.setCurrentRow(first_new)
+        return True
+
+    def open_demo_scans(self) -> bool:
+        """Open the bundled demo scans, if this installation has them."""
+        from engine.resources import bundled_demo_scans
+
+        scans = bundled_demo_scans()
+        return self.open_scans(scans) if scans else False
+
+    def _scan_chosen(self, row: int) -> None:
+        if row < 0:
+            self.state.real.set(None)
+            return
+        try:
+            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+            try:
+                prepared = self.scans.prepared(row, self.spec)
+            finally:
+                QApplication.restoreOverrideCursor()
+        except BrainSynthError as exc:
+            self.state.real.set(None)
+            item = self.scan_list.item(row)
+            if item is not None and not item.text().startswith("⚠"):
+                item.setText(f"⚠ {item.text()}")
+                item.setToolTip(str(exc))
+            self.report_error("Cannot show scan", str(exc))
+            return
+        self.state.real.set(prepared.data, self.scans.paths[row].name)
+        if prepared.warnings:
+            self.statusBar().showMessage("; ".join(prepared.warnings), 10000)
+
+    # -- generation -------------------------------------------------------------------------
+
+    @property
+    def generating(self) -> bool:
+        return self.worker is not None
+
+    def start_generation(self, request: GenerationRequest | None = None) -> bool:
+        """Start generating in the background with ``request`` (default: the panel's settings)."""
+        if self.worker is not None:
+            return False
+        if self.checkpoint is None:
+            self.report_error("No model", "open a checkpoint first (File ▸ Open checkpoint…, Ctrl+O)")
+            return False
+        request = request or self.generation_panel.request()
+        try:
+            request.settings().validate(self.checkpoint.spec.schedule)
+            seeds = request.resolve_seeds()
+        except BrainSynthError as exc:
+            self.report_error("Cannot generate", str(exc))
+            return False
+        worker = GenerationWorker(self.checkpoint, request, seeds, self._model_cache)
+        worker.progress.connect(self._on_progress)
+        worker.preview.connect(self._on_preview)
+        worker.volume_ready.connect(self._on_volume)
+        worker.failed.connect(lambda message: self.report_error("Generation failed", message))
+        worker.done.connect(self._on_done)
+        self.worker = worker
+        self._first_new_row = self.volume_list.count()
+        self._follow_preview = True
+        self._generation_spec = self.checkpoint.spec
+        self.generation_panel.set_running(True)
+        worker.start()
+        return True
+
+    def cancel_generation(self) -> None:
+        """Stop after the denoising step in progress."""
+        if self.worker is not None:
+            self.worker.cancel()
+            self.generation_panel.show_message("Cancelling after this step…")
+
+    def _on_progress(self, report: ProgressReport) -> None:
+        self.generation_panel.show_progress(report)
+
+    def _on_preview(self, preview: np.ndarray, seed: int) -> None:
+        if not self._follow_preview or self.worker is None:
+            return
+        report_text = self.generation_panel.status.text().split(" · ")
+        step = report_text[1] if len(report_text) > 1 else ""
+        self.state.synthetic.set(
+            model_to_display(preview, self._generation_spec.intensity), f"generating seed {seed}, {step}, predicted x_0"
+        )
+
+    def _on_volume(self, volume) -> None:
+        entry = self.library.add(volume, self._generation_spec)
+        self.volume_list.addItem(entry.label)
+
+    def _on_done(self, cancelled: bool) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.wait()
+            worker.deleteLater()
+        self.generation_panel.set_running(False)
+        new = self.volume_list.count() - self._first_new_row
+        self.generation_panel.show_message(
+            f"{'Cancelled' if cancelled else 'Done'}: {new} volume{'s' if new != 1 else ''} generated"
+        )
+        if self._follow_preview and new:
+            self.volume_list.setCurrentRow(self._first_new_row)
+        elif self._follow_preview:
+            self._show_current()
+        self._follow_preview = False
+        self.generation_finished.emit(cancelled)
+
+    # -- showing a generated volume ---------------------------------------------------------
+
+    def _volume_chosen(self, row: int) -> None:
+        if self.worker is not None and self.volume_list.hasFocus():
+            self._follow_preview = False  # the user picked a volume: stop following the live preview
+        entry = self.library.entries[row] if 0 <= row < len(self.library) else None
+        self._current = entry
+        trajectory = entry.volume.trajectory if entry is not None else None
+        if trajectory is not None:
+            steps = entry.volume.settings.steps
+            self.state.trajectory.set_frames(trajectory.steps, trajectory.timesteps, total_steps=steps)
+        else:
+            self.state.trajectory.clear()
+        self._show_current()
+
+    def _show_current(self) -> None:
+        """Show the selected volume at the timeline's frame (or the live preview while following it)."""
+        if self._follow_preview and self.worker is not None:
+            return
+        entry = self._current
+        if entry is None:
+            self.state.synthetic.set(None)
+            return
+        trajectory = self.state.trajectory
+        data = entry.frame_or_final(trajectory.kind, trajectory.index) if len(trajectory) else entry.standard()
+        title = entry.title
+        if len(trajectory) and not (trajectory.kind == "x_t" and trajectory.at_end):
+            title += f" — {trajectory.label()}"
+        self.state.synthetic.set(data, title)
+
+    def selected_entries(self) -> list[SyntheticEntry]:
+        """The selected generated volumes, or all of them when none is selected."""
+        rows = sorted(index.row() for index in self.volume_list.selectedIndexes())
+        return [self.library.entries[r] for r in rows] if rows else list(self.library.entries)
+
+    def _update_readout(self) -> None:
+        self.readout.setText(self.state.readout())
+
+    # -- exports ----------------------------------------------------------------------------
+
+    def ask_export_nifti(self) -> None:
+        if not len(self.library):
+            self.report_error("Nothing to export", "generate a volume first")
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Export NIfTI volumes into")
+        if folder:
+            self.export_nifti(Path(folder))
+
+    def export_nifti(self, out_dir: Path, *, overwrite: bool | None = None) -> list[Path]:
+        """Export the selected volumes (all if none selected) into ``out_dir``.
+
+        When files of the same names exist the user is asked before anything is replaced
+        (``overwrite=None``); pass True or False to decide without asking.
+        """
+        from engine.export import sha256_file
+
+        entries = self.selected_entries()
+        if not entries or self.checkpoint is None:
+            self.report_error("Nothing to export", "generate a volume first")
+            return []
+        if self._checkpoint_sha is None and self.checkpoint.path is not None:
+            self._checkpoint_sha = sha256_file(self.checkpoint.path)
+        try:
+            if overwrite is None:
+                from brainsynth_gui.export_dialogs import nifti_targets
+
+                try:
+                    nifti_targets(entries, out_dir, prefix="synthetic", overwrite=False)
+                    overwrite = False
+                except ExportError as exc:
+                    if "already exists" not in str(exc):
+                        raise
+                    answer = QMessageBox.question(
+                        self, "Replace files?", f"{exc}.\n\nReplace the existing files of the same names?"
+                    )
+                    if answer != QMessageBox.StandardButton.Yes:
+                        return []
+                    overwrite = True
+            written = export_nifti(
+                self,
+                entries,
+                checkpoint=self.checkpoint,
+                checkpoint_sha256=self._checkpoint_sha,
+                out_dir=out_dir,
+                overwrite=overwrite,
+            )
+        except CancelledError as exc:
+            self.statusBar().showMessage(str(exc), 8000)
+            return []
+        except BrainSynthError as exc:
+            self.report_error("Export failed", str(exc))
+            return []
+        self.statusBar().showMessage(f"Exported {len(written)} volume(s) to {out_dir}", 8000)
+        return written
+
+    def ask_export_animation(self) -> None:
+        entry = self._current
+        if entry is None or entry.volume.trajectory is None:
+            self.report_error(
+                "No denoising recorded",
+                "select a generated volume that has a recorded trajectory (trajectory frames above 0)",
+            )
+            return
+        dialog = AnimationDialog(
+            self,
+            voxel=self.state.cursor.voxel,
+            grid_shape=entry.spec.grid.shape,
+            kind=self.state.trajectory.kind,
+            fps=self.state.trajectory.fps,
+        )
+        if dialog.exec() != AnimationDialog.DialogCode.Accepted:
+            return
+        name = f"denoising_seed{entry.volume.seed}.gif"
+        path, _ = QFileDialog.getSaveFileName(self, "Save animation", name, "GIF (*.gif);;MP4 video (*.mp4)")
+        if path:
+            self.export_animation(Path(path), dialog.options(), overwrite=True)
+
+    def export_animation(self, path: Path, options=None, *, overwrite: bool = False) -> Path | None:
+        """Write the selected volume's denoising as GIF or MP4 (by suffix) with ``options``.
+
+        ``overwrite`` replaces an existing file (the save dialog has already asked the user).
+        """
+        from brainsynth_gui.animation import AnimationOptions
+        from brainsynth_gui.media import write_animation
+
+        entry = self._current
+        if entry is None or entry.volume.trajectory is None:
+            self.report_error("No denoising recorded", "select a generated volume with a recorded trajectory")
+            return None
+        if options is None:
+            options = AnimationOptions(
+                voxel=self.state.cursor.voxel, kind=self.state.trajectory.kind, fps=self.state.trajectory.fps
+            )
+        wl = self.state.window_level
+        try:
+            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+            try:
+                frames = animation_frames(
+                    entry,
+                    options,
+                    radiological=self.state.orientation.radiological,
+                    low=wl.low,
+                    high=wl.high,
+                    colormap=self.state.display.colormap,
+                )
+                written = write_animation(
+                    path, frames, fps=options.fps, hold_last_seconds=options.hold_seconds, overwrite=overwrite
+                )
+            finally:
+                QApplication.restoreOverrideCursor()
+        except BrainSynthError as exc:
+            self.report_error("Animation export failed", str(exc))
+            return None
+        self.statusBar().showMessage(f"Saved {written}", 8000)
+        return written
+
+    def ask_save_png(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the views as PNG", "brainsynth_views.png", "PNG (*.png)")
+        if path:
+            self.save_views_png(Path(path if path.lower().endswith(".png") else path + ".png"))
+
+    def save_views_png(self, path: Path, *, whole_window: bool = False) -> bool:
+        """Save a PNG of the views (or of the whole window), atomically."""
+        from engine.atomic import atomic_path
+
+        widget = self if whole_window else self.viewer
+        try:
+            with atomic_path(path, overwrite=True) as tmp:
+                if not widget.grab().save(str(tmp), "PNG"):
+                    raise ExportError(f"cannot write {path}")
+        except (BrainSynthError, OSError) as exc:
+            self.report_error("Cannot save PNG", str(exc))
+            return False
+        self.statusBar().showMessage(f"Saved {path}", 8000)
+        return True
+
+    # -- drag and drop ----------------------------------------------------------------------
+
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        paths = [Path(url.toLocalFile()) for url in event.mimeData().urls() if url.isLocalFile()]
+        event.acceptProposedAction()
+        self.open_paths(paths)
+
+    def open_paths(self, paths: list[Path]) -> None:
+        """Open dropped files: checkpoints as the model, scans and folders as real scans."""
+        from engine.volumes import is_supported
+
+        scans = []
+        for path in paths:
+            if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+                self.open_checkpoint(path)
+            elif path.is_dir() or is_supported(path):
+                scans.append(path)
+            else:
+                self.report_error(
+                    "Cannot open file",
+                    f"{path.name} is neither a checkpoint (.safetensors, .pt, .pth) "
+                    f"nor a scan (.nii, .nii.gz, .mgh, .mgz)",
+                )
+        if scans:
+            self.open_scans(scans)
+
+    def closeEvent(self, event) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            self.worker.wait()
+        super().closeEvent(event)
+
+
+def _heading(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setStyleSheet("font-weight: bold; margin-top: 6px;")
+    return label

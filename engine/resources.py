@@ -42,3 +42,13 @@ def default_checkpoint(explicit: str | Path | None) -> Path:
             "pass --checkpoint FILE (a BrainSynth .safetensors or a MONAI .pt with --preset)"
         )
     return bundled
+
+
+def bundled_demo_scans() -> list[Path]:
+    """The bundled demo scans (NIfTI/MGH files in ``resources/demo_scans``), sorted; empty if none."""
+    from engine.volumes import is_supported
+
+    folder = resource_path(DEMO_SCANS_DIR)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_supported(p))

@@ -1,31 +1,56 @@
-"""The desktop app opens, shows a checkpoint and reports bad files in the window."""
+"""The desktop app opens, shows a checkpoint, reports bad files, and renders headless screenshots."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 from brainsynth_gui.main_window import MainWindow
+from brainsynth_gui.recent_files import RecentFiles
 
 
-def test_window_shows_checkpoint(qtbot, tiny_checkpoint):
-    window = MainWindow()
+def test_window_shows_checkpoint(qtbot, tmp_path, tiny_checkpoint):
+    window = MainWindow(recent=RecentFiles(tmp_path / "recent.json"))
     qtbot.addWidget(window)
-    assert window.open_checkpoint(tiny_checkpoint, quiet=True)
-    assert "tiny" in window.info.text() and "16 x 24 x 16" in window.info.text()
+    assert window.open_checkpoint(tiny_checkpoint)
+    assert "tiny" in window.model_info.text() and "16 x 24 x 16" in window.model_info.text()
 
 
 def test_bad_checkpoint_is_reported_not_raised(qtbot, tmp_path):
-    window = MainWindow()
+    window = MainWindow(recent=RecentFiles(tmp_path / "recent.json"), quiet=True)
     qtbot.addWidget(window)
     bad = tmp_path / "bad.safetensors"
     bad.write_text("nope")
-    assert not window.open_checkpoint(bad, quiet=True)
+    assert not window.open_checkpoint(bad)
     assert "not a readable safetensors" in window.statusBar().currentMessage()
+    assert window.errors and "not a readable safetensors" in window.errors[0]
 
 
-def test_screenshot_command_line(tmp_path, tiny_checkpoint):
+def test_screenshot_command_line_waits_for_generation(tmp_path, tiny_checkpoint):
+    from tests.helpers_volumes import write_phantom
+
     shot = tmp_path / "window.png"
-    cmd = [sys.executable, "-m", "brainsynth_gui.app", "--checkpoint", str(tiny_checkpoint), "--screenshot", str(shot)]
-    subprocess.run(cmd, check=True, timeout=120, env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
-    assert shot.stat().st_size > 1000
+    scan = write_phantom(tmp_path / "phantom.nii.gz")
+    cmd = [
+        sys.executable, "-m", "brainsynth_gui.app", "--checkpoint", str(tiny_checkpoint), "--real", str(scan),
+        "--generate", "2", "--steps", "2", "--device", "cpu", "--screenshot", str(shot),
+    ]  # fmt: skip
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "BRAINSYNTH_CONFIG_DIR": str(tmp_path / "cfg")}
+    result = subprocess.run(cmd, timeout=120, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    import imageio.v3 as iio
+
+    image = iio.imread(shot)
+    assert image.shape[1] >= 1000 and image[..., :3].std() > 10
+
+
+def test_screenshot_with_a_bad_checkpoint_exits_nonzero_with_the_message(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("nope")
+    shot = tmp_path / "window.png"
+    cmd = [sys.executable, "-m", "brainsynth_gui.app", "--checkpoint", str(bad), "--screenshot", str(shot)]
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "BRAINSYNTH_CONFIG_DIR": str(tmp_path / "cfg")}
+    result = subprocess.run(cmd, timeout=120, env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "not a readable safetensors" in result.stderr
+    assert shot.is_file()

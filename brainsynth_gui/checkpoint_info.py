@@ -1,0 +1,49 @@
+"""A checkpoint's metadata as short HTML for the Model panel (Qt-free)."""
+
+from __future__ import annotations
+
+from html import escape
+
+from engine.checkpoint import Checkpoint
+
+NO_MODEL_HTML = (
+    "<b>No model loaded.</b><br>"
+    "Open a checkpoint with <i>File ▸ Open checkpoint…</i> (Ctrl+O) or drop a "
+    "<tt>.safetensors</tt> file on the window. "
+    "<tt>brainsynth-cli train</tt> makes one; a bundled demo model, once installed, opens automatically."
+)
+
+
+def _value(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_value(v)}" for k, v in list(value.items())[:6])
+    if isinstance(value, list | tuple):
+        return ", ".join(_value(v) for v in value[:6])
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def describe_checkpoint(checkpoint: Checkpoint) -> str:
+    """Preset, grid, network, schedule, weights and training provenance, as HTML."""
+    spec = checkpoint.spec
+    grid = spec.grid
+    rows = [
+        ("Preset", spec.name),
+        ("Grid", f"{' x '.join(map(str, grid.shape))} voxels"),
+        ("Voxel size", f"{' x '.join(f'{s:.2f}' for s in grid.spacing_mm)} mm, MNI152, RAS+"),
+        ("UNet channels", ", ".join(map(str, spec.unet.channels))),
+        ("Schedule", f"{spec.schedule.schedule}, T = {spec.schedule.num_train_timesteps}"),
+        ("Weights", "EMA" if checkpoint.has_ema else "raw (no EMA kept)"),
+    ]
+    provenance = checkpoint.provenance or {}
+    for key in ("source", "created", "software_version"):
+        if key in provenance:
+            rows.append((key.replace("_", " ").capitalize(), _value(provenance[key])))
+    training = provenance.get("training")
+    if isinstance(training, dict):
+        for key, value in list(training.items())[:8]:
+            rows.append((f"Training {key}".replace("_", " "), _value(value)))
+    name = checkpoint.path.name if checkpoint.path else "checkpoint"
+    body = "".join(f"<tr><td><i>{escape(k)}</i></td><td>{escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<b>{escape(name)}</b><table cellspacing='2'>{body}</table>"

@@ -1,0 +1,151 @@
+"""The Generate panel: device, sampler, steps, count, seed, trajectory frames, progress, cancel."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from brainsynth_gui.generation_request import DEFAULT_STEPS, GenerationRequest, format_seconds
+from brainsynth_gui.generation_worker import ProgressReport
+from engine.samplers import SAMPLERS
+
+SAMPLER_LABELS = {"ddpm": "DDPM (ancestral)", "ddim": "DDIM", "dpmpp-2m": "DPM-Solver++ 2M"}
+MAX_SEED = 2**31 - 1
+
+
+class GenerationPanel(QWidget):
+    """Controls for one generation run; emits ``generate_requested`` and ``cancel_requested``.
+
+    Args:
+        devices: device names offered besides "auto" (see :func:`engine.device.available_devices`).
+        auto_label: what "auto" resolves to here, shown in the list.
+    """
+
+    generate_requested = Signal(object)  # GenerationRequest
+    cancel_requested = Signal()
+
+    def __init__(self, devices: list[str], auto_label: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        form = QFormLayout()
+        form.setContentsMargins(0, 0, 0, 0)
+        self.device = QComboBox()
+        self.device.addItem(f"auto ({auto_label})" if auto_label else "auto", "auto")
+        for name in devices:
+            self.device.addItem(name, name)
+        self.device.setToolTip("auto: CUDA GPU, then Apple MPS, then CPU")
+        self.sampler = QComboBox()
+        for name in SAMPLERS:
+            self.sampler.addItem(SAMPLER_LABELS.get(name, name), name)
+        self.sampler.setCurrentIndex(SAMPLERS.index("ddim"))
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 1000)
+        self.steps.setValue(DEFAULT_STEPS["ddim"])
+        self.steps.setToolTip("Denoising steps per volume: more is slower and usually cleaner")
+        self.sampler.currentIndexChanged.connect(self._sampler_changed)
+        self.count = QSpinBox()
+        self.count.setRange(1, 500)
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 64)
+        self.batch.setToolTip("Volumes denoised together: faster on a large GPU, same volumes, more memory")
+        self.seed = QSpinBox()
+        self.seed.setRange(0, MAX_SEED)
+        self.seed.setToolTip("Volume k gets seed + k; the same seed on the same device gives the same volume")
+        self.random_seed = QCheckBox("random")
+        self.random_seed.toggled.connect(lambda on: self.seed.setEnabled(not on))
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.seed, 1)
+        seed_row.addWidget(self.random_seed)
+        self.frames = QSpinBox()
+        self.frames.setRange(0, 1000)
+        self.frames.setValue(20)
+        self.frames.setToolTip("Denoising frames kept per volume for the timeline and animations (0 = none)")
+        form.addRow("Device", self.device)
+        form.addRow("Sampler", self.sampler)
+        form.addRow("Steps", self.steps)
+        form.addRow("Volumes", self.count)
+        form.addRow("Batch size", self.batch)
+        form.addRow("Seed", seed_row)
+        form.addRow("Trajectory frames", self.frames)
+
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.setDefault(True)
+        self.generate_button.clicked.connect(lambda: self.generate_requested.emit(self.request()))
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel_requested.emit)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.generate_button, 1)
+        buttons.addWidget(self.cancel_button)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setTextVisible(False)
+        self.status = QLabel("Ready")
+        self.status.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+
+    def _sampler_changed(self) -> None:
+        self.steps.setValue(DEFAULT_STEPS.get(self.sampler.currentData(), 50))
+
+    def set_max_steps(self, steps: int) -> None:
+        """Limit the steps to the model's training timesteps."""
+        self.steps.setMaximum(steps)
+
+    def request(self) -> GenerationRequest:
+        """The settings as entered."""
+        return GenerationRequest(
+            device=self.device.currentData(),
+            sampler=self.sampler.currentData(),
+            steps=self.steps.value(),
+            count=self.count.value(),
+            seed=self.seed.value(),
+            random_seed=self.random_seed.isChecked(),
+            trajectory_frames=self.frames.value(),
+            batch_size=self.batch.value(),
+        )
+
+    def set_request(self, request: GenerationRequest) -> None:
+        """Fill the controls from ``request`` (the command line uses this)."""
+        index = self.device.findData(request.device)
+        if index >= 0:
+            self.device.setCurrentIndex(index)
+        self.sampler.setCurrentIndex(max(self.sampler.findData(request.sampler), 0))
+        self.steps.setValue(request.steps)
+        self.count.setValue(request.count)
+        self.seed.setValue(request.seed)
+        self.random_seed.setChecked(request.random_seed)
+        self.frames.setValue(request.trajectory_frames)
+        self.batch.setValue(request.batch_size)
+
+    def set_running(self, running: bool) -> None:
+        self.generate_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        if running:
+            self.progress.setValue(0)
+            self.status.setText("Starting… (building the model)")
+
+    def show_progress(self, report: ProgressReport) -> None:
+        self.progress.setValue(round(report.fraction * 1000))
+        self.status.setText(
+            f"Volume {report.volume}/{report.volumes} (seed {report.seed}) · step {report.step}/{report.steps}"
+            f" · {format_seconds(report.seconds_left)} left"
+        )
+
+    def show_message(self, text: str) -> None:
+        self.status.setText(text)

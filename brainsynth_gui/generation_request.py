@@ -1,0 +1,85 @@
+"""What the user asked to generate, and the time-left estimate, without Qt."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+from engine.generation import seeds_from
+from engine.samplers import SamplerSettings
+
+DEFAULT_STEPS: dict[str, int] = {"ddpm": 1000, "ddim": 50, "dpmpp-2m": 25}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """The Generate panel's settings.
+
+    Attributes:
+        device: "auto", "cpu", "cuda:N" or "mps".
+        sampler: "ddpm", "ddim" or "dpmpp-2m".
+        steps: denoising steps per volume.
+        count: number of volumes.
+        seed: first seed (volume k gets seed + k), ignored when ``random_seed``.
+        random_seed: draw a fresh first seed.
+        trajectory_frames: frames of the denoising kept per volume for the timeline (0 = none).
+        batch_size: volumes denoised together (only speed and memory change, never the volumes).
+    """
+
+    device: str = "auto"
+    sampler: str = "ddim"
+    steps: int = 50
+    count: int = 1
+    seed: int = 0
+    random_seed: bool = False
+    trajectory_frames: int = 20
+    batch_size: int = 1
+
+    def settings(self) -> SamplerSettings:
+        """The engine's sampler settings (raises SamplingError for bad values)."""
+        return SamplerSettings(name=self.sampler, steps=self.steps)
+
+    def resolve_seeds(self, rng: random.Random | None = None) -> list[int]:
+        """One seed per volume; a random first seed is drawn below 2**31 so it is easy to type back."""
+        first = (rng or random.SystemRandom()).randrange(2**31) if self.random_seed else self.seed
+        return seeds_from(first, self.count)
+
+
+class RemainingTime:
+    """Estimates the time left from the progress fraction, ignoring the slow first step.
+
+    The first model call includes warm-up (cuDNN autotuning, memory allocation), so the rate
+    is measured from the first progress report on.
+
+    Args:
+        clock: a monotonic clock in seconds (injectable for tests).
+    """
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._t0: float | None = None
+        self._f0 = 0.0
+
+    def update(self, fraction: float) -> float | None:
+        """Seconds left, or None until there are two reports to measure a rate from."""
+        now = self._clock()
+        if self._t0 is None:
+            self._t0, self._f0 = now, fraction
+            return None
+        done = fraction - self._f0
+        if done <= 0:
+            return None
+        return max(0.0, (now - self._t0) / done * (1.0 - fraction))
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``"1 h 02 min"``, ``"3 min 05 s"``, ``"12 s"``, or ``"…"`` when unknown."""
+    if seconds is None:
+        return "…"
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"

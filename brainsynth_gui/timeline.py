@@ -1,0 +1,82 @@
+"""The denoising timeline: a thin widget over :class:`~brainsynth_gui.state.TrajectoryState`.
+
+Scrub with the slider, step with , and . (window shortcuts), play/pause with Space at the
+chosen frame rate, and choose x_t (the noisy sample) or the predicted x_0.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QSlider, QWidget
+
+from brainsynth_gui.state import TrajectoryState
+
+KIND_LABELS = {"x_t": "x_t (noisy sample)", "x0": "predicted x_0"}
+
+
+class TimelineBar(QWidget):
+    """Play/pause, slider, step label, kind and speed controls, and the playback timer.
+
+    Args:
+        state: the trajectory state it shows and writes.
+    """
+
+    def __init__(self, state: TrajectoryState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.play_button = QPushButton("▶ Play")
+        self.play_button.setToolTip("Play or pause the denoising (Space)")
+        self.play_button.clicked.connect(state.toggle_playing)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setToolTip("Recorded denoising steps (, and . step through them)")
+        self.slider.valueChanged.connect(state.set_index)
+        self.label = QLabel()
+        self.label.setMinimumWidth(260)
+        self.kind = QComboBox()
+        for kind in TrajectoryState.KINDS:
+            self.kind.addItem(KIND_LABELS[kind], kind)
+        self.kind.setToolTip("Show the noisy sample x_t or the network's prediction of the clean volume (X)")
+        self.kind.currentIndexChanged.connect(lambda: state.set_kind(self.kind.currentData()))
+        self.fps = QDoubleSpinBox()
+        self.fps.setRange(TrajectoryState.MIN_FPS, TrajectoryState.MAX_FPS)
+        self.fps.setDecimals(0)
+        self.fps.setSuffix(" fps")
+        self.fps.setToolTip("Playback speed, frames per second")
+        self.fps.valueChanged.connect(state.set_fps)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(6, 2, 6, 2)
+        layout.addWidget(QLabel("Denoising:"))
+        layout.addWidget(self.play_button)
+        layout.addWidget(self.slider, 1)
+        layout.addWidget(self.label)
+        layout.addWidget(self.kind)
+        layout.addWidget(self.fps)
+        self.timer = QTimer(self)
+        self.timer.timeout.connect(state.advance)
+        state.subscribe(self.refresh)
+        self.refresh()
+
+    def refresh(self) -> None:
+        state = self.state
+        frames = len(state)
+        for widget in (self.slider, self.play_button, self.kind, self.fps):
+            widget.setEnabled(frames > 1)
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, max(frames - 1, 0))
+        self.slider.setValue(state.index)
+        self.slider.blockSignals(False)
+        self.kind.blockSignals(True)
+        self.kind.setCurrentIndex(TrajectoryState.KINDS.index(state.kind))
+        self.kind.blockSignals(False)
+        self.fps.blockSignals(True)
+        self.fps.setValue(state.fps)
+        self.fps.blockSignals(False)
+        self.label.setText(
+            state.label() if frames else "no trajectory recorded (set trajectory frames before generating)"
+        )
+        self.play_button.setText("⏸ Pause" if state.playing else "▶ Play")
+        self.timer.setInterval(round(1000 / state.fps))
+        if state.playing and not self.timer.isActive():
+            self.timer.start()
+        elif not state.playing:
+            self.timer.stop()

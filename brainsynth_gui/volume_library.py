@@ -1,0 +1,141 @@
+"""The volumes a session holds: generated ones and real scans, without Qt.
+
+Display intensities are in standard space (0-1000, background 0), the space of every file
+BrainSynth writes, so a value read under the cursor is the value an exported file holds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import VolumeError
+from engine.generation import GeneratedVolume
+from engine.intensity import IntensityMapping
+from engine.specs import ModelSpec
+
+
+def model_to_display(model: np.ndarray, mapping: IntensityMapping) -> np.ndarray:
+    """Model space → standard units *without* clipping (float32).
+
+    Unlike ``mapping.model_to_standard`` this keeps values outside [-1, 1], so a noisy x_t
+    frame shows its noise honestly; the window decides what is black and white.
+    """
+    return (np.asarray(model, dtype=np.float32) + np.float32(1.0)) * np.float32(mapping.scale / 2.0)
+
+
+@dataclass
+class SyntheticEntry:
+    """A generated volume in the session list.
+
+    Attributes:
+        number: 1-based position in the session (also used in export file names).
+        volume: the engine's result (model space, trajectory).
+        spec: the model spec it was sampled with.
+    """
+
+    number: int
+    volume: GeneratedVolume
+    spec: ModelSpec
+    _standard: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        s = self.volume.settings
+        frames = len(self.volume.trajectory) if self.volume.trajectory is not None else 0
+        return f"#{self.number}  seed {self.volume.seed}  ·  {s.name} {s.steps} steps  ·  {frames} frames"
+
+    @property
+    def title(self) -> str:
+        s = self.volume.settings
+        return f"#{self.number}, seed {self.volume.seed} ({s.name}, {s.steps} steps)"
+
+    def standard(self) -> np.ndarray:
+        """The final volume in standard units (clipped to [0, scale] exactly as on export)."""
+        if self._standard is None:
+            mapped = self.spec.intensity.model_to_standard(np.asarray(self.volume.array, dtype=np.float32))
+            self._standard = np.asarray(mapped, dtype=np.float32)
+        return self._standard
+
+    def frame(self, kind: str, index: int) -> np.ndarray:
+        """Trajectory frame ``index`` of ``kind`` ("x_t" or "x0") in standard units (unclipped)."""
+        trajectory = self.volume.trajectory
+        if trajectory is None:
+            raise ValueError("this volume has no recorded trajectory")
+        frames = trajectory.x_t_frames if kind == "x_t" else trajectory.x0_frames
+        return model_to_display(frames[index].float().numpy(), self.spec.intensity)
+
+    def frame_or_final(self, kind: str, index: int) -> np.ndarray:
+        """What the synthetic views show: the final volume at the last x_t frame, else the frame."""
+        trajectory = self.volume.trajectory
+        if trajectory is None or (kind == "x_t" and index >= len(trajectory) - 1):
+            return self.standard()
+        return self.frame(kind, index)
+
+
+class SyntheticLibrary:
+    """Generated volumes in the order they finished."""
+
+    def __init__(self) -> None:
+        self.entries: list[SyntheticEntry] = []
+        self._next = 1
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, volume: GeneratedVolume, spec: ModelSpec) -> SyntheticEntry:
+        entry = SyntheticEntry(number=self._next, volume=volume, spec=spec)
+        self._next += 1
+        self.entries.append(entry)
+        return entry
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+class RealScans:
+    """Real scans opened for comparison; each is prepared onto the model grid when first shown.
+
+    Preparing (resampling onto the grid, masking, intensity normalisation) is cached per scan
+    and grid; a new checkpoint with another grid prepares again.
+    """
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+        self._cache: dict[tuple[Path, tuple], object] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def add(self, paths: Iterable[str | os.PathLike]) -> list[Path]:
+        """Add files and folders (expanded to their scans); returns the new paths.
+
+        Raises:
+            VolumeError: nothing usable was found in the given folders.
+        """
+        from engine.volumes import find_volumes
+
+        found = [p for p in find_volumes(paths) if p not in self.paths]
+        self.paths.extend(found)
+        return found
+
+    def prepared(self, index: int, spec: ModelSpec):
+        """The scan at ``index`` on ``spec``'s grid in standard units (a PreparedScan).
+
+        Raises:
+            VolumeError: the scan cannot be read or is not in MNI space.
+        """
+        from engine.preprocessing import prepare_scan
+        from engine.volumes import load_volume
+
+        if not 0 <= index < len(self.paths):
+            raise VolumeError(f"there is no scan number {index + 1}")
+        path = self.paths[index]
+        key = (path, tuple(spec.grid.shape), tuple(spec.grid.spacing_mm), tuple(spec.grid.origin_mm))
+        if key not in self._cache:
+            self._cache[key] = prepare_scan(load_volume(path), spec)
+        return self._cache[key]

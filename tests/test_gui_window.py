@@ -1,0 +1,419 @@
+"""The real window, driven as a user would (pytest-qt, offscreen).
+
+One module-scoped window generates two volumes of the tiny model once (3 DDIM steps, 3
+trajectory frames); the tests then look at it from every side. Tests that need a fresh
+generation (cancel, event-loop stalls) make their own window.
+"""
+
+from __future__ import annotations
+
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
+from PySide6.QtGui import QDropEvent, QWheelEvent
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from brainsynth_gui.generation_request import GenerationRequest
+from brainsynth_gui.main_window import MainWindow
+from brainsynth_gui.recent_files import RecentFiles
+from brainsynth_gui.rendering import PLANES, oriented_slice
+from engine.checkpoint import save_checkpoint
+from tests.helpers_volumes import write_phantom
+
+REQUEST = GenerationRequest(device="cpu", sampler="ddim", steps=3, count=2, seed=11, trajectory_frames=3)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory, tiny_spec, tiny_weights):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    ema = {k: v + 0.01 if v.is_floating_point() else v for k, v in tiny_weights.items()}
+    save_checkpoint(path, spec=tiny_spec, weights=tiny_weights, ema_weights=ema, provenance={"source": "test"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def phantom_path(tmp_path_factory):
+    return write_phantom(tmp_path_factory.mktemp("scans") / "phantom.nii.gz", axcodes="LPS")
+
+
+def make_window(tmp_path) -> MainWindow:
+    window = MainWindow(recent=RecentFiles(tmp_path / "recent.json"))
+    window.resize(1200, 800)
+    window.show()
+    return window
+
+
+def wait_until(predicate, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError("condition not met in time")
+        QApplication.processEvents()
+        time.sleep(0.005)
+
+
+def drag(widget, start: QPoint, end: QPoint, button: Qt.MouseButton, steps: int = 6) -> None:
+    """Press, move in steps with the button held, release: QTest's mouseMove carries no buttons."""
+    from PySide6.QtCore import QEvent
+    from PySide6.QtGui import QMouseEvent
+
+    def send(kind, pos, buttons, which=Qt.MouseButton.NoButton):
+        posf = QPointF(pos)
+        event = QMouseEvent(
+            kind, posf, QPointF(widget.mapToGlobal(pos)), which, buttons, Qt.KeyboardModifier.NoModifier
+        )
+        QApplication.sendEvent(widget, event)
+
+    send(QEvent.Type.MouseButtonPress, start, button, button)
+    for t in np.linspace(0, 1, steps)[1:]:
+        pos = QPoint(round(start.x() + t * (end.x() - start.x())), round(start.y() + t * (end.y() - start.y())))
+        send(QEvent.Type.MouseMove, pos, button)
+    send(QEvent.Type.MouseButtonRelease, end, Qt.MouseButton.NoButton, button)
+
+
+@pytest.fixture(scope="module")
+def window(qapp, tmp_path_factory, checkpoint_path, phantom_path):
+    win = make_window(tmp_path_factory.mktemp("win"))
+    assert win.open_checkpoint(checkpoint_path)
+    assert win.open_scans([phantom_path])
+    assert win.start_generation(REQUEST)
+    wait_until(lambda: not win.generating)
+    assert not win.errors, win.errors
+    yield win
+    win.close()
+
+
+@pytest.fixture
+def dialogs(monkeypatch):
+    """Capture warning dialogs instead of showing them (they would block)."""
+    shown: list[tuple[str, str]] = []
+
+    def warning(parent, title, text, *args, **kwargs):
+        shown.append((title, text))
+        return QMessageBox.StandardButton.Ok
+
+    monkeypatch.setattr(QMessageBox, "warning", warning)
+    return shown
+
+
+def test_generated_volumes_are_listed_and_shown(window):
+    assert window.volume_list.count() == 2
+    assert "seed 11" in window.volume_list.item(0).text() and "ddim 3 steps" in window.volume_list.item(0).text()
+    entry = window.library.entries[0]
+    np.testing.assert_array_equal(window.state.synthetic.data, entry.standard())
+    assert "tiny" in window.model_info.text() and "EMA" in window.model_info.text()
+    assert window.state.real.data is not None and window.state.real.data.shape == (16, 24, 16)
+    assert "Done: 2 volumes" in window.generation_panel.status.text()
+
+
+def _click(view, voxel, button=Qt.MouseButton.LeftButton):
+    scene_point = view.viewbox.mapViewToScene(view.voxel_to_scene(voxel))
+    pos = view.mapFromScene(scene_point)
+    from pytestqt.qtbot import QtBot
+
+    QtBot.mouseClick(view.viewport(), button, pos=pos)
+
+
+def test_click_in_one_view_moves_the_others(window, qtbot):
+    axial = window.viewer.view("synthetic", "axial")
+    start = window.state.cursor.voxel
+    target = (3, 17, start[2])
+    _click(axial, target)
+    assert window.state.cursor.voxel == target
+    mm = window.state.grid_mm = window.state.cursor.mm
+    for row in ("synthetic", "real"):
+        coronal = window.viewer.view(row, "coronal")
+        sagittal = window.viewer.view(row, "sagittal")
+        # The coronal view now shows slice j = 17, the sagittal slice i = 3, crosshairs at the point.
+        assert coronal.slice_info.text().startswith("Coronal 18/24")
+        assert sagittal.slice_info.text().startswith("Sagittal 4/16")
+        assert coronal.v_line.value() == pytest.approx(-mm[0])  # radiological: x flipped
+        assert coronal.h_line.value() == pytest.approx(mm[2])
+        assert sagittal.v_line.value() == pytest.approx(-mm[1])  # anterior on the left
+    np.testing.assert_array_equal(
+        window.viewer.view("synthetic", "coronal").image.image,
+        oriented_slice(window.state.synthetic.data, PLANES["coronal"], 17, radiological=True),
+    )
+    assert "voxel [3, 17," in window.readout.text()
+
+
+def test_drag_moves_the_cursor(window, qtbot):
+    sagittal = window.viewer.view("real", "sagittal")
+    a = sagittal.mapFromScene(sagittal.viewbox.mapViewToScene(sagittal.voxel_to_scene((0, 5, 4))))
+    b = sagittal.mapFromScene(sagittal.viewbox.mapViewToScene(sagittal.voxel_to_scene((0, 20, 12))))
+    drag(sagittal.viewport(), a, b, Qt.MouseButton.LeftButton)
+    assert window.state.cursor.voxel[1:] == (20, 12)
+
+
+def test_keyboard_and_wheel_step_slices(window, qtbot):
+    axial = window.viewer.view("synthetic", "axial")
+    window.state.cursor.set_voxel((8, 12, 8))
+    axial.setFocus()
+    qtbot.keyClick(axial, Qt.Key.Key_Up)
+    assert window.state.cursor.voxel[2] == 9
+    qtbot.keyClick(axial, Qt.Key.Key_PageDown)
+    assert window.state.cursor.voxel[2] == 4
+    centre = QPointF(axial.viewport().width() / 2, axial.viewport().height() / 2)
+    wheel = QWheelEvent(
+        centre,
+        axial.viewport().mapToGlobal(centre),
+        QPoint(0, 0),
+        QPoint(0, 120),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(axial.viewport(), wheel)
+    assert window.state.cursor.voxel[2] == 5
+    zoom = QWheelEvent(
+        centre,
+        axial.viewport().mapToGlobal(centre),
+        QPoint(0, 0),
+        QPoint(0, 120),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.ControlModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(axial.viewport(), zoom)
+    assert window.state.zoom.factor > 1
+    # Zoom is linked: every view (all the same size) shows the same millimetres per pixel.
+    scales = [
+        (v.viewbox.viewRange()[0][1] - v.viewbox.viewRange()[0][0]) / v.viewbox.width() for v in window.viewer.views
+    ]
+    assert max(scales) == pytest.approx(min(scales), rel=0.02)
+    window.state.zoom.reset()
+
+
+def test_window_level_field_and_right_drag_stay_in_sync(window, qtbot):
+    panel = window.display_panel
+    panel.window.setValue(400)
+    panel.level.setValue(300)
+    wl = window.state.window_level
+    assert (wl.window, wl.level) == (400, 300)
+    for view in window.viewer.views:
+        assert tuple(view.image.levels) == (100, 500)
+    axial = window.viewer.view("synthetic", "axial")
+    start = QPoint(axial.viewport().width() // 2, axial.viewport().height() // 2)
+    drag(axial.viewport(), start, start + QPoint(50, -10), Qt.MouseButton.RightButton)
+    assert wl.window > 400 and wl.level < 300
+    assert panel.window.value() == pytest.approx(wl.window) and panel.level.value() == pytest.approx(wl.level)
+    window.state.window_level.set(window=1000, level=500)
+
+
+def test_radiological_switch_flips_left_right(window):
+    axial = window.viewer.view("synthetic", "axial")
+    assert axial.letters["left"].text() == "R"  # radiological by default
+    before = axial.image.image.copy()
+    window.display_panel.radiological.setChecked(False)
+    assert not window.state.orientation.radiological
+    assert axial.letters["left"].text() == "L" and axial.letters["right"].text() == "R"
+    np.testing.assert_array_equal(axial.image.image, before[::-1, :])
+    sagittal = window.viewer.view("synthetic", "sagittal")
+    assert sagittal.letters["left"].text() == "A"  # sagittal is unaffected
+    window.display_panel.radiological.setChecked(True)
+    assert axial.letters["left"].text() == "R"
+
+
+def test_overlay_mode_and_colormap(window):
+    display = window.state.display
+    window.display_panel.compare.setCurrentText("overlay")
+    assert all(not v.isVisible() for v in window.viewer.real_views)
+    window.display_panel.opacity.setValue(30)
+    axial = window.viewer.view("synthetic", "axial")
+    assert axial.overlay.isVisible() and axial.overlay.opacity() == pytest.approx(0.3)
+    assert "phantom" in axial.title.text()
+    window.display_panel.compare.setCurrentText("side-by-side")
+    assert not axial.overlay.isVisible() and all(v.isVisible() for v in window.viewer.real_views)
+    window.display_panel.colormap.setCurrentText("hot")
+    assert display.colormap == "hot"
+    assert axial.image.lut[-1].tolist() == [255, 255, 255] and axial.image.lut[128][2] == 0
+    window.display_panel.colormap.setCurrentText("gray")
+
+
+def test_scrub_and_play_the_trajectory(window, qtbot):
+    window.volume_list.setCurrentRow(1)
+    entry = window.library.entries[1]
+    traj = window.state.trajectory
+    assert len(traj) == 3 and traj.at_end
+    window.timeline.slider.setValue(0)
+    assert traj.index == 0
+    np.testing.assert_allclose(window.state.synthetic.data, entry.frame("x_t", 0))
+    assert "step 1/3" in window.timeline.label.text()
+    window.timeline.kind.setCurrentIndex(1)  # predicted x_0
+    np.testing.assert_allclose(window.state.synthetic.data, entry.frame("x0", 0))
+    assert "predicted x0" in window.viewer.synthetic_label.text()
+    # Keyboard: "." steps forward (window shortcut).
+    window.activateWindow()
+    window.viewer.view("synthetic", "axial").setFocus()
+    qtbot.keyClick(window.viewer.view("synthetic", "axial"), Qt.Key.Key_Period)
+    assert traj.index == 1
+    traj.set_fps(60)
+    window.timeline.play_button.click()
+    assert traj.playing
+    seen = set()
+    qtbot.waitUntil(lambda: seen.add(traj.index) or len(seen) == 3, timeout=5000)
+    window.timeline.play_button.click()
+    assert not traj.playing
+    traj.set_kind("x_t")
+    traj.set_index(2)
+    np.testing.assert_array_equal(window.state.synthetic.data, entry.standard())
+    window.volume_list.setCurrentRow(0)
+
+
+def test_nifti_export_reads_back_and_never_overwrites_silently(window, tmp_path, monkeypatch):
+    window.volume_list.clearSelection()
+    written = window.export_nifti(tmp_path)
+    assert [p.name for p in written] == ["synthetic_0001_seed11.nii.gz", "synthetic_0002_seed12.nii.gz"]
+    img = nib.load(written[0])
+    spec = window.library.entries[0].spec
+    np.testing.assert_allclose(img.affine, spec.grid.affine)
+    assert int(img.header["sform_code"]) == 4
+    np.testing.assert_allclose(img.get_fdata(), window.library.entries[0].standard(), atol=1e-3)
+    assert (tmp_path / "synthetic_0001_seed11.json").is_file()
+    mtime = written[0].stat().st_mtime_ns
+    asked = []
+
+    def question(*args, **kwargs):
+        asked.append(args)
+        return QMessageBox.StandardButton.No
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    assert window.export_nifti(tmp_path) == []
+    assert asked and written[0].stat().st_mtime_ns == mtime
+
+
+def test_gif_export_reads_back(window, tmp_path):
+    import imageio.v3 as iio
+
+    from brainsynth_gui.animation import AnimationOptions
+
+    window.volume_list.setCurrentRow(0)
+    path = window.export_animation(
+        tmp_path / "denoise.gif", AnimationOptions(view="all three", voxel=(8, 12, 8), fps=4, hold_seconds=0.5)
+    )
+    frames = iio.imread(path, index=None)
+    assert frames.shape[0] == 3  # 3 recorded steps
+    from PIL import Image
+
+    with Image.open(path) as gif:
+        gif.seek(2)
+        assert gif.info["duration"] == pytest.approx(250 + 500, abs=10)  # the last frame is held
+    assert frames.shape[2] > 500  # three views side by side at 1 mm per pixel
+    single = window.export_animation(tmp_path / "axial.gif", AnimationOptions(view="axial", voxel=(8, 12, 3)))
+    assert iio.imread(single, index=None).shape[2] == pytest.approx(181, abs=1)
+
+
+def test_png_of_the_views(window, tmp_path):
+    assert window.save_views_png(tmp_path / "views.png")
+    import imageio.v3 as iio
+
+    image = iio.imread(tmp_path / "views.png")
+    assert image.shape[0] > 200 and image[..., :3].std() > 5  # not an empty picture
+
+
+def test_bad_files_give_dialogs_not_crashes(window, tmp_path, dialogs):
+    bad_ckpt = tmp_path / "bad.safetensors"
+    bad_ckpt.write_text("nope")
+    assert not window.open_checkpoint(bad_ckpt)
+    assert window.checkpoint is not None  # the previous model stays
+    not_a_scan = tmp_path / "notes.nii.gz"
+    not_a_scan.write_text("nope")
+    window.open_scans([not_a_scan])
+    other = tmp_path / "scan.txt"
+    other.write_text("x")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(other))])
+    drop = QDropEvent(
+        QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    )
+    window.dropEvent(drop)
+    titles = [t for t, _ in dialogs]
+    assert titles == ["Cannot open checkpoint", "Cannot show scan", "Cannot open file"]
+    assert "not a readable safetensors" in dialogs[0][1]
+    assert "neither a checkpoint" in dialogs[2][1]
+    assert window.scan_list.item(window.scan_list.count() - 1).text().startswith("⚠")
+    window.scan_list.setCurrentRow(0)
+
+
+def test_no_model_message_and_generate_without_model(qapp, tmp_path, dialogs):
+    win = make_window(tmp_path)
+    assert not win.open_checkpoint(None) or win.checkpoint is not None  # bundled model only if installed
+    if win.checkpoint is None:
+        assert "No model loaded" in win.model_info.text()
+        assert not win.start_generation(REQUEST)
+        assert dialogs and "open a checkpoint" in dialogs[-1][1]
+    win.close()
+
+
+def test_drop_checkpoint_opens_it(qapp, tmp_path, checkpoint_path):
+    win = make_window(tmp_path)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(checkpoint_path))])
+    drop = QDropEvent(
+        QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    )
+    win.dropEvent(drop)
+    assert win.checkpoint is not None and win.recent.get("checkpoints") == [checkpoint_path.resolve()]
+    win.close()
+
+
+def test_cancel_stops_within_one_step(qapp, tmp_path, checkpoint_path):
+    win = make_window(tmp_path)
+    assert win.open_checkpoint(checkpoint_path)
+    calls = []
+    model = win.checkpoint.build_model(use_ema=True, device="cpu")
+    model.register_forward_hook(lambda *a: calls.append(1))
+    win._model_cache[(id(win.checkpoint), "cpu")] = model
+    at_cancel = []
+
+    def on_progress(report):
+        if not at_cancel:
+            at_cancel.append(len(calls))
+            win.cancel_generation()
+
+    win.start_generation(GenerationRequest(device="cpu", sampler="ddim", steps=200, count=2, trajectory_frames=0))
+    win.worker.progress.connect(on_progress)
+    finished = []
+    win.generation_finished.connect(finished.append)
+    wait_until(lambda: finished)
+    assert finished == [True]
+    assert len(calls) <= at_cancel[0] + 1
+    assert win.volume_list.count() == 0 and "Cancelled" in win.generation_panel.status.text()
+    win.close()
+
+
+def test_event_loop_never_stalls_during_generation(qapp, tmp_path, checkpoint_path):
+    """The longest gap between 10 ms timer ticks while the tiny model generates stays under 100 ms."""
+    win = make_window(tmp_path)
+    assert win.open_checkpoint(checkpoint_path)
+    qapp.processEvents()
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    finished = []
+    win.generation_finished.connect(finished.append)
+    timer.start()
+    last[0] = time.perf_counter()
+    assert win.start_generation(
+        GenerationRequest(device="cpu", sampler="ddim", steps=25, count=2, trajectory_frames=10)
+    )
+    wait_until(lambda: finished)
+    timer.stop()
+    assert win.volume_list.count() == 2
+    longest = max(gaps)
+    print(f"\nlongest event-loop stall during generation: {longest * 1000:.1f} ms over {len(gaps)} ticks")
+    assert longest < 0.100
+    win.close()
