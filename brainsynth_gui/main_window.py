@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPushButton,
     QScrollArea,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -129,6 +130,16 @@ class MainWindow(QMainWindow):
         scan_buttons = QHBoxLayout()
         scan_buttons.addWidget(open_scan)
         scan_buttons.addWidget(open_folder)
+        scans_page = QWidget()
+        scans_layout = QVBoxLayout(scans_page)
+        scans_layout.setContentsMargins(0, 0, 0, 0)
+        scans_layout.addWidget(self.scan_list)
+        scans_layout.addLayout(scan_buttons)
+        # Tabs keep both lists visible without scrolling the panel on a laptop screen.
+        self.lists = QTabWidget()
+        self.lists.addTab(self.volume_list, "Generated volumes")
+        self.lists.addTab(scans_page, "Real scans")
+        self.lists.setMinimumHeight(160)
 
         side = QWidget()
         panel = QVBoxLayout(side)
@@ -137,19 +148,16 @@ class MainWindow(QMainWindow):
         panel.addWidget(open_model)
         panel.addWidget(_heading("Generate"))
         panel.addWidget(self.generation_panel)
-        panel.addWidget(_heading("Generated volumes"))
-        panel.addWidget(self.volume_list, 2)
-        panel.addWidget(_heading("Real scans"))
-        panel.addWidget(self.scan_list, 1)
-        panel.addLayout(scan_buttons)
+        panel.addWidget(self.lists, 1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(side)
         dock = QDockWidget("Session", self)
         dock.setObjectName("session")
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
         dock.setWidget(scroll)
-        dock.setMinimumWidth(300)
+        dock.setMinimumWidth(320)
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
 
         self.readout = QLabel()
@@ -159,6 +167,8 @@ class MainWindow(QMainWindow):
         self.state.trajectory.subscribe(self._show_current)
         self._build_menus()
         self._update_readout()
+        # Keys go to the axial view first (slice stepping), not to the first spin box.
+        self.viewer.view("synthetic", "axial").setFocus()
 
     # -- menus and shortcuts ----------------------------------------------------------------
 
@@ -291,6 +301,7 @@ class MainWindow(QMainWindow):
         if spec.grid != self.spec.grid and len(self.library):
             self.library.clear()
             self.volume_list.clear()
+            self.lists.setTabText(0, "Generated volumes")
             self._current = None
             self.state.trajectory.clear()
             self.state.synthetic.set(None)
@@ -323,6 +334,7 @@ class MainWindow(QMainWindow):
         first_new = self.scan_list.count()
         for path in new:
             self.scan_list.addItem(path.name)
+        self.lists.setTabText(1, f"Real scans ({len(self.scans)})")
         if new:
             self.scan_list.setCurrentRow(first_new)
         return True
@@ -411,6 +423,7 @@ class MainWindow(QMainWindow):
     def _on_volume(self, volume) -> None:
         entry = self.library.add(volume, self._generation_spec)
         self.volume_list.addItem(entry.label)
+        self.lists.setTabText(0, f"Generated volumes ({len(self.library)})")
 
     def _on_done(self, cancelled: bool) -> None:
         worker, self.worker = self.worker, None

@@ -25,8 +25,9 @@ from brainsynth_gui.rendering import PLANES, colormap_lut, oriented_slice, slice
 from brainsynth_gui.state import ImageLayer, ViewerState
 
 CROSSHAIR_COLOUR = (60, 220, 90, 170)
-LETTER_STYLE = "color: #ffc83c; font-weight: bold; font-size: 13px; background: transparent;"
-INFO_STYLE = "color: #e6e6e6; font-size: 11px; background: transparent;"
+# A translucent dark backing keeps the text readable over bright tissue in any colour map.
+LETTER_STYLE = "color: #ffc83c; font-weight: bold; font-size: 13px; background: rgba(0, 0, 0, 150); padding: 0 2px;"
+INFO_STYLE = "color: #e6e6e6; font-size: 11px; background: rgba(0, 0, 0, 150); padding: 0 2px;"
 WHEEL_ZOOM_STEP = 1.15
 PAGE_STEP = 5
 

@@ -283,3 +283,15 @@ def test_generation_request_and_time_left():
     assert clock.update(0.1) is None
     assert clock.update(0.2) == pytest.approx(80.0)
     assert format_seconds(None) == "…" and format_seconds(65) == "1 min 05 s" and format_seconds(3700) == "1 h 01 min"
+
+
+def test_out_of_memory_says_what_to_lower():
+    import torch
+
+    from brainsynth_gui.generation_worker import OOM_HINT, describe_failure
+
+    oom = getattr(torch.cuda, "OutOfMemoryError", RuntimeError)("CUDA out of memory. Tried to allocate 2 GiB")
+    assert describe_failure(oom) == OOM_HINT
+    assert "batch size" in OOM_HINT and "trajectory frames" in OOM_HINT and "CPU" in OOM_HINT
+    assert describe_failure(SamplingError("no CUDA GPU")) == "no CUDA GPU"
+    assert "unexpectedly" in describe_failure(ZeroDivisionError("x"))
