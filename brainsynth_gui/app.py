@@ -78,9 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             changes["steps"] = DEFAULT_STEPS[args.sampler]
         panel.set_request(replace(request, **changes))
-        started = window.start_generation()
-    else:
-        started = False
+        window.start_generation()
 
     if args.screenshot:
 
@@ -89,14 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             window.save_views_png(args.screenshot, whole_window=True)
             app.exit(1 if window.errors else 0)
 
-        def after_generation(_cancelled: bool = False) -> None:
-            # Let the last volume reach the views before grabbing.
-            QTimer.singleShot(300, save_and_quit)
+        def when_idle() -> None:
+            # Wait for the generation and any scan preparation, then let the views repaint.
+            if window.busy:
+                QTimer.singleShot(100, when_idle)
+            else:
+                QTimer.singleShot(300, save_and_quit)
 
-        if started:
-            window.generation_finished.connect(after_generation)
-        else:
-            after_generation()
+        QTimer.singleShot(100, when_idle)
     return app.exec()
 
 

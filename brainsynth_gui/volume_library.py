@@ -101,7 +101,8 @@ class RealScans:
     """Real scans opened for comparison; each is prepared onto the model grid when first shown.
 
     Preparing (resampling onto the grid, masking, intensity normalisation) is cached per scan
-    and grid; a new checkpoint with another grid prepares again.
+    and grid; a new checkpoint with another grid prepares again. :meth:`prepared` may run in a
+    worker thread: it only adds to the cache.
     """
 
     def __init__(self) -> None:
@@ -123,6 +124,16 @@ class RealScans:
         self.paths.extend(found)
         return found
 
+    @staticmethod
+    def _key(path: Path, spec: ModelSpec) -> tuple:
+        return (path, tuple(spec.grid.shape), tuple(spec.grid.spacing_mm), tuple(spec.grid.origin_mm))
+
+    def cached(self, index: int, spec: ModelSpec):
+        """The prepared scan if it is ready, else None (never blocks)."""
+        if not 0 <= index < len(self.paths):
+            return None
+        return self._cache.get(self._key(self.paths[index], spec))
+
     def prepared(self, index: int, spec: ModelSpec):
         """The scan at ``index`` on ``spec``'s grid in standard units (a PreparedScan).
 
@@ -135,7 +146,7 @@ class RealScans:
         if not 0 <= index < len(self.paths):
             raise VolumeError(f"there is no scan number {index + 1}")
         path = self.paths[index]
-        key = (path, tuple(spec.grid.shape), tuple(spec.grid.spacing_mm), tuple(spec.grid.origin_mm))
+        key = self._key(path, spec)
         if key not in self._cache:
             self._cache[key] = prepare_scan(load_volume(path), spec)
         return self._cache[key]

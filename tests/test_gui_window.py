@@ -80,7 +80,7 @@ def window(qapp, tmp_path_factory, checkpoint_path, phantom_path):
     assert win.open_checkpoint(checkpoint_path)
     assert win.open_scans([phantom_path])
     assert win.start_generation(REQUEST)
-    wait_until(lambda: not win.generating)
+    wait_until(lambda: not win.busy)
     assert not win.errors, win.errors
     yield win
     win.close()
@@ -123,7 +123,7 @@ def test_click_in_one_view_moves_the_others(window, qtbot):
     target = (3, 17, start[2])
     _click(axial, target)
     assert window.state.cursor.voxel == target
-    mm = window.state.grid_mm = window.state.cursor.mm
+    mm = window.state.cursor.mm
     for row in ("synthetic", "real"):
         coronal = window.viewer.view(row, "coronal")
         sagittal = window.viewer.view(row, "sagittal")
@@ -332,12 +332,16 @@ def test_bad_files_give_dialogs_not_crashes(window, tmp_path, dialogs):
         QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
     )
     window.dropEvent(drop)
-    titles = [t for t, _ in dialogs]
-    assert titles == ["Cannot open checkpoint", "Cannot show scan", "Cannot open file"]
-    assert "not a readable safetensors" in dialogs[0][1]
-    assert "neither a checkpoint" in dialogs[2][1]
+    wait_until(lambda: not window.busy and len(dialogs) == 3)  # the scan is prepared in the background
+    titles = sorted(t for t, _ in dialogs)
+    assert titles == ["Cannot open checkpoint", "Cannot open file", "Cannot show scan"]
+    messages = dict(dialogs)
+    assert "not a readable safetensors" in messages["Cannot open checkpoint"]
+    assert "neither a checkpoint" in messages["Cannot open file"]
+    assert "notes.nii.gz" in messages["Cannot show scan"]
     assert window.scan_list.item(window.scan_list.count() - 1).text().startswith("⚠")
     window.scan_list.setCurrentRow(0)
+    assert window.state.real.data is not None  # the prepared phantom comes from the cache at once
 
 
 def test_no_model_message_and_generate_without_model(qapp, tmp_path, dialogs):
