@@ -273,7 +273,7 @@ def check_failures(results: Sequence[PreparedItem], *, max_failed_fraction: floa
     failed = [r for r in results if not r.ok]
     total = len(results)
     if failed and (len(failed) == total or len(failed) / total > max_failed_fraction):
-        shown = "; ".join(f"{r.item.path.name}: {r.reason}" for r in failed[:5])
+        shown = "; ".join(describe_failure(r) for r in failed[:5])
         more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
         raise TrainingError(
             f"{len(failed)} of {total} training files cannot be used, more than the allowed "
@@ -284,6 +284,13 @@ def check_failures(results: Sequence[PreparedItem], *, max_failed_fraction: floa
         if r.ok:
             usable.setdefault(r.sha256, r)
     return list(usable.values())
+
+
+def describe_failure(result: PreparedItem) -> str:
+    """``reason``, prefixed with the file name unless the engine's reason already names it."""
+    reason = result.reason or "unknown reason"
+    name = result.item.path.name
+    return reason if name in reason else f"{name}: {reason}"
 
 
 def write_failures(path: Path, results: Sequence[PreparedItem]) -> None:

@@ -137,6 +137,30 @@ def steps_per_epoch(n_train: int, *, batch_size: int, grad_accum: int, world_siz
     return -(-batches // grad_accum)
 
 
+def diffuse(
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    sqrt_abar: torch.Tensor,
+    sqrt_one_minus_abar: torch.Tensor,
+) -> torch.Tensor:
+    """The forward process q(x_t | x_0): ``sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` per volume.
+
+    What MONAI's ``DDPMScheduler.add_noise`` computes; the tables are precomputed once (on
+    the training device) from the float64 schedule.
+
+    Args:
+        x0: clean volumes ``(B, C, D, H, W)``, model space.
+        eps: standard normal noise of the same shape.
+        t: integer timesteps ``(B,)`` in 0..T-1.
+        sqrt_abar: ``sqrt(alphas_cumprod)`` as a float32 tensor of length T.
+        sqrt_one_minus_abar: ``sqrt(1 - alphas_cumprod)``, same.
+    """
+    shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
+    return sqrt_abar[t].view(shape) * x0 + sqrt_one_minus_abar[t].view(shape) * eps
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` → ``bf16`` on a CUDA GPU with bf16 support, else ``fp32``.
 
@@ -567,8 +591,7 @@ class _Trainer:
         n = x0.shape[0]
         t = torch.randint(0, self.spec.schedule.num_train_timesteps, (n,), device=self.device, generator=generator)
         eps = torch.randn(x0.shape, device=self.device, generator=generator, dtype=x0.dtype)
-        shape = (n,) + (1,) * (x0.ndim - 1)
-        xt = self.sqrt_abar[t].view(shape) * x0 + self.sqrt_one_minus_abar[t].view(shape) * eps
+        xt = diffuse(x0, eps, t, sqrt_abar=self.sqrt_abar, sqrt_one_minus_abar=self.sqrt_one_minus_abar)
         return xt, t, eps
 
     def _optimizer_step(self, micro_batches: list[list[int]]) -> tuple[float, float, float]:
@@ -619,7 +642,7 @@ class _Trainer:
             else "no epoch had finished, so there is no checkpoint yet"
         )
         raise TrainingError(
-            f"training stopped: {what} (not a number); nothing after the last good state was saved — {kept}. "
+            f"training stopped: {what}, not a finite number; nothing after the last good state was saved — {kept}. "
             "Try a lower --lr, --precision fp32, or check the data"
         )
 
@@ -644,8 +667,7 @@ class _Trainer:
             eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
             eps = eps.to(self.device)
             t = torch.tensor([timesteps[i] for _, i in chunk], device=self.device)
-            shape = (len(chunk),) + (1,) * (x0.ndim - 1)
-            xt = self.sqrt_abar[t].view(shape) * x0 + self.sqrt_one_minus_abar[t].view(shape) * eps
+            xt = diffuse(x0, eps, t, sqrt_abar=self.sqrt_abar, sqrt_one_minus_abar=self.sqrt_one_minus_abar)
             with self._autocast():
                 pred = model(x=xt, timesteps=t)
             per_volume = ((pred.float() - eps) ** 2).flatten(1).mean(dim=1)

@@ -98,21 +98,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 _NOT_CONFIG = {"config", "resume", "log_format", "func", "command", "debug"}
 
 
-def run(args: argparse.Namespace) -> int:
-    """Resolve the config, train, print one line per epoch; return the exit status."""
+def resolve_config(args: argparse.Namespace):
+    """The run's :class:`engine.training.config.TrainConfig`: defaults < TOML (or the saved run) < flags."""
     from engine.errors import BrainSynthError
     from engine.training.config import load_config
-    from engine.training.logging import format_epoch_line, under_slurm
-    from engine.training.trainer import resume_config, train
+    from engine.training.trainer import resume_config
 
     given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     resume_dir = getattr(args, "resume", None)
     if resume_dir:
         if getattr(args, "config", None):
             raise BrainSynthError("--config and --resume cannot be combined: a resumed run uses its saved config")
-        config = resume_config(resume_dir, given)
-    else:
-        config = load_config(getattr(args, "config", None), given)
+        return resume_config(resume_dir, given)
+    return load_config(getattr(args, "config", None), given)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the config, train, print one line per epoch; return the exit status."""
+    from engine.training.logging import format_epoch_line, under_slurm
+    from engine.training.trainer import train
+
+    config = resolve_config(args)
+    resume_dir = getattr(args, "resume", None)
 
     fmt = getattr(args, "log_format", "auto")
     parseable = fmt == "parseable" or (fmt == "auto" and (under_slurm() or not sys.stdout.isatty()))

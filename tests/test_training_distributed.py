@@ -1,0 +1,180 @@
+"""Real processes: a 2-rank gloo run under torchrun, and a SIGKILL mid-epoch then --resume.
+
+These launch ``brainsynth-cli train`` exactly as a user or a SLURM job would (no mocks):
+torchrun sets RANK/WORLD_SIZE/MASTER_ADDR and the trainer joins the gloo process group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.checkpoint import load_checkpoint
+from engine.training.logging import read_csv
+from engine.training.trainer import RESUME_FILE, steps_per_epoch
+from tests.training_data import write_volumes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from engine.specs import PRESETS
+
+    folder = tmp_path_factory.mktemp("dist-data")
+    write_volumes(folder, PRESETS["tiny"], 8)
+    return folder
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # One thread per process: deterministic reductions and no oversubscription of the 2 cores.
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "QT_QPA_PLATFORM": "offscreen"})
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_JOB_ID", "SLURM_STEP_NUM_TASKS"):
+        env.pop(key, None)
+    return env
+
+
+def _run(command: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command in its own process group; on timeout kill that group (torchrun's workers too)."""
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s:\n{out}\n{err}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def _train_args(data_dir: Path, out: Path, cache: Path, **options) -> list[str]:
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--val-fraction",
+        "0.25",
+        "--val-timesteps",
+        "1",
+        "--sample-every",
+        "0",
+        "--no-tensorboard",
+        "--device",
+        "cpu",
+    ]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def test_two_process_gloo_run_under_torchrun(tmp_path, data_dir):
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",  # rendezvous on a free local port
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "training_cli",
+        *_train_args(data_dir, out, tmp_path / "cache", epochs=2, batch_size=1),
+    ]
+    done = _run(command)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # 6 training volumes over 2 ranks with 1 per step → 3 steps per epoch, effective batch 2.
+    expected = 2 * steps_per_epoch(6, batch_size=1, grad_accum=1, world_size=2)
+    assert expected == 6
+    assert "effective batch size 2 = 1 per process x 1 accumulation x 2 process(es)" in done.stdout
+    # Rank 0 alone reports and writes: one line per epoch, one row per step.
+    assert done.stdout.count("brainsynth-train epoch=") == 2
+    steps = read_csv(out / "logs" / "steps.csv")
+    assert [int(r["global_step"]) for r in steps] == list(range(1, expected + 1))
+    ckpt = load_checkpoint(out / "checkpoints" / "last.safetensors")
+    assert ckpt.provenance["training"]["world_size"] == 2
+    assert ckpt.provenance["training"]["global_step"] == expected
+    ckpt.build_model()
+
+
+def _final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(out / "checkpoints" / "last.safetensors").weights
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir):
+    cli = [sys.executable, "-m", "training_cli"]
+    options = {"epochs": 2, "batch_size": 1, "resume_every_steps": 2}
+    per_epoch = steps_per_epoch(6, batch_size=1, grad_accum=1, world_size=1)
+    total = 2 * per_epoch
+
+    # The uninterrupted reference runs alongside (one thread each, two cores).
+    reference = tmp_path / "reference"
+    plain = subprocess.Popen(
+        cli + _train_args(data_dir, reference, tmp_path / "cache-ref", **options),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        cli + _train_args(data_dir, killed, tmp_path / "cache", **options),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    state_file = killed / RESUME_FILE
+    deadline = time.monotonic() + 240
+    while not state_file.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no resume state appeared"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    proc.stderr.close()
+
+    state = torch.load(state_file, weights_only=True)
+    assert state["epoch"] == 0 and state["step_in_epoch"] > 0, "the kill should land mid-epoch"
+    saved_step = state["global_step"]
+    logged = len(read_csv(killed / "logs" / "steps.csv"))
+    assert saved_step <= logged < total  # it was killed before finishing, after its checkpoint
+
+    resumed = _run([*cli, "train", "--resume", str(killed)])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming at epoch 1, step {saved_step} of it" in resumed.stdout
+
+    try:
+        output, _ = plain.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(plain.pid, signal.SIGKILL)
+        raise
+    assert plain.returncode == 0, output
+
+    # Same number of optimizer steps, each logged once, and on the CPU the same final weights.
+    for out in (killed, reference):
+        steps = read_csv(out / "logs" / "steps.csv")
+        assert [int(r["global_step"]) for r in steps] == list(range(1, total + 1))
+        assert torch.load(out / RESUME_FILE, weights_only=True)["global_step"] == total
+    a, b = _final_weights(killed), _final_weights(reference)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    losses = [[float(r["loss"]) for r in read_csv(out / "logs" / "steps.csv")] for out in (killed, reference)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

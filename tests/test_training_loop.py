@@ -1,0 +1,158 @@
+"""The training loop in one process: outputs, checkpoints, NaN stop, transfer learning, noise."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.training.config import load_config
+from engine.training.errors import TrainingError
+from engine.training.logging import read_csv
+from engine.training.trainer import diffuse, resume_config, steps_per_epoch, train
+from tests.training_data import write_volumes
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from engine.specs import PRESETS
+
+    folder = tmp_path_factory.mktemp("train-data")
+    write_volumes(folder, PRESETS["tiny"], 8)
+    return folder
+
+
+def _read_rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _config(tmp_path, data_dir, **overrides):
+    values = {
+        "preset": "tiny",
+        "data": [str(data_dir)],
+        "out": str(tmp_path / "run"),
+        "epochs": 1,
+        "batch_size": 2,
+        "val_fraction": 0.25,
+        "val_timesteps": 2,
+        "sample_every": 0,
+        "checkpoint_every": 0,
+        "resume_every_minutes": 0.0,
+        "cache_dir": str(tmp_path / "cache"),
+        "tensorboard": False,
+        **overrides,
+    }
+    return load_config(None, values)
+
+
+def test_a_run_writes_split_logs_figures_and_loadable_checkpoints(tmp_path, data_dir):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "broken.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    config = _config(
+        tmp_path,
+        data_dir,
+        data=[str(data_dir), str(extra)],
+        epochs=2,
+        grad_accum=2,
+        checkpoint_every=1,
+        sample_every=2,
+        sample_count=2,
+        sample_steps=2,
+        max_failed_fraction=0.2,
+    )
+    events = []
+    result = train(config, callback=events.append)
+    run = tmp_path / "run"
+
+    # 8 scans, 2 to validation; 6 training volumes in micro-batches of 2, 2 per step → 2 steps per epoch.
+    per_epoch = steps_per_epoch(6, batch_size=2, grad_accum=2, world_size=1)
+    assert per_epoch == 2
+    assert result.global_step == 2 * per_epoch and result.epochs_done == 2
+    assert result.effective_batch_size == 4
+    steps = read_csv(run / "logs" / "steps.csv")
+    assert [int(r["global_step"]) for r in steps] == [1, 2, 3, 4]
+    epochs = read_csv(run / "logs" / "epochs.csv")
+    assert [int(r["epoch"]) for r in epochs] == [1, 2]
+    assert all(float(r["val_loss"]) > 0 and float(r["val_loss_ema"]) > 0 for r in epochs)
+    assert [e.summary.epoch for e in events if e.kind == "epoch"] == [1, 2]
+
+    # The bad file is skipped, listed with its reason and reported.
+    failed = _read_rows(run / "failed_files.csv")
+    assert [r["path"] for r in failed] == [str(extra / "broken.nii.gz")]
+    assert "broken.nii.gz" in failed[0]["reason"]
+    assert any(e.kind == "warning" and "broken.nii.gz" in e.message for e in events)
+    split = _read_rows(run / "split.csv")
+    assert sorted(r["split"] for r in split) == ["train"] * 6 + ["val"] * 2
+
+    for name in ("last", "best", "epoch_0001", "epoch_0002"):
+        assert (run / "checkpoints" / f"{name}.safetensors").exists(), name
+    ckpt = load_checkpoint(run / "checkpoints" / "last.safetensors")
+    assert ckpt.has_ema and ckpt.spec.name == "tiny"
+    assert ckpt.provenance["training"]["global_step"] == 4
+    assert any(not torch.equal(ckpt.weights[k], ckpt.ema_weights[k]) for k in ckpt.weights)
+    ckpt.build_model()  # what the app does with it
+    for png in (run / "loss_curve.png", run / "samples" / "epoch_0002.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    with pytest.raises(TrainingError, match="already holds a training run"):
+        train(config)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+    # A learning rate of 1e30 makes the weights overflow after one step: a real divergence.
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf).*no epoch had finished"):
+        train(_config(tmp_path / "a", data_dir, lr=1e30))
+    # The split was written before training started.
+    assert (tmp_path / "a" / "run" / "split.csv").exists()
+
+    config = _config(tmp_path, data_dir)
+    train(config)
+    last = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    before = last.read_bytes()
+    diverging = resume_config(tmp_path / "run", {"epochs": 2, "lr": 1e30})
+    expected = r"loss became (nan|inf) at epoch 2.*last good checkpoint is .*last\.safetensors"
+    with pytest.raises(TrainingError, match=expected):
+        train(diverging, resume=True)
+    assert last.read_bytes() == before
+    ckpt = load_checkpoint(last)
+    assert all(torch.isfinite(w).all() for w in ckpt.weights.values())
+
+
+def test_init_from_with_frozen_encoder_levels(tmp_path, data_dir, tiny_checkpoint):
+    source = load_checkpoint(tiny_checkpoint)
+    config = _config(tmp_path, data_dir, init_from=str(tiny_checkpoint), freeze_encoder_levels=1, lr=1e-3)
+    train(config)
+    tuned = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    frozen = [k for k in tuned.weights if k.startswith(("conv_in.", "down_blocks.0."))]
+    trained = [k for k in tuned.weights if k.startswith(("up_blocks.", "out."))]
+    assert frozen and trained
+    # Started from the EMA weights of the source (the default), frozen levels kept exactly.
+    assert all(torch.equal(tuned.weights[k], source.ema_weights[k]) for k in frozen)
+    assert any(not torch.equal(tuned.weights[k], source.ema_weights[k]) for k in trained)
+    assert tuned.provenance["training"]["init_from_weights"] == "ema"
+
+    other = tmp_path / "demo.safetensors"
+    from engine.specs import PRESETS
+
+    demo = PRESETS["demo"]
+    save_checkpoint(other, spec=demo, weights=demo.build_model().state_dict())
+    with pytest.raises(TrainingError, match="does not match preset 'tiny'"):
+        train(_config(tmp_path / "b", data_dir, init_from=str(other)))
+
+
+def test_forward_noising_matches_monai(tiny_spec):
+    from monai.networks.schedulers import DDPMScheduler
+
+    schedule = tiny_spec.schedule
+    monai = DDPMScheduler(**{k: v for k, v in schedule.monai_kwargs().items() if k != "prediction_type"})
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand((4, 1, 6, 8, 6), generator=generator) * 2 - 1
+    eps = torch.randn(x0.shape, generator=generator)
+    t = torch.tensor([0, 10, 500, 999])
+    abar = schedule.alphas_cumprod()
+    ours = diffuse(x0, eps, t, sqrt_abar=abar.sqrt().float(), sqrt_one_minus_abar=(1 - abar).sqrt().float())
+    torch.testing.assert_close(ours, monai.add_noise(x0, eps, t), atol=1e-6, rtol=1e-5)
