@@ -247,3 +247,25 @@ def test_unknown_device(name):
 def test_describe_device():
     assert describe_device("cpu").startswith("CPU (")
     assert "threads" in describe_device(torch.device("cpu"))
+
+
+# --- the GPU benchmark's CPU-free part -------------------------------------------------------
+
+
+def test_gpu_benchmark_flop_count_on_meta_matches_a_real_forward():
+    """benchmarks/gpu_paper_preset.py counts FLOPs on the meta device; check that against a real run."""
+    import importlib.util
+    from pathlib import Path
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_paper_preset.py"
+    module_spec = importlib.util.spec_from_file_location("gpu_paper_preset", path)
+    bench = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(bench)
+
+    net = SPEC.build_model().eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(torch.zeros((1, 1, *GRID)), timesteps=torch.full((1,), 500.0))
+    assert bench.forward_flops(SPEC) == counter.get_total_flops() > 0
