@@ -6,9 +6,12 @@ collects the finished :class:`GeneratedVolume` objects as batches complete, and 
 closing the iterator (``events.close()``, or simply dropping it): no model call runs after
 the event the consumer last received.
 
-Reproducibility: each volume has its own seed (see :func:`seeds_from`), so volume k is the
-same whatever ``batch_size`` it was generated with (up to float rounding of batched
-convolutions, ~1e-6), and the same seed on the same device gives the same volume.
+Reproducibility: each volume has its own seed (see :func:`seeds_from`) and every random
+number of volume k is drawn from its own generator, so volume k is the same whatever
+``batch_size`` it was generated with, and the same seed on the same device gives the same
+volume. "The same" up to float rounding: a UNet's output for a batch differs from single runs
+by ~1e-6 (kernel choice); a trained denoiser damps that, an untrained network can magnify it
+to ~1e-4 over the chain (see tests/test_generation.py).
 """
 
 from __future__ import annotations

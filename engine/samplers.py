@@ -162,7 +162,10 @@ def ddpm_coefficients(abar_t: float, abar_prev: float) -> tuple[float, float, fl
     With all T steps ``t_prev = t - 1`` and this is exactly MONAI's ``DDPMScheduler.step``.
     MONAI uses ``alphas_cumprod[t-1]`` and ``betas[t]`` whatever the spacing, so with N < T
     it removes one step's worth of noise per jump: with T=1000 and N=100 on Gaussian data
-    N(0, 0.25) its final variance is ≈ 0.77 instead of ≈ 0.22 (see the tests).
+    N(0, 0.25) and the exact noise predictor, its samples end with variance ≈ 0.77 (mostly
+    noise), ours with ≈ 0.22. Ours falls a little short of 0.25 because the "fixed small"
+    variance leaves out Var(x_0 | x_t); that gap closes as N grows (≈ 0.246 at N = T) and is
+    what learned variances (Nichol & Dhariwal) fix. See tests/test_samplers.py.
 
     Args:
         abar_t: alpha-bar at the current timestep.
