@@ -71,11 +71,7 @@ def load_model(preset: str, checkpoint: str | None) -> tuple[ModelSpec, torch.nn
         return ckpt.spec, ckpt.build_model(), f"checkpoint {checkpoint}"
     spec = PRESETS[preset]
     torch.manual_seed(0)
-    model = spec.build_model()
-    # MONAI zero-initialises some layers, so an untrained UNet predicts exactly 0; re-draw them.
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv3d | torch.nn.Linear) and not module.weight.any():
-            module.reset_parameters()
+    model = spec.build_random_model(seed=0)
     return spec, model.eval(), f"{preset} preset, random weights"
 
 

@@ -150,9 +150,31 @@ class ModelSpec:
             intensity=IntensityMapping.from_dict(data.get("intensity", {})),
         )
 
+    def build_random_model(self, *, seed: int = 0) -> torch.nn.Module:
+        """A randomly initialised network that predicts non-zero noise, for tests and benchmarks.
+
+        MONAI zero-initialises the last convolution (and a few others), so a fresh
+        ``DiffusionModelUNet`` outputs exactly 0 and any comparison run on it is trivially
+        true; those layers are re-drawn here.
+        """
+        return reinitialise_zero_layers(self.unet.build(), seed=seed)
+
     def with_grid(self, shape: tuple[int, int, int]) -> ModelSpec:
         """The same network and schedule on another grid over the MNI box."""
         return replace(self, grid=GridGeometry.over_mni_box(shape))
+
+
+def reinitialise_zero_layers(model: torch.nn.Module, *, seed: int = 0) -> torch.nn.Module:
+    """Re-draw every all-zero Conv3d/Linear weight with its default initialisation (in place)."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv3d | torch.nn.Linear) and not module.weight.any():
+                module.reset_parameters()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model
 
 
 def _plain(value):

@@ -20,7 +20,7 @@ from engine.samplers import (
     initial_noise,
     trailing_timesteps,
 )
-from engine.specs import ScheduleSpec, UNetSpec
+from engine.specs import ScheduleSpec, UNetSpec, reinitialise_zero_layers
 
 SHAPE = (1, 16, 16, 16)  # (C, D, H, W)
 TINY_UNET = UNetSpec(
@@ -30,18 +30,6 @@ TINY_UNET = UNetSpec(
     num_head_channels=16,
     norm_num_groups=8,
 )
-
-
-def _without_zero_layers(model: torch.nn.Module) -> torch.nn.Module:
-    """Re-initialise the layers MONAI zero-initialises, so an untrained UNet predicts non-zero noise.
-
-    A fresh ``DiffusionModelUNet`` outputs exactly 0 (its last convolution starts at zero),
-    which would make every comparison below trivially true.
-    """
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv3d | torch.nn.Linear) and not module.weight.any():
-            module.reset_parameters()
-    return model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -56,7 +44,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def unet() -> torch.nn.Module:
     torch.manual_seed(1234)
-    return _without_zero_layers(TINY_UNET.build()).eval()
+    return reinitialise_zero_layers(TINY_UNET.build(), seed=1234).eval()
 
 
 class GaussianDataEpsilon(torch.nn.Module):

@@ -1,0 +1,74 @@
+"""How long one `demo` volume takes with the default sampler (target: under 30 s on 2 CPU cores).
+
+Usage: python benchmarks/bench_demo_volume.py [--checkpoint CKPT] [--steps 25] [--repeats 3]
+
+Uses the bundled demo checkpoint when there is one (the weights do not change the time);
+otherwise the demo preset with random weights. Reports the median wall time of whole
+volumes (model load excluded, one warm-up volume first) and seconds per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from engine.checkpoint import load_checkpoint
+from engine.generation import generate
+from engine.resources import bundled_checkpoint
+from engine.samplers import SamplerSettings
+from engine.specs import PRESETS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--sampler", default="dpmpp-2m")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    path = args.checkpoint or bundled_checkpoint()
+    if path:
+        ckpt = load_checkpoint(path)
+        spec, model, source = ckpt.spec, ckpt.build_model(), str(path)
+    else:
+        spec = PRESETS["demo"]
+        torch.manual_seed(0)
+        model, source = spec.build_random_model().eval(), "demo preset, random weights"
+    settings = SamplerSettings(name=args.sampler, steps=args.steps)
+
+    def one_volume(seed: int) -> float:
+        start = time.perf_counter()
+        for _ in generate(model, spec, seeds=[seed], settings=settings, device="cpu", preview_every=0):
+            pass
+        return time.perf_counter() - start
+
+    one_volume(0)  # warm-up: first-call allocations and kernel selection
+    times = [one_volume(seed) for seed in range(1, args.repeats + 1)]
+    median = statistics.median(times)
+    result = {
+        "model": source,
+        "grid": list(spec.grid.shape),
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "threads": args.threads,
+        "seconds_per_volume_median": round(median, 2),
+        "seconds_per_volume_all": [round(t, 2) for t in times],
+        "seconds_per_step": round(median / args.steps, 3),
+        "target_seconds": 30,
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
