@@ -4,7 +4,8 @@ Files in the run directory (written by rank 0 only):
 
 * ``logs/steps.csv`` – one row per optimizer step: epoch, step in epoch, global step,
   training MSE (mean over the step's volumes on all ranks), learning rate, gradient norm
-  (before clipping), seconds since the run started.
+  (before clipping), training seconds so far (wall clock, summed over steps, all
+  invocations) and CPU seconds of this process in those steps (robust to other load).
 * ``logs/epochs.csv`` – one row per epoch: training MSE, validation MSE of the weights and
   of the EMA weights, seconds, volumes per second, optimizer steps so far.
 * ``loss_curve.png`` – training and validation MSE per epoch on a log scale, like Figure 2
@@ -30,7 +31,7 @@ import numpy as np
 
 from engine.atomic import atomic_path
 
-STEP_COLUMNS = ("epoch", "step_in_epoch", "global_step", "loss", "lr", "grad_norm", "elapsed_s")
+STEP_COLUMNS = ("epoch", "step_in_epoch", "global_step", "loss", "lr", "grad_norm", "elapsed_s", "cpu_s")
 EPOCH_COLUMNS = (
     "epoch",
     "train_loss",

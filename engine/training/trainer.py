@@ -112,6 +112,7 @@ class _Counters:
     global_step: int = 0
     best_metric: float = math.inf
     elapsed_s: float = 0.0  # training seconds over all invocations
+    cpu_s: float = 0.0  # CPU seconds of this process in training steps
     epoch_loss_sum: float = 0.0  # sum of per-volume MSE so far in this epoch (all ranks)
     epoch_volumes: float = 0.0
     epoch_train_s: float = 0.0
@@ -306,6 +307,8 @@ def train(
             and resume state are kept).
     """
     config.validate()
+    if config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
     ctx = setup(config.device)
     try:
         return _Trainer(config, ctx, resume=resume, callback=callback, stop_requested=stop_requested).run()
@@ -487,6 +490,7 @@ class _Trainer:
             "global_step": c.global_step,
             "best_metric": c.best_metric,
             "elapsed_s": c.elapsed_s,
+            "cpu_s": c.cpu_s,
             "epoch_loss_sum": c.epoch_loss_sum,
             "epoch_volumes": c.epoch_volumes,
             "epoch_train_s": c.epoch_train_s,
@@ -532,6 +536,7 @@ class _Trainer:
         self.scaler.load_state_dict(state["scaler"])
         c.best_metric = float(state["best_metric"])
         c.elapsed_s = float(state["elapsed_s"])
+        c.cpu_s = float(state.get("cpu_s", 0.0))
         c.epoch_loss_sum = float(state["epoch_loss_sum"])
         c.epoch_volumes = float(state["epoch_volumes"])
         c.epoch_train_s = float(state["epoch_train_s"])
@@ -655,7 +660,13 @@ class _Trainer:
         model.eval()
         big_t = self.spec.schedule.num_train_timesteps
         k = self.config.val_timesteps
-        timesteps = [min(big_t - 1, int((i + 0.5) * big_t / k)) for i in range(k)]
+        # Golden-ratio offsets: volume v's k timesteps are stratified and shifted by a fixed
+        # amount, so the set covers 0..T-1 evenly yet never changes between epochs.
+        golden = (math.sqrt(5) - 1) / 2
+
+        def timestep(v: int, i: int) -> int:
+            return min(big_t - 1, int((i + (v * golden) % 1.0) * big_t / k))
+
         pairs = [(v, i) for v in range(len(self.val_set)) for i in range(k)]
         mine = pairs[self.ctx.rank :: self.ctx.world_size]
         total = 0.0
@@ -666,7 +677,7 @@ class _Trainer:
             seeds = [_mix(self.config.seed, "val", v, i) for v, i in chunk]
             eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
             eps = eps.to(self.device)
-            t = torch.tensor([timesteps[i] for _, i in chunk], device=self.device)
+            t = torch.tensor([timestep(v, i) for v, i in chunk], device=self.device)
             xt = diffuse(x0, eps, t, sqrt_abar=self.sqrt_abar, sqrt_one_minus_abar=self.sqrt_one_minus_abar)
             with self._autocast():
                 pred = model(x=xt, timesteps=t)
@@ -746,9 +757,10 @@ class _Trainer:
                 groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
                 epoch_start = time.perf_counter()
                 while c.step_in_epoch < len(groups):
-                    t0 = time.perf_counter()
+                    t0, cpu0 = time.perf_counter(), time.process_time()
                     loss, volumes, grad_norm = self._optimizer_step(groups[c.step_in_epoch])
                     dt = time.perf_counter() - t0
+                    c.cpu_s += time.process_time() - cpu0
                     c.step_in_epoch += 1
                     c.global_step += 1
                     c.epoch_loss_sum += loss * volumes
@@ -765,6 +777,7 @@ class _Trainer:
                                 "lr": self.optimizer.param_groups[0]["lr"],
                                 "grad_norm": grad_norm,
                                 "elapsed_s": c.elapsed_s,
+                                "cpu_s": c.cpu_s,
                             }
                         )
                         tb.scalars(c.global_step, {"loss/train_step": loss, "grad_norm": grad_norm})

@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     rg.add_argument("--out", metavar="RUN_DIR", help="run directory (created)")
     rg.add_argument("--device", metavar="DEV", help="auto, cpu or cuda (default: auto)")
+    rg.add_argument("--cpu-threads", type=int, metavar="N", help="compute threads per process, 0 = all cores (0)")
     rg.add_argument("--seed", type=int, metavar="N", help="seed for split, initial weights, order and noise (0)")
 
     opt = p.add_argument_group("optimisation")
@@ -53,11 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     opt.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm, 0 = off (1.0)")
     opt.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="mixed precision (auto)")
     opt.add_argument("--ema-decay", type=float, metavar="D", help="EMA decay of the weights, 0 = off (0.999)")
-    opt.add_argument("--workers", type=int, metavar="N", help=argparse.SUPPRESS)
 
     data = p.add_argument_group("data")
     data.add_argument("--val-fraction", type=float, metavar="F", help="share of subjects for validation (0.2)")
-    data.add_argument("--val-timesteps", type=int, metavar="N", help="fixed timesteps per validation scan (8)")
+    data.add_argument("--val-timesteps", type=int, metavar="N", help="fixed timesteps per validation scan (2)")
     data.add_argument(
         "--max-failed-fraction", type=float, metavar="F", help="stop if more than this share of files fail (0.1)"
     )
