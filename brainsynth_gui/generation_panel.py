@@ -16,9 +16,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from brainsynth_gui.generation_request import DEFAULT_STEPS, GenerationRequest, format_seconds
+from brainsynth_gui.generation_request import GenerationRequest, format_seconds
 from brainsynth_gui.generation_worker import ProgressReport
-from engine.samplers import SAMPLERS
+from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 
 SAMPLER_LABELS = {"ddpm": "DDPM (ancestral)", "ddim": "DDIM", "dpmpp-2m": "DPM-Solver++ 2M"}
 MAX_SEED = 2**31 - 1
@@ -47,10 +47,10 @@ class GenerationPanel(QWidget):
         self.sampler = QComboBox()
         for name in SAMPLERS:
             self.sampler.addItem(SAMPLER_LABELS.get(name, name), name)
-        self.sampler.setCurrentIndex(SAMPLERS.index("ddim"))
+        self.sampler.setCurrentIndex(SAMPLERS.index(DEFAULT_SAMPLER))
         self.steps = QSpinBox()
         self.steps.setRange(1, 1000)
-        self.steps.setValue(DEFAULT_STEPS["ddim"])
+        self.steps.setValue(DEFAULT_STEPS[DEFAULT_SAMPLER])
         self.steps.setToolTip("Denoising steps per volume: more is slower and usually cleaner")
         self.sampler.currentIndexChanged.connect(self._sampler_changed)
         self.count = QSpinBox()

@@ -7,9 +7,7 @@ import time
 from dataclasses import dataclass
 
 from engine.generation import seeds_from
-from engine.samplers import SamplerSettings
-
-DEFAULT_STEPS: dict[str, int] = {"ddpm": 1000, "ddim": 50, "dpmpp-2m": 25}
+from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SamplerSettings
 
 
 @dataclass(frozen=True)
@@ -28,8 +26,8 @@ class GenerationRequest:
     """
 
     device: str = "auto"
-    sampler: str = "ddim"
-    steps: int = 50
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = DEFAULT_STEPS[DEFAULT_SAMPLER]
     count: int = 1
     seed: int = 0
     random_seed: bool = False

@@ -51,6 +51,10 @@ from engine.errors import SamplingError
 from engine.specs import ScheduleSpec
 
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp-2m")
+# What the front ends offer by default: DPM-Solver++(2M) reaches DDIM-quality volumes in
+# fewer steps (benchmarks/bench_sampling.py); DDPM needs every training step.
+DEFAULT_SAMPLER = "dpmpp-2m"
+DEFAULT_STEPS: dict[str, int] = {"ddpm": 1000, "ddim": 50, "dpmpp-2m": 25}
 """Valid values of :attr:`SamplerSettings.name`."""
 
 FramePredicate = Callable[[int], bool]

@@ -99,3 +99,10 @@ def test_debug_shows_the_traceback(tmp_path):
         check=False,
     )
     assert result.returncode != 0 and "Traceback" in result.stderr and "does not exist" in result.stderr
+
+
+def test_cli_default_sampler_is_the_engine_default():
+    from engine.samplers import DEFAULT_SAMPLER
+    from training_cli.commands import sample
+
+    assert sample.DEFAULT_SAMPLER == DEFAULT_SAMPLER

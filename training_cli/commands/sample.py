@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+# The defaults live in engine.samplers; repeated here as literals only for --help, which must not import torch.
 DEFAULT_SAMPLER = "dpmpp-2m"
-DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpmpp-2m": 25}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.export import export_batch, export_targets, save_trajectory_nifti, sha256_file
     from engine.generation import generate, seeds_from
     from engine.resources import default_checkpoint
-    from engine.samplers import SamplerSettings
+    from engine.samplers import DEFAULT_STEPS, SamplerSettings
 
     shard, shards = parse_shard(args.shard)
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
