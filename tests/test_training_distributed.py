@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from engine.checkpoint import load_checkpoint
+from engine.training.distributed import launch_environment, shard_indices
 from engine.training.logging import read_csv
 from engine.training.trainer import RESUME_FILE, steps_per_epoch
 from tests.training_data import write_volumes
@@ -178,3 +179,34 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, da
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
     losses = [[float(r["loss"]) for r in read_csv(out / "logs" / "steps.csv")] for out in (killed, reference)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_ranks_and_rendezvous_come_from_the_launcher_environment():
+    torchrun = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "SLURM_PROCID": "0"}
+    assert launch_environment(torchrun) == {
+        "rank": 3,
+        "world_size": 8,
+        "local_rank": 1,
+        "launcher": "torchrun",
+        "master_addr": None,
+        "master_port": None,
+    }
+    srun = {
+        "SLURM_PROCID": "5",
+        "SLURM_STEP_NUM_TASKS": "8",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_ID": "123456",
+        "SLURM_STEP_NODELIST": "gpu[003-004,010]",
+    }
+    env = launch_environment(srun)
+    assert (env["rank"], env["world_size"], env["local_rank"], env["launcher"]) == (5, 8, 1, "slurm")
+    assert (env["master_addr"], env["master_port"]) == ("gpu003", str(20000 + 123456 % 20000))
+    # The batch script itself (no job step) is a single process, whatever the allocation.
+    assert launch_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "1"})["world_size"] == 1
+
+
+def test_shards_cover_the_epoch_and_have_equal_length():
+    order = [4, 0, 3, 1, 2]
+    shards = [shard_indices(order, rank=r, world_size=2) for r in range(2)]
+    assert shards == [[4, 3, 2], [0, 1, 4]]  # padded by wrapping, like DistributedSampler
+    assert set(shards[0]) | set(shards[1]) == set(order)

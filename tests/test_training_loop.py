@@ -156,3 +156,17 @@ def test_forward_noising_matches_monai(tiny_spec):
     abar = schedule.alphas_cumprod()
     ours = diffuse(x0, eps, t, sqrt_abar=abar.sqrt().float(), sqrt_one_minus_abar=(1 - abar).sqrt().float())
     torch.testing.assert_close(ours, monai.add_noise(x0, eps, t), atol=1e-6, rtol=1e-5)
+
+
+def test_a_stop_request_saves_the_state_and_a_resume_finishes_the_run(tmp_path, data_dir):
+    polls = iter(range(100))
+    config = _config(tmp_path, data_dir, epochs=2)
+    # Polled once per optimizer step: asking on the second poll stops after step 2 of 3.
+    result = train(config, stop_requested=lambda: next(polls) >= 1)
+    assert result.stopped_early and result.global_step == 2
+    state = torch.load(tmp_path / "run" / "resume" / "state.pt", weights_only=True)
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 2, 2)
+    finished = train(resume_config(tmp_path / "run"), resume=True)
+    assert not finished.stopped_early and finished.global_step == 6 and finished.epochs_done == 2
+    steps = read_csv(tmp_path / "run" / "logs" / "steps.csv")
+    assert [int(r["global_step"]) for r in steps] == [1, 2, 3, 4, 5, 6]

@@ -173,12 +173,15 @@ def setup(device: str = "auto") -> DistContext:
     if use_cuda:
         if not torch.cuda.is_available():
             raise TrainingError("--device cuda was asked for, but this node has no CUDA GPU")
-        if local >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        # With srun --gpus-per-task=1 every task sees exactly its own GPU, as cuda:0.
+        index = 0 if count == 1 else local
+        if index >= count:
             raise TrainingError(
-                f"local rank {local} has no GPU: this node has {torch.cuda.device_count()}; "
+                f"local rank {local} has no GPU: this node has {count}; "
                 "start one process per GPU (e.g. --nproc-per-node or --ntasks-per-node = GPUs per node)"
             )
-        dev = torch.device("cuda", local)
+        dev = torch.device("cuda", index)
         torch.cuda.set_device(dev)
         backend = "nccl"
     elif wanted in ("auto", "cpu"):
