@@ -173,6 +173,9 @@ def plot_loss_curve(epochs_csv: str | os.PathLike, out_png: str | os.PathLike, *
         ys = [float(r[key]) for r in rows if r.get(key)]
         if xs and all(y > 0 and math.isfinite(y) for y in ys):
             ax.plot(xs, ys, label=label, color=colour, marker="o" if len(xs) < 30 else None, markersize=3)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE (predicted vs true noise)")
     if ax.lines:

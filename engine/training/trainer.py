@@ -361,6 +361,9 @@ class _Trainer:
             )
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise TrainingError(f"{self.run_dir} is a file; --out must be a folder")
+        # Every rank has looked before rank 0 writes, or a slow rank would find rank 0's
+        # fresh config.toml and take it for an earlier run.
+        self.ctx.barrier()
         if self.ctx.is_main:
             for sub in ("", CHECKPOINT_DIR, "logs", "resume"):
                 (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
