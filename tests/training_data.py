@@ -9,13 +9,15 @@ import numpy as np
 
 
 def blob_volume(shape: tuple[int, int, int], seed: int) -> np.ndarray:
-    """A smooth ellipsoid "brain" in standard space ([0, 1000], background 0), varied by seed."""
+    """A smooth ellipsoid "brain" in standard space (background 0, brain's top percentile at 1000)."""
     rng = np.random.default_rng(seed)
     grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
     radii = 0.7 + 0.1 * rng.random(3)
     r2 = sum((g / r) ** 2 for g, r in zip(grids, radii, strict=True))
     inside = r2 < 1.0
     data = np.where(inside, 600.0 + 300.0 * np.cos(3.0 * r2 + rng.random()) + 50.0 * rng.random(shape), 0.0)
+    # As the intensity mapping leaves a scan: the brain's 99.5th percentile at 1000, clipped.
+    data = data * (1000.0 / np.percentile(data[inside], 99.5))
     return np.clip(data, 0.0, 1000.0).astype(np.float32)
 
 

@@ -7,10 +7,12 @@ one the columns are taken in that order). Relative manifest paths are relative t
 Preparation puts every scan onto the preset's model grid in standard intensity space
 (:mod:`engine.preprocessing`). A scan that is already exactly on that grid with standard
 intensities (what ``brainsynth-cli prepare`` writes) is used as is, so preparing twice never
-changes the data. Results are cached on disk keyed by the file's SHA-256, the grid, the
-intensity mapping and the engine version: a second run, a resume or another run on the same
-files reads the cache instead of resampling again. A file that fails is cached as a failure
-with its reason too, so it is reported, not retried, until the file itself changes.
+changes the data (on the grid, values in [0, scale] and the foreground's upper percentile
+at the scale, as the intensity mapping leaves them). Results are cached on disk keyed by
+the file's SHA-256, the grid, the intensity mapping and the engine version: a second run,
+a resume or another run on the same files reads the cache instead of resampling again. A
+file that fails is cached as a failure with its reason too, so it is reported, not retried,
+until the file itself changes.
 
 The split is by subject (scans without a subject id are their own subject), stratified by
 group, and a pure function of the seed and the files' contents: renaming or moving files
@@ -244,12 +246,26 @@ class PreparationCache:
         on_grid = volume.shape == tuple(grid.shape) and np.allclose(
             volume.affine, grid.affine, atol=_AFFINE_TOLERANCE_MM
         )
-        if on_grid and float(volume.data.min()) >= 0.0 and float(volume.data.max()) <= scale * (1 + 1e-6):
+        if on_grid and _looks_standard(volume.data, scale, self.spec.intensity.upper_percentile):
             # Already prepared (e.g. by `brainsynth-cli prepare`): renormalising again would
             # shift intensities slightly each time, so leave it alone.
             return np.ascontiguousarray(volume.data, dtype=np.float32), list(volume.warnings)
         scan = prepare_scan(volume, self.spec)
         return np.ascontiguousarray(scan.data, dtype=np.float32), list(scan.warnings)
+
+
+def _looks_standard(data: np.ndarray, scale: float, percentile: float) -> bool:
+    """Whether on-grid data are already in standard space: within [0, scale], and the upper
+    percentile of the non-background voxels at (nearly) ``scale``, as the mapping makes it.
+
+    The percentile condition keeps a raw scan that merely happens to lie on the grid with
+    values below ``scale`` from skipping normalisation.
+    """
+    lo, hi = float(data.min()), float(data.max())
+    if lo < 0.0 or hi > scale * (1 + 1e-6):
+        return False
+    foreground = data[data > 0]
+    return foreground.size > 0 and float(np.percentile(foreground, percentile)) >= 0.95 * scale
 
 
 def _read_json(path: Path) -> dict:
