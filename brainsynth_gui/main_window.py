@@ -92,6 +92,8 @@ class MainWindow(QMainWindow):
         self._follow_preview = False
         self._current: SyntheticEntry | None = None
         self._scan_jobs: list[BackgroundCall] = []
+        self.review_windows: list = []  # open review-mode windows (Study ▸ Review study…)
+        self.study_db_path: Path | None = None  # the study database last used (None: the default)
 
         # Central area: display controls, viewer, timeline.
         self.viewer = OrthoViewer(self.state)
@@ -218,6 +220,15 @@ class MainWindow(QMainWindow):
         self._action(view_menu, "&Fit", zoom.reset, "Ctrl+0")
         wl = self.state.window_level
         self._action(view_menu, "Reset &window/level", lambda: wl.set(window=1000, level=500), "Ctrl+R")
+
+        study_menu = bar.addMenu("&Study")
+        self._action(study_menu, "&Review study…", self.ask_review)
+        self._action(study_menu, "Re&sults…", self.ask_results)
+        study_menu.addSeparator()
+        self._action(study_menu, "&Create study…", self.ask_create_study)
+
+        tools_menu = bar.addMenu("T&ools")
+        self._action(tools_menu, "&Evaluate generated volumes…", self.ask_evaluate)
 
         timeline_menu = bar.addMenu("&Timeline")
         trajectory = self.state.trajectory
@@ -644,6 +655,130 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Saved {path}", 8000)
         return True
 
+    # -- reader studies and evaluation ------------------------------------------------------
+
+    def ask_review(self) -> None:
+        from brainsynth_gui.study_dialogs import StudyChoiceDialog
+
+        dialog = StudyChoiceDialog(
+            self, title="Review a study", ok_text="Start reviewing", with_reader=True, db_path=self.study_db_path
+        )
+        if dialog.exec() != StudyChoiceDialog.DialogCode.Accepted:
+            return
+        picker = dialog.picker
+        study, reader = picker.study, picker.reader
+        db = picker.take_db()
+        if db is not None:
+            self.study_db_path = db.path
+            self.open_review(db, study, reader, owns_db=True)
+
+    def open_review(self, db, study: str, reader: str, *, owns_db: bool = False):
+        """Open review mode for ``reader`` of ``study`` in ``db`` (a StudyDatabase or its path).
+
+        Returns:
+            The :class:`~brainsynth_gui.review_window.ReviewWindow`, or None after an error.
+        """
+        from brainsynth_gui.review_window import ReviewWindow
+        from engine.study import StudyDatabase
+
+        try:
+            if not isinstance(db, StudyDatabase):
+                db, owns_db = StudyDatabase(db), True
+            session = db.session(study, reader)
+        except BrainSynthError as exc:
+            self.report_error("Cannot open the study", str(exc))
+            return None
+        window = ReviewWindow(db, session, owns_db=owns_db, quiet=self.quiet)
+        window.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose, False)
+        self.review_windows.append(window)
+        window.show()
+        window.start()
+        return window
+
+    def ask_results(self) -> None:
+        from brainsynth_gui.study_dialogs import StudyChoiceDialog
+
+        dialog = StudyChoiceDialog(
+            self, title="Study results", ok_text="Show results", with_reader=False, db_path=self.study_db_path
+        )
+        if dialog.exec() != StudyChoiceDialog.DialogCode.Accepted:
+            return
+        picker = dialog.picker
+        study, db = picker.study, picker.take_db()
+        if db is not None:
+            path = db.path
+            db.close()
+            self.study_db_path = path
+            self.open_results(path, study)
+
+    def open_results(self, db_path: Path, study: str):
+        """Show the results view of ``study`` (computed in the background); returns the dialog."""
+        from brainsynth_gui.results_view import ResultsDialog
+
+        dialog = ResultsDialog(self, db_path=Path(db_path), study=study, quiet=self.quiet)
+        dialog.show()
+        return dialog
+
+    def ask_create_study(self):
+        """Study ▸ Create study…: the dialog, offering this session's scans and generated volumes."""
+        from brainsynth_gui.study_dialogs import CreateStudyDialog, SessionVolume
+
+        volumes = [
+            SessionVolume(
+                number=e.number,
+                seed=e.volume.seed,
+                array=np.asarray(e.volume.array, dtype=np.float32),
+                sampler_info={
+                    "sampler": e.volume.settings.name,
+                    "steps": e.volume.settings.steps,
+                    "eta": e.volume.settings.eta,
+                },
+            )
+            for e in self.library.entries
+        ]
+        dialog = CreateStudyDialog(
+            self,
+            db_path=self.study_db_path,
+            session_scans=list(self.scans.paths),
+            session_volumes=volumes,
+            spec=self.spec,
+            checkpoint_path=self.checkpoint.path if self.checkpoint is not None else None,
+        )
+        if dialog.exec() == CreateStudyDialog.DialogCode.Accepted and dialog.created is not None:
+            self.study_db_path = dialog.db_path
+            self.statusBar().showMessage(
+                f"Created study {dialog.created.name!r} ({dialog.created.n_cases} cases); "
+                "readers start it with Study ▸ Review study…",
+                10000,
+            )
+        return dialog
+
+    def evaluation_dialog(self):
+        """The Tools ▸ Evaluate dialog over this session's generated volumes and real scans."""
+        from brainsynth_gui.evaluation_dialog import EvaluationDialog
+
+        spec = self.spec
+        entries = list(self.library.entries)
+        scans = self.scans
+        n_scans = len(scans)
+        scale = float(spec.intensity.scale)
+
+        def real():
+            prepared = [scans.prepared(i, spec).data for i in range(n_scans)]
+            # Clipped like every study case (engine.study.display): standard space is [0, scale].
+            names = [p.name for p in scans.paths[:n_scans]]
+            return [np.clip(d, 0.0, scale).astype(np.float32) for d in prepared], names
+
+        def synthetic():
+            return [e.standard() for e in entries], [f"#{e.number} seed {e.volume.seed}" for e in entries]
+
+        return EvaluationDialog(
+            self, real=real, synthetic=synthetic, counts=(n_scans, len(entries)), spec=spec, quiet=self.quiet
+        )
+
+    def ask_evaluate(self) -> None:
+        self.evaluation_dialog().exec()
+
     # -- drag and drop ----------------------------------------------------------------------
 
     def dragEnterEvent(self, event) -> None:
@@ -680,6 +815,8 @@ class MainWindow(QMainWindow):
             self.worker.wait()
         for job in list(self._scan_jobs):
             job.wait()
+        for window in self.review_windows:
+            window.close()
         super().closeEvent(event)
 
 
