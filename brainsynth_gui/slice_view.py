@@ -87,10 +87,21 @@ class SliceView(pg.GraphicsView):
         state: the shared viewer state (cursor, window/level, orientation, zoom, display).
         layer: the volume shown.
         overlay: a second volume drawn on top when the display's compare mode is "overlay".
+        empty_text: what the view says while ``layer`` has no data (default: a hint to generate
+            a volume or open a scan, by the layer's name).
     """
 
-    def __init__(self, plane: str, state: ViewerState, layer: ImageLayer, overlay: ImageLayer | None = None) -> None:
+    def __init__(
+        self,
+        plane: str,
+        state: ViewerState,
+        layer: ImageLayer,
+        overlay: ImageLayer | None = None,
+        *,
+        empty_text: str | None = None,
+    ) -> None:
         super().__init__(background="k")
+        self.empty_text = empty_text
         self.plane = PLANES[plane]
         self.state = state
         self.layer = layer
@@ -188,9 +199,10 @@ class SliceView(pg.GraphicsView):
             self.empty_hint.hide()
         else:
             self.image.setVisible(False)
-            self.empty_hint.setText(
-                "No synthetic volume yet: generate one" if self.layer.name == "synthetic" else "No real scan: open one"
-            )
+            hint = self.empty_text
+            if hint is None and self.layer.name == "synthetic":
+                hint = "No synthetic volume yet: generate one"
+            self.empty_hint.setText(hint if hint is not None else "No real scan: open one")
             self.empty_hint.show()
         overlay_data = self.overlay_layer.data if self.overlay_layer is not None else None
         show_overlay = (

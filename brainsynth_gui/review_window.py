@@ -1,0 +1,522 @@
+"""Review mode: one reader rates a blind study's cases one at a time, keyboard only if they like.
+
+The window drives an :class:`engine.study.ReaderSession` and nothing else, so it can show
+only what a session hands out: an anonymous case number and a display array. No file name,
+path, header field or pool size reaches any widget; the title is the study, the reader and
+"Case 7 · 12 of 40".
+
+It reuses the app's view widgets over its own :class:`~brainsynth_gui.state.ViewerState`
+(on the study's grid): three linked :class:`~brainsynth_gui.slice_view.SliceView` planes, or a
+:class:`~brainsynth_gui.lightbox.LightboxView` of axial slices (L). The rating in progress is a
+:class:`~brainsynth_gui.rating_state.RatingState`; the panel is built from the study's questions.
+
+Flow:
+
+* Every answer is saved with :meth:`ReaderSession.answer` the moment Next is taken (the
+  engine commits each one), so closing the window or a crash loses nothing answered, and
+  opening the study again resumes at the first unanswered case (:meth:`ReaderSession.next_case`).
+* Next (Enter) is blocked until every required question is answered.
+* Skip for later (S) moves the case behind all others (the engine's queue); it comes back
+  at the end.
+* Time per case is the engine's: from :meth:`ReaderSession.open_case`, called when the case
+  is on screen (loading time is not counted), to the answer or skip.
+* Loading a case runs in the background with a busy indicator; while the reader rates, the
+  next case is loaded ahead.
+* Back (B) revisits earlier answers, only when the study allows changing them; the engine
+  keeps every change with its time. Going back leaves the unanswered case's visit open-ended
+  (the engine does not count such an abandoned visit), so its clock starts again on return.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from brainsynth_gui.background import BackgroundCall
+from brainsynth_gui.lightbox import LightboxView
+from brainsynth_gui.rating_panel import RatingPanel
+from brainsynth_gui.rating_state import RatingState
+from brainsynth_gui.rendering import PLANE_ORDER
+from brainsynth_gui.slice_view import SliceView
+from brainsynth_gui.state import (
+    CursorState,
+    DisplayState,
+    ImageLayer,
+    OrientationState,
+    TrajectoryState,
+    ViewerState,
+    WindowLevelState,
+    ZoomState,
+)
+from engine.errors import BrainSynthError
+from engine.geometry import GridGeometry
+from engine.study import DisplayCase, ReaderSession, StudyDatabase
+
+HELP_TEXT = (
+    "<b>Keys</b><br>"
+    "<b>1–5</b> answer the outlined question and go to the next one<br>"
+    "<b>↑ ↓</b> or <b>Tab</b> / <b>Shift+Tab</b>: previous / next question; <b>← →</b> change the answer<br>"
+    "<b>Enter</b>: save and go to the next case (once every question marked * is answered)<br>"
+    "<b>S</b>: skip for later (the case comes back at the end)<br>"
+    "<b>L</b>: lightbox of axial slices on / off; <b>PgUp / PgDn</b>: axial slice<br>"
+    "Mouse in the views: click moves the crosshair, wheel steps slices, right-drag sets window/level"
+)
+BACK_HELP = "<br><b>B</b>: back to an earlier case to change its answer"
+LIGHTBOX_SLICES = 12
+
+
+def review_state(grid: GridGeometry) -> ViewerState:
+    """A viewer state for review mode: one layer, named "case", on the study's grid.
+
+    The main window's state calls its layers "synthetic" and "real"; those names reach view
+    hints and readouts, so review mode has its own neutral one (the second layer stays empty).
+    """
+    return ViewerState(
+        cursor=CursorState(grid),
+        window_level=WindowLevelState(),
+        orientation=OrientationState(),
+        zoom=ZoomState(grid),
+        trajectory=TrajectoryState(),
+        display=DisplayState(),
+        synthetic=ImageLayer("case"),
+        real=ImageLayer("unused"),
+    )
+
+
+class ReviewWindow(QMainWindow):
+    """Review mode for one reader of one study.
+
+    Args:
+        db: the study database (the window closes it on close when ``owns_db``).
+        session: the reader's session.
+        owns_db: close ``db`` when the window closes.
+        quiet: report errors on stderr instead of in dialogs (tests, headless runs).
+
+    Signals:
+        case_shown(int): a case is on screen and its clock runs.
+        study_finished(): every case is answered; the finished screen is up.
+    """
+
+    case_shown = Signal(int)
+    study_finished = Signal()
+
+    def __init__(
+        self, db: StudyDatabase, session: ReaderSession, *, owns_db: bool = False, quiet: bool = False
+    ) -> None:
+        super().__init__()
+        self.db = db
+        self.session = session
+        self.owns_db = owns_db
+        self.quiet = quiet
+        self.errors: list[str] = []
+        self.total = session.study.n_cases
+        self.current: int | None = None  # case on screen (its clock runs)
+        self.loading: int | None = None  # case being loaded for the screen
+        self.revisiting: int | None = None  # index into answered_order while changing an answer
+        self._saved_values: dict | None = None
+        self._cache: dict[int, DisplayCase] = {}
+        self._jobs: list[BackgroundCall] = []
+        self.answered_order: list[int] = []
+        for entry in session.history():
+            if entry.action == "answer" and entry.case_number not in self.answered_order:
+                self.answered_order.append(entry.case_number)
+
+        grid = session.study.display.grid
+        self.state = review_state(grid)
+        self.layer = self.state.synthetic
+        self.rating = RatingState(session.questions)
+
+        # Views: three orthogonal planes or the lightbox.
+        self.views = [SliceView(p, self.state, self.layer, empty_text="Loading case…") for p in PLANE_ORDER]
+        for view in self.views:
+            view.setFocusPolicy(Qt.FocusPolicy.ClickFocus)  # the keyboard belongs to the rating panel
+        ortho = QWidget()
+        ortho.setStyleSheet("background: #101010;")
+        grid_layout = QGridLayout(ortho)
+        grid_layout.setContentsMargins(2, 2, 2, 2)
+        grid_layout.setSpacing(3)
+        grid_layout.addWidget(self.views[0], 0, 0, 2, 1)  # axial large on the left
+        grid_layout.addWidget(self.views[1], 0, 1)
+        grid_layout.addWidget(self.views[2], 1, 1)
+        grid_layout.setColumnStretch(0, 3)
+        grid_layout.setColumnStretch(1, 2)
+        self.lightbox = LightboxView(self.state, self.layer, count=LIGHTBOX_SLICES, columns=4)
+        self.view_stack = QStackedWidget()
+        self.view_stack.addWidget(ortho)
+        self.view_stack.addWidget(self.lightbox)
+
+        # Header: case title, busy indicator, lightbox switch.
+        self.case_label = QLabel()
+        self.case_label.setStyleSheet("font-size: 16px; font-weight: bold; padding: 2px 6px;")
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)  # indeterminate
+        self.busy.setMaximumWidth(160)
+        self.busy.setMaximumHeight(14)
+        self.busy.setTextVisible(False)
+        self.busy.setToolTip("Loading the case")
+        self.lightbox_box = QCheckBox("Lightbox (L)")
+        self.lightbox_box.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.lightbox_box.setToolTip(f"Show {LIGHTBOX_SLICES} axial slices at once instead of the orthogonal views")
+        self.lightbox_box.toggled.connect(lambda on: self.view_stack.setCurrentIndex(1 if on else 0))
+        header = QHBoxLayout()
+        header.addWidget(self.case_label)
+        header.addWidget(self.busy)
+        header.addStretch(1)
+        header.addWidget(self.lightbox_box)
+
+        # Side: rating panel, what is missing, buttons, key help.
+        self.panel = RatingPanel(self.rating)
+        self.missing_label = QLabel()
+        self.missing_label.setWordWrap(True)
+        self.missing_label.setStyleSheet("color: #b05a00;")
+        self.back_button = QPushButton("◀ Back (B)")
+        self.skip_button = QPushButton("Skip for later (S)")
+        self.next_button = QPushButton("Next ▶ (Enter)")
+        self.next_button.setDefault(True)
+        for button in (self.back_button, self.skip_button, self.next_button):
+            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.back_button.clicked.connect(self.back)
+        self.skip_button.clicked.connect(self.skip)
+        self.next_button.clicked.connect(self.next)
+        self.back_button.setVisible(session.allow_changes)
+        self.back_button.setToolTip("Change an earlier answer (this study allows changes; every change is kept)")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.back_button)
+        buttons.addWidget(self.skip_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.next_button)
+        self.help_label = QLabel(HELP_TEXT + (BACK_HELP if session.allow_changes else ""))
+        self.help_label.setWordWrap(True)
+        self.help_label.setStyleSheet("color: #606060; font-size: 11px;")
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.addWidget(self.panel)
+        side_layout.addWidget(self.missing_label)
+        side_layout.addLayout(buttons)
+        side_layout.addStretch(1)
+        side_layout.addWidget(self.help_label)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(side)
+        scroll.setMinimumWidth(430)
+
+        case_page = QWidget()
+        case_layout = QVBoxLayout(case_page)
+        case_layout.setContentsMargins(0, 0, 0, 0)
+        case_layout.addLayout(header)
+        splitter = QSplitter()
+        splitter.addWidget(self.view_stack)
+        splitter.addWidget(scroll)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 1)
+        case_layout.addWidget(splitter, 1)
+
+        # The finished screen.
+        self.finished_label = QLabel()
+        self.finished_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.finished_label.setWordWrap(True)
+        self.finished_label.setStyleSheet("font-size: 15px;")
+        close_button = QPushButton("Close")
+        close_button.clicked.connect(self.close)
+        self.finished_back = QPushButton("◀ Back to change an answer (B)")
+        self.finished_back.clicked.connect(self.back)
+        self.finished_back.setVisible(session.allow_changes)
+        finished_page = QWidget()
+        finished_layout = QVBoxLayout(finished_page)
+        finished_layout.addStretch(1)
+        finished_layout.addWidget(self.finished_label)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.finished_back)
+        row.addWidget(close_button)
+        row.addStretch(1)
+        finished_layout.addLayout(row)
+        finished_layout.addStretch(2)
+
+        self.pages = QStackedWidget()
+        self.pages.addWidget(case_page)
+        self.pages.addWidget(finished_page)
+        self.setCentralWidget(self.pages)
+
+        self._shortcuts()
+        self.rating.subscribe(self._update_controls)
+        self.resize(1280, 820)
+        self._update_title()
+        self._update_controls()
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def _shortcut(self, key, slot) -> QShortcut:
+        shortcut = QShortcut(QKeySequence(key), self)
+        shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
+        shortcut.activated.connect(slot)
+        return shortcut
+
+    def _shortcuts(self) -> None:
+        # Text fields take printable keys first (Qt's shortcut override), so digits and S type
+        # into the notes there; everywhere else they rate and skip.
+        for digit in range(10):
+            self._shortcut(str(digit), lambda d=digit: self.choose(d))
+        self._shortcut(Qt.Key.Key_Return, self.next)
+        self._shortcut(Qt.Key.Key_Enter, self.next)
+        self._shortcut("S", self.skip)
+        self._shortcut("B", self.back)
+        self._shortcut("L", lambda: self.lightbox_box.setChecked(not self.lightbox_box.isChecked()))
+        self._shortcut(Qt.Key.Key_PageUp, lambda: self.state.cursor.step(2, 1))
+        self._shortcut(Qt.Key.Key_PageDown, lambda: self.state.cursor.step(2, -1))
+
+    def choose(self, value: int) -> None:
+        """A number key: answer the focused question (when a case is on screen)."""
+        if self.current is not None:
+            self.rating.choose(value)
+
+    # -- flow ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Show the first unanswered case (resuming a study started earlier), or the finished screen."""
+        self._go_next()
+
+    def _go_next(self) -> None:
+        self.revisiting = None
+        self._saved_values = None
+        try:
+            number = self.session.next_case()
+        except BrainSynthError as exc:
+            self.report_error("Cannot continue", str(exc))
+            return
+        if number is None:
+            self._show_finished()
+        else:
+            self.show_case(number)
+
+    def show_case(self, number: int) -> None:
+        """Put case ``number`` on screen, loading it in the background if it is not loaded yet."""
+        self.pages.setCurrentIndex(0)
+        self.current = None
+        self.loading = number
+        self.layer.set(None)
+        for view in self.views:
+            view.empty_text = "Loading case…"
+        self.rating.reset()
+        self._update_title()
+        self._update_controls()
+        cached = self._cache.get(number)
+        if cached is not None:
+            self._display(cached)
+            return
+        self.busy.setVisible(True)
+        self._load(number, for_screen=True)
+
+    def _load(self, number: int, *, for_screen: bool) -> None:
+        if any(getattr(job, "case_number", None) == number for job in self._jobs):
+            return  # already on its way (a prefetch the screen now waits for)
+        session = self.session
+        job = BackgroundCall(lambda: session.load_case(number))
+        job.case_number = number  # type: ignore[attr-defined]
+        job.succeeded.connect(self._loaded)
+        job.failed.connect(lambda message: self._load_failed(number, message))
+        job.finished.connect(lambda: self._job_done(job))
+        self._jobs.append(job)
+        job.start()
+
+    def _job_done(self, job: BackgroundCall) -> None:
+        if job in self._jobs:
+            self._jobs.remove(job)
+        job.deleteLater()
+
+    def _loaded(self, case: DisplayCase) -> None:
+        self._cache[case.number] = case
+        if case.number == self.loading:
+            self._display(case)
+
+    def _load_failed(self, number: int, message: str) -> None:
+        if number != self.loading:
+            return  # a prefetch failed; the error shows if the reader gets there
+        self.busy.setVisible(False)
+        for view in self.views:
+            view.empty_text = f"Case {number} cannot be shown. Skip it (S) and tell the study organiser."
+            view.refresh()
+        self.report_error("Cannot show case", message)
+        self._update_controls()
+
+    def _display(self, case: DisplayCase) -> None:
+        number = case.number
+        self.loading = None
+        self.busy.setVisible(False)
+        # Every case starts from the same view: centred crosshair, whole grid, the study's window.
+        self.state.cursor.set_voxel([(n - 1) / 2 for n in self.state.cursor.grid.shape])
+        self.state.zoom.reset()
+        self.state.window_level.set_range(*case.window)
+        self.layer.set(case.data)
+        try:
+            self.session.open_case(number)
+            saved = self.session.answer_of(number) if self.revisiting is not None else None
+        except BrainSynthError as exc:
+            self.report_error("Cannot open case", str(exc))
+            return
+        self.current = number
+        self._saved_values = dict(saved.values) if saved is not None else None
+        self.rating.reset(self._saved_values)
+        self._cache = {number: case, **{k: v for k, v in self._cache.items() if k != number}}
+        self._update_title()
+        self._update_controls()
+        self.panel.focus_current()
+        self.case_shown.emit(number)
+        self._prefetch()
+
+    def _prefetch(self) -> None:
+        """Load the case that comes after this one while the reader rates (at most two kept)."""
+        try:
+            upcoming = [e.case_number for e in self.session.queue() if e.status != "answered"]
+        except BrainSynthError:
+            return
+        following = next((n for n in upcoming if n != self.current), None)
+        self._cache = {k: v for k, v in self._cache.items() if k in (self.current, following)}
+        if following is not None and following not in self._cache:
+            self._load(following, for_screen=False)
+
+    def next(self) -> bool:
+        """Save the answer (Enter) and go on; refused while a required question is unanswered.
+
+        Returns:
+            True when the answer was saved (or was unchanged) and the next case is on its way.
+        """
+        number = self.current
+        if number is None:
+            return False
+        if not self.rating.complete:
+            self.statusBar().showMessage(f"Still to answer: {self.rating.missing_text()}", 5000)
+            return False
+        values = self.rating.values
+        if self.revisiting is None or values != self._saved_values:
+            try:
+                self.session.answer(number, values)
+            except BrainSynthError as exc:
+                self.report_error("Answer not saved", str(exc))
+                return False
+        if number not in self.answered_order:
+            self.answered_order.append(number)
+        if self.revisiting is not None and self.revisiting + 1 < len(self.answered_order):
+            self._revisit(self.revisiting + 1)
+        else:
+            self._go_next()
+        return True
+
+    def skip(self) -> bool:
+        """Skip the case on screen for later (S); it comes back after all the others."""
+        number = self.current if self.current is not None else self.loading
+        if number is None or self.revisiting is not None:
+            return False
+        try:
+            self.session.skip(number)
+        except BrainSynthError as exc:
+            self.report_error("Cannot skip", str(exc))
+            return False
+        self.statusBar().showMessage(f"Case {number} skipped; it comes back at the end", 5000)
+        self._go_next()
+        return True
+
+    def back(self) -> bool:
+        """Go to the case answered before this one to change its answer (only if the study allows it)."""
+        if not self.session.allow_changes:
+            self.statusBar().showMessage("This study does not allow changing answers", 5000)
+            return False
+        index = len(self.answered_order) - 1 if self.revisiting is None else self.revisiting - 1
+        if index < 0:
+            return False
+        self._revisit(index)
+        return True
+
+    def _revisit(self, index: int) -> None:
+        self.revisiting = index
+        self.show_case(self.answered_order[index])
+
+    def _show_finished(self) -> None:
+        self.current = None
+        self.loading = None
+        self.layer.set(None)
+        self.pages.setCurrentIndex(1)
+        self.finished_label.setText(
+            f"<h2>Study finished</h2><p>You have answered all {self.total} cases of "
+            f"<b>{_escape(self.session.study.name)}</b>. Thank you, {_escape(self.session.reader)}.</p>"
+            "<p>Every answer is saved. You can close this window.</p>"
+        )
+        self._update_title()
+        self.study_finished.emit()
+
+    # -- display -------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.pages.currentIndex() == 1
+
+    def position_text(self) -> str:
+        """``"Case 7 · 12 of 40"`` (12: the count this case will make), or the finished/changing state."""
+        if self.finished:
+            return f"Finished · {self.total} of {self.total}"
+        number = self.current if self.current is not None else self.loading
+        if number is None:
+            return ""
+        if self.revisiting is not None:
+            return f"Case {number} · changing your answer"
+        answered = self.session.progress().answered
+        return f"Case {number} · {answered + 1} of {self.total}"
+
+    def _update_title(self) -> None:
+        position = self.position_text()
+        self.case_label.setText(position)
+        parts = [self.session.study.name, self.session.reader, position]
+        self.setWindowTitle(" — ".join(p for p in parts if p))
+
+    def _update_controls(self) -> None:
+        on_screen = self.current is not None
+        self.panel.setEnabled(on_screen)
+        self.next_button.setEnabled(on_screen and self.rating.complete)
+        self.skip_button.setEnabled((on_screen or self.loading is not None) and self.revisiting is None)
+        self.back_button.setEnabled(self.session.allow_changes and bool(self.answered_order))
+        missing = self.rating.missing_text() if on_screen else ""
+        self.missing_label.setText(f"Still to answer: {missing}" if missing else "")
+
+    def report_error(self, title: str, message: str) -> None:
+        """Tell the reader; review mode keeps running."""
+        self.errors.append(message)
+        self.statusBar().showMessage(message, 15000)
+        if self.quiet:
+            print(f"brainsynth: {message}", file=sys.stderr)
+        else:
+            QMessageBox.warning(self, title, message)
+
+    def wait_for_loads(self) -> None:
+        """Block until background loads have finished (closing, tests)."""
+        for job in list(self._jobs):
+            job.wait()
+
+    def closeEvent(self, event) -> None:
+        self.wait_for_loads()
+        if self.owns_db:
+            self.db.close()
+        super().closeEvent(event)
+
+
+def _escape(text: str) -> str:
+    from html import escape
+
+    return escape(text)
