@@ -1,0 +1,524 @@
+"""Dialogs of the Study menu: pick a database, study and reader; create a study.
+
+Only the organiser's dialogs (create) show file names; what a reader picks in
+:class:`ReviewSetupDialog` is a study, a reader and the database file, never a case.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from brainsynth_gui.background import BackgroundCall
+from engine.errors import BrainSynthError
+from engine.study import StudyDatabase, StudyError, default_database_path
+
+DB_FILTER = "Study databases (*.sqlite *.sqlite3 *.db);;All files (*)"
+SCAN_FILTER = "Volumes (*.nii *.nii.gz *.mgh *.mgz);;All files (*)"
+
+
+class StudyPicker(QWidget):
+    """Database file (default or another), then one of its studies and, optionally, a reader.
+
+    Args:
+        db_path: the database shown first (default: :func:`default_database_path`).
+        with_reader: also offer the study's readers.
+    """
+
+    def __init__(self, db_path: Path | None = None, *, with_reader: bool = True, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.db: StudyDatabase | None = None
+        self.db_field = QLineEdit()
+        self.db_field.setReadOnly(True)
+        other = QPushButton("Other…")
+        other.setToolTip("Open another study database file")
+        other.clicked.connect(self._ask_db)
+        default = QPushButton("Default")
+        default.setToolTip(f"The database in your user data folder: {default_database_path()}")
+        default.clicked.connect(lambda: self.set_db(default_database_path()))
+        db_row = QHBoxLayout()
+        db_row.addWidget(self.db_field, 1)
+        db_row.addWidget(default)
+        db_row.addWidget(other)
+        self.study_box = QComboBox()
+        self.study_box.currentTextChanged.connect(self._study_changed)
+        self.reader_box = QComboBox()
+        self.reader_box.currentTextChanged.connect(self._reader_changed)
+        self.info = QLabel()
+        self.info.setWordWrap(True)
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Database", db_row)
+        form.addRow("Study", self.study_box)
+        if with_reader:
+            form.addRow("Reader", self.reader_box)
+        else:
+            self.reader_box.hide()
+        form.addRow("", self.info)
+        self.with_reader = with_reader
+        self.set_db(db_path or default_database_path())
+
+    def _ask_db(self) -> None:
+        folder = str(Path(self.db_field.text()).parent)
+        path, _ = QFileDialog.getOpenFileName(self, "Open a study database", folder, DB_FILTER)
+        if path:
+            self.set_db(Path(path))
+
+    def set_db(self, path: Path) -> bool:
+        """Open the database at ``path`` (created if missing) and list its studies."""
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        self.db_field.setText(str(path))
+        self.study_box.clear()
+        try:
+            self.db = StudyDatabase(path)
+            studies = self.db.list_studies()
+        except BrainSynthError as exc:
+            self.info.setText(f"<span style='color:#b00000'>{exc}</span>")
+            return False
+        self.study_box.addItems([s.name for s in studies])
+        if not studies:
+            self.info.setText("No studies in this database yet: create one (Study ▸ Create study…).")
+        return True
+
+    def _study_changed(self, name: str) -> None:
+        self.reader_box.blockSignals(True)
+        self.reader_box.clear()
+        if self.db is not None and name:
+            try:
+                info = self.db.study(name)
+            except BrainSynthError as exc:
+                self.info.setText(str(exc))
+                return
+            self.reader_box.addItems(list(info.readers))
+        self.reader_box.blockSignals(False)
+        self._reader_changed(self.reader_box.currentText())
+
+    def _reader_changed(self, reader: str) -> None:
+        study = self.study
+        if self.db is None or not study:
+            return
+        try:
+            if self.with_reader and reader:
+                p = self.db.session(study, reader).progress()
+                waiting = f", {p.skipped} skipped for later" if p.skipped else ""
+                done = " — finished" if p.done else ""
+                self.info.setText(f"{p.answered} of {p.total} cases answered{waiting}{done}")
+            else:
+                info = self.db.study(study)
+                self.info.setText(f"{info.n_cases} cases, readers: {', '.join(info.readers)}")
+        except BrainSynthError as exc:
+            self.info.setText(str(exc))
+
+    @property
+    def study(self) -> str:
+        return self.study_box.currentText()
+
+    @property
+    def reader(self) -> str:
+        return self.reader_box.currentText()
+
+    def take_db(self) -> StudyDatabase | None:
+        """Hand the open database to the caller (who closes it)."""
+        db, self.db = self.db, None
+        return db
+
+    def close_db(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+class StudyChoiceDialog(QDialog):
+    """Choose a database, a study and (for review) a reader.
+
+    Args:
+        title: window title.
+        ok_text: text of the accept button.
+        with_reader: ask for a reader too.
+        db_path: database shown first.
+    """
+
+    def __init__(
+        self, parent: QWidget | None, *, title: str, ok_text: str, with_reader: bool, db_path: Path | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(title)
+        self.setMinimumWidth(560)
+        self.picker = StudyPicker(db_path, with_reader=with_reader)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.button(QDialogButtonBox.StandardButton.Ok).setText(ok_text)
+        buttons.accepted.connect(self._accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.picker)
+        layout.addWidget(buttons)
+
+    def _accept(self) -> None:
+        if not self.picker.study or (self.picker.with_reader and not self.picker.reader):
+            self.picker.info.setText("Choose a study" + (" and a reader" if self.picker.with_reader else ""))
+            return
+        self.accept()
+
+    def reject(self) -> None:
+        self.picker.close_db()
+        super().reject()
+
+
+# ----------------------------------------------------------------------------- create a study
+
+
+@dataclass
+class StudyRequest:
+    """What the create dialog collected; :func:`create_study` carries it out (in a worker thread).
+
+    Attributes:
+        name: study name.
+        real: real scans (files or folders).
+        synthetic: synthetic volumes (files or folders), besides the session's volumes.
+        readers: reader names.
+        allow_changes: readers may change saved answers.
+        session_volumes: volumes generated in this session, exported first.
+        export_dir: where the session volumes are exported (they must stay there for the study).
+        spec: the model spec of the session volumes.
+        checkpoint_path: the checkpoint file, hashed for the export sidecars (None: no hash).
+    """
+
+    name: str
+    real: list[Path]
+    synthetic: list[Path]
+    readers: list[str]
+    allow_changes: bool = False
+    session_volumes: list[SessionVolume] = field(default_factory=list)
+    export_dir: Path | None = None
+    spec: object = None
+    checkpoint_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class SessionVolume:
+    """A volume generated in the app, as the export needs it.
+
+    Attributes:
+        number: its number in the session (used in the file name, as in File ▸ Export).
+        seed: its seed.
+        array: model-space float32 array on the model grid.
+        sampler_info: sampler settings for the sidecar.
+    """
+
+    number: int
+    seed: int
+    array: object
+    sampler_info: dict
+
+
+def safe_folder_name(name: str) -> str:
+    """A study name as a folder name (letters, digits, ``-`` and ``_``)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "study"
+
+
+def create_study(db_path: Path, request: StudyRequest, progress=None):
+    """Export the session's volumes (if any), then create the study; returns its :class:`StudyInfo`.
+
+    Runs off the interface thread (it opens its own connection: SQLite allows several).
+
+    Raises:
+        BrainSynthError: from the export or from :meth:`StudyDatabase.create_study`.
+    """
+    from engine import __version__
+    from engine.errors import ExportError
+    from engine.export import export_batch, export_targets, sha256_file
+
+    if not request.name.strip():
+        raise StudyError("a study needs a name")
+    if not request.readers:
+        raise StudyError("a study needs at least one reader name")
+    if not request.real:
+        raise StudyError("the real pool is empty; add real scans (files or a folder)")
+    synthetic = list(request.synthetic)
+    exported: list[Path] = []
+    volumes = request.session_volumes
+    if volumes:
+        if request.export_dir is None or request.spec is None:
+            raise ExportError("choose a folder for the generated volumes of this session")
+        # Every target checked before anything is written: a clash writes nothing.
+        export_targets(
+            request.export_dir, prefix="synthetic", items=[(v.number, v.seed) for v in volumes], overwrite=False
+        )
+        digest = sha256_file(request.checkpoint_path) if request.checkpoint_path is not None else None
+        try:
+            for volume in volumes:
+                exported += export_batch(
+                    [(volume.seed, volume.array)],
+                    spec=request.spec,
+                    out_dir=request.export_dir,
+                    checkpoint_sha256=digest,
+                    sampler_info=volume.sampler_info,
+                    software_version=__version__,
+                    prefix="synthetic",
+                    start_index=volume.number,
+                )
+        except BaseException:
+            _remove_exports(exported)
+            raise
+    try:
+        with StudyDatabase(db_path) as db:
+            return db.create_study(
+                name=request.name,
+                real=request.real,
+                synthetic=synthetic + exported,
+                readers=request.readers,
+                allow_changes=request.allow_changes,
+                progress=progress,
+            )
+    except BaseException:
+        _remove_exports(exported)  # no study refers to them: leave nothing behind
+        raise
+
+
+def _remove_exports(paths: list[Path]) -> None:
+    from engine.export import sidecar_path
+
+    for nii in paths:
+        nii.unlink(missing_ok=True)
+        sidecar_path(nii).unlink(missing_ok=True)
+
+
+class _PathList(QWidget):
+    """A list of files and folders with Add files… / Add folder… / Remove."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+        self.list = QListWidget()
+        self.list.setMinimumHeight(70)
+        add_files = QPushButton("Add files…")
+        add_files.clicked.connect(self._add_files)
+        add_folder = QPushButton("Add folder…")
+        add_folder.clicked.connect(self._add_folder)
+        remove = QPushButton("Remove")
+        remove.clicked.connect(lambda: [self.list.takeItem(self.list.row(i)) for i in self.list.selectedItems()])
+        buttons = QVBoxLayout()
+        for b in (add_files, add_folder, remove):
+            buttons.addWidget(b)
+        buttons.addStretch(1)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.list, 1)
+        layout.addLayout(buttons)
+
+    def _add_files(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, f"Add {self.what}", "", SCAN_FILTER)
+        self.add([Path(p) for p in paths])
+
+    def _add_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, f"Add a folder of {self.what}")
+        if folder:
+            self.add([Path(folder)])
+
+    def add(self, paths) -> None:
+        known = set(self.paths())
+        for path in paths:
+            if Path(path) not in known:
+                self.list.addItem(str(path))
+
+    def paths(self) -> list[Path]:
+        return [Path(self.list.item(i).text()) for i in range(self.list.count())]
+
+
+class CreateStudyDialog(QDialog):
+    """Set up a study: name, real and synthetic pools, readers, whether answers may change.
+
+    Creating runs in the background (every file goes through the display pipeline once, so a
+    file that cannot be shown is reported now, by name) with a progress bar.
+
+    Args:
+        parent: the main window.
+        db_path: the database the study goes into.
+        session_scans: real scans open in the app (offered with one click).
+        session_volumes: the volumes generated in this session.
+        spec: the model spec of those volumes.
+        checkpoint_path: the checkpoint they came from (hashed for the export sidecars).
+    """
+
+    _progress_signal = Signal(int, int)
+
+    def __init__(
+        self,
+        parent: QWidget | None,
+        *,
+        db_path: Path | None = None,
+        session_scans: list[Path] | None = None,
+        session_volumes: list[SessionVolume] | None = None,
+        spec=None,
+        checkpoint_path: Path | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Create a reader study")
+        self.setMinimumWidth(640)
+        self.db_path = Path(db_path) if db_path is not None else default_database_path()
+        self.session_scans = list(session_scans or [])
+        self.session_volumes = list(session_volumes or [])
+        self.spec = spec
+        self.checkpoint_path = checkpoint_path
+        self.created = None
+        self.errors: list[str] = []
+        self._job: BackgroundCall | None = None
+        self._progress_signal.connect(self._show_progress)
+
+        self.db_field = QLineEdit(str(self.db_path))
+        self.db_field.setReadOnly(True)
+        db_other = QPushButton("Other…")
+        db_other.clicked.connect(self._ask_db)
+        db_row = QHBoxLayout()
+        db_row.addWidget(self.db_field, 1)
+        db_row.addWidget(db_other)
+        self.name = QLineEdit()
+        self.name.setPlaceholderText("e.g. Turing test, model v3")
+        self.name.textChanged.connect(self._name_changed)
+        self.real = _PathList("real scans")
+        use_scans = QPushButton(f"Add the {len(self.session_scans)} real scans open in this session")
+        use_scans.setEnabled(bool(self.session_scans))
+        use_scans.clicked.connect(lambda: self.real.add(self.session_scans))
+        self.synthetic = _PathList("synthetic volumes")
+        self.use_session = QCheckBox(f"The {len(self.session_volumes)} volumes generated in this session, exported to:")
+        self.use_session.setEnabled(bool(self.session_volumes))
+        self.export_dir = QLineEdit()
+        self.export_dir.setEnabled(False)
+        self.use_session.toggled.connect(self.export_dir.setEnabled)
+        self.readers = QLineEdit()
+        self.readers.setPlaceholderText("comma-separated, e.g. Dr A, Dr B")
+        self.allow_changes = QCheckBox("Readers may change saved answers (every change is kept)")
+        self.progress = QProgressBar()
+        self.progress.hide()
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        form = QFormLayout()
+        form.addRow("Database", db_row)
+        form.addRow("Name", self.name)
+        form.addRow("Real scans", self.real)
+        form.addRow("", use_scans)
+        form.addRow("Synthetic volumes", self.synthetic)
+        form.addRow("", self.use_session)
+        form.addRow("", self.export_dir)
+        form.addRow("Readers", self.readers)
+        form.addRow("", self.allow_changes)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Create")
+        self.buttons.accepted.connect(self.create)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.message)
+        layout.addWidget(self.buttons)
+        self._name_changed("")
+
+    def _ask_db(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Study database", str(self.db_path), DB_FILTER, options=QFileDialog.Option.DontConfirmOverwrite
+        )
+        if path:
+            self.db_path = Path(path)
+            self.db_field.setText(path)
+            self._name_changed(self.name.text())
+
+    def _name_changed(self, name: str) -> None:
+        if not self.export_dir.isModified():
+            folder = self.db_path.parent / "study-volumes" / safe_folder_name(name.strip())
+            self.export_dir.setText(str(folder))
+
+    def request(self) -> StudyRequest:
+        """The study as the fields describe it."""
+        use_session = self.use_session.isChecked() and bool(self.session_volumes)
+        return StudyRequest(
+            name=self.name.text().strip(),
+            real=self.real.paths(),
+            synthetic=self.synthetic.paths(),
+            readers=[r.strip() for r in self.readers.text().split(",") if r.strip()],
+            allow_changes=self.allow_changes.isChecked(),
+            session_volumes=self.session_volumes if use_session else [],
+            export_dir=Path(self.export_dir.text()) if use_session else None,
+            spec=self.spec,
+            checkpoint_path=self.checkpoint_path,
+        )
+
+    def create(self) -> None:
+        """Create the study in the background; the dialog closes when it is done."""
+        if self._job is not None:
+            return
+        request = self.request()
+        if not request.synthetic and not request.session_volumes:
+            self._fail("Add synthetic volumes (files or a folder), or tick the volumes generated in this session")
+            return
+        self.buttons.setEnabled(False)
+        self.progress.setRange(0, 0)
+        self.progress.show()
+        self.message.setText("Checking every volume through the display pipeline…")
+        db_path = self.db_path
+        report = self._progress_signal.emit  # emitted in the worker, delivered here (queued)
+        job = BackgroundCall(lambda: create_study(db_path, request, progress=report))
+        job.succeeded.connect(self._created)
+        job.failed.connect(self._fail)
+        job.finished.connect(self._job_finished)
+        self._job = job
+        job.start()
+
+    def _show_progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+        self.message.setText(f"Checking every volume through the display pipeline: {done} of {total}")
+
+    def _job_finished(self) -> None:
+        job, self._job = self._job, None
+        if job is not None:
+            job.deleteLater()
+        self.buttons.setEnabled(True)
+        self.progress.hide()
+
+    def _created(self, info) -> None:
+        self.created = info
+        self.message.setText(f"Created study {info.name!r}: {info.n_cases} cases, readers {', '.join(info.readers)}.")
+        self.accept()
+
+    def _fail(self, message: str) -> None:
+        self.errors.append(message)
+        self.message.setText(f"<span style='color:#b00000'>{_escape(message)}</span>")
+
+    def wait(self) -> None:
+        """Block until a running creation has finished (tests, closing)."""
+        if self._job is not None:
+            self._job.wait()
+
+    def reject(self) -> None:
+        if self._job is not None:
+            return  # creating; it cannot be interrupted halfway (nothing is written until the end)
+        super().reject()
+
+
+def _escape(text: str) -> str:
+    from html import escape
+
+    return escape(text)
