@@ -51,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("BrainSynth")
     app.setApplicationVersion(__version__)
+    from brainsynth_gui.about import application_icon
+
+    app.setWindowIcon(application_icon())
     window = MainWindow(quiet=args.screenshot is not None)
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))

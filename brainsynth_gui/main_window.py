@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from brainsynth_gui.about import add_help_menu
 from brainsynth_gui.animation import animation_frames
 from brainsynth_gui.background import BackgroundCall
 from brainsynth_gui.checkpoint_info import NO_MODEL_HTML, describe_checkpoint
@@ -244,6 +245,7 @@ class MainWindow(QMainWindow):
             lambda: trajectory.set_kind("x0" if trajectory.kind == "x_t" else "x_t"),
             "X",
         )
+        self.about_action = add_help_menu(self)
 
     def _fill_recent_menus(self) -> None:
         for menu, kind, opener in (
