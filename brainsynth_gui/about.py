@@ -97,8 +97,8 @@ def about_html() -> str:
         f"<h2>BrainSynth {html.escape(__version__)}</h2>"
         "<p>Generate and review synthetic 3-D T1-weighted brain MRI with a denoising diffusion model. "
         "Synthetic volumes are not patient data and must not be used for diagnosis.</p>"
-        "<p>BrainSynth is licensed under the Apache License 2.0. "
-        '(<a href="https://www.apache.org/licenses/LICENSE-2.0">text</a>).</p>'
+        "<p>BrainSynth is licensed under the "
+        '<a href="https://www.apache.org/licenses/LICENSE-2.0">Apache License 2.0</a>.</p>'
         "<h3>Third-party software</h3>"
         "<table cellpadding='3'><tr><th align='left'>part</th><th align='left'>version</th>"
         f"<th align='left'>licence</th></tr>{rows}</table>"
