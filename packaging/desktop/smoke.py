@@ -12,7 +12,9 @@ development install:
    NIfTI whose shape is the model grid and whose values are finite;
 4. ``brainsynth --generate 1 --steps 2 --screenshot`` under QT_QPA_PLATFORM=offscreen exits
    0, prints no traceback and saves a window PNG that is not blank;
-5. the bundle holds the licence texts, and no CUDA libraries when torch is a CPU build.
+5. ``brainsynth-cli train`` runs one epoch of the tiny preset (on the bundled demo scans, or on
+   phantom volumes this script writes) and saves a checkpoint;
+6. the bundle holds the licence texts, and no CUDA libraries when torch is a CPU build.
 
 Exit status 0 when all of that holds; each failure is printed.
 """
@@ -73,6 +75,26 @@ def make_tiny_checkpoint(folder: Path) -> Path:
         path, spec=spec, weights=spec.build_random_model(seed=0).state_dict(), provenance={"source": "bundle smoke"}
     )
     return path
+
+
+def write_phantom_scans(folder: Path, count: int = 6) -> Path:
+    """Brain-like ellipsoids with noise on the tiny preset's grid (MNI152, RAS+), as NIfTI."""
+    import nibabel as nib
+    import numpy as np
+
+    from engine.specs import PRESETS
+
+    grid = PRESETS["tiny"].grid
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    centre = (np.array(grid.shape) - 1) / 2
+    idx = np.indices(grid.shape).transpose(1, 2, 3, 0)
+    for i in range(count):
+        radii = np.array(grid.shape) * rng.uniform(0.3, 0.42, size=3)
+        inside = (((idx - centre) / radii) ** 2).sum(-1) <= 1
+        data = np.where(inside, 600 + 200 * rng.random(grid.shape), 0).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, grid.affine), folder / f"phantom_{i}.nii.gz")
+    return folder
 
 
 def image_is_not_blank(path: Path) -> tuple[bool, str]:
@@ -154,6 +176,19 @@ def main() -> int:
                 args.keep.write_bytes(shot.read_bytes())
         else:
             checks.expect(False, "the screenshot was saved")
+
+        scans = internal / "resources" / "demo_scans"
+        data = scans if any(scans.glob("*.nii*")) else write_phantom_scans(tmp / "phantoms")
+        run_dir = tmp / "run"
+        out = run(
+            [cli, "train", "--preset", "tiny", "--data", data, "--out", run_dir, "--epochs", "1", "--batch-size", "2",
+             "--device", "cpu", "--cache-dir", tmp / "cache", "--no-tensorboard"],
+        )  # fmt: skip
+        checks.expect(
+            out.returncode == 0 and (run_dir / "checkpoints" / "last.safetensors").is_file(),
+            f"brainsynth-cli train: one epoch on {data.name} writes a checkpoint",
+            out.stdout[-1500:] + out.stderr,
+        )
 
     for name in ("LICENSE", "NOTICE", "LGPL-3.0.txt", "GPL-3.0.txt"):
         checks.expect((internal / "licenses" / name).is_file(), f"_internal/licenses/{name} is in the bundle")
