@@ -9,7 +9,7 @@ apps=${XDG_DATA_HOME:-$HOME/.local/share}/applications
 icons=${XDG_DATA_HOME:-$HOME/.local/share}/icons/hicolor/256x256/apps
 mkdir -p "$apps" "$icons"
 cp "$here/_internal/resources/icons/brainsynth.png" "$icons/brainsynth.png"
-sed -e "s|^Exec=.*|Exec=\"$here/brainsynth\" %F|" -e "s|^TryExec=.*|TryExec=$here/brainsynth|" \
+sed -e "s|^Exec=.*|Exec=\"$here/brainsynth\"|" -e "s|^TryExec=.*|TryExec=$here/brainsynth|" \
     "$here/brainsynth.desktop" > "$apps/brainsynth.desktop"
 command -v update-desktop-database >/dev/null 2>&1 && update-desktop-database "$apps" || true
 echo "installed $apps/brainsynth.desktop"
