@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 
 from brainsynth_gui.background import BackgroundCall
 from engine.errors import BrainSynthError
+from engine.study.report import format_p_value, format_proportion
 
 DETECTION_COLUMNS = (
     "reader",
@@ -49,18 +50,6 @@ DETECTION_COLUMNS = (
     "ROC AUC",
     "median s per case (mean)",
 )
-
-
-def _pct(p) -> str:
-    if p.n == 0:
-        return "n/a"
-    return f"{p.estimate:.0%} ({p.successes}/{p.n}; {p.ci_low:.0%}–{p.ci_high:.0%})"
-
-
-def _p_value(p: float) -> str:
-    if math.isnan(p):
-        return "n/a"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _num(value, digits: int = 2) -> str:
@@ -226,10 +215,10 @@ class ResultsDialog(QDialog):
                 [
                     e.reader,
                     str(e.n_answered),
-                    _pct(e.detection.accuracy.proportion),
-                    _p_value(e.detection.accuracy.p_value),
-                    _pct(e.detection.sensitivity),
-                    _pct(e.detection.specificity),
+                    format_proportion(e.detection.accuracy.proportion),
+                    format_p_value(e.detection.accuracy.p_value),
+                    format_proportion(e.detection.sensitivity),
+                    format_proportion(e.detection.specificity),
                     str(e.detection.n_unsure),
                     _num(e.detection.roc.auc),
                     _seconds(e.seconds),

@@ -56,14 +56,7 @@ from brainsynth_gui.rating_state import RatingState
 from brainsynth_gui.rendering import PLANE_ORDER
 from brainsynth_gui.slice_view import SliceView
 from brainsynth_gui.state import (
-    CursorState,
-    DisplayState,
-    ImageLayer,
-    OrientationState,
-    TrajectoryState,
     ViewerState,
-    WindowLevelState,
-    ZoomState,
 )
 from engine.errors import BrainSynthError
 from engine.geometry import GridGeometry
@@ -88,16 +81,7 @@ def review_state(grid: GridGeometry) -> ViewerState:
     The main window's state calls its layers "synthetic" and "real"; those names reach view
     hints and readouts, so review mode has its own neutral one (the second layer stays empty).
     """
-    return ViewerState(
-        cursor=CursorState(grid),
-        window_level=WindowLevelState(),
-        orientation=OrientationState(),
-        zoom=ZoomState(grid),
-        trajectory=TrajectoryState(),
-        display=DisplayState(),
-        synthetic=ImageLayer("case"),
-        real=ImageLayer("unused"),
-    )
+    return ViewerState.for_grid(grid, layer_names=("case", "unused"))
 
 
 class ReviewWindow(QMainWindow):

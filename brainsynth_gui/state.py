@@ -452,7 +452,8 @@ class ViewerState:
     real: ImageLayer
 
     @classmethod
-    def for_grid(cls, grid: GridGeometry) -> ViewerState:
+    def for_grid(cls, grid: GridGeometry, *, layer_names: tuple[str, str] = ("synthetic", "real")) -> ViewerState:
+        """Fresh state on ``grid``; ``layer_names`` reach view hints and readouts."""
         return cls(
             cursor=CursorState(grid),
             window_level=WindowLevelState(),
@@ -460,8 +461,8 @@ class ViewerState:
             zoom=ZoomState(grid),
             trajectory=TrajectoryState(),
             display=DisplayState(),
-            synthetic=ImageLayer("synthetic"),
-            real=ImageLayer("real"),
+            synthetic=ImageLayer(layer_names[0]),
+            real=ImageLayer(layer_names[1]),
         )
 
     def set_grid(self, grid: GridGeometry) -> None:

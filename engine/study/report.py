@@ -217,13 +217,15 @@ def _num(value: float, digits: int = 2) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def _pct(p: Proportion) -> str:
+def format_proportion(p: Proportion) -> str:
+    """``"62% (31/50; 47%–75%)"``: estimate, counts and 95% CI, or "n/a" with no answers."""
     if p.n == 0:
         return "n/a"
     return f"{p.estimate:.0%} ({p.successes}/{p.n}; {p.ci_low:.0%}–{p.ci_high:.0%})"
 
 
-def _p_value(p: float) -> str:
+def format_p_value(p: float) -> str:
+    """A p-value for tables: three decimals, "< 0.001" below that, "n/a" when undefined."""
     if math.isnan(p):
         return "n/a"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
@@ -243,8 +245,9 @@ def _detection_table(entries: Sequence[ReaderResults]) -> list[str]:
     for e in entries:
         d = e.detection
         lines.append(
-            f"| {e.reader} | {e.n_answered} | {_pct(d.accuracy.proportion)} | {_p_value(d.accuracy.p_value)} | "
-            f"{_pct(d.sensitivity)} | {_pct(d.specificity)} | {d.n_unsure} | {_num(d.roc.auc)} |"
+            f"| {e.reader} | {e.n_answered} | {format_proportion(d.accuracy.proportion)} | "
+            f"{format_p_value(d.accuracy.p_value)} | {format_proportion(d.sensitivity)} | "
+            f"{format_proportion(d.specificity)} | {d.n_unsure} | {_num(d.roc.auc)} |"
         )
     return lines
 
