@@ -13,7 +13,6 @@ message, for tests and for the screenshot mode's exit status.
 from __future__ import annotations
 
 import gc
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QListWidget,
-    QMainWindow,
     QMessageBox,
     QPushButton,
     QScrollArea,
@@ -41,6 +39,7 @@ from brainsynth_gui.animation import animation_frames
 from brainsynth_gui.background import BackgroundCall
 from brainsynth_gui.checkpoint_info import NO_MODEL_HTML, describe_checkpoint
 from brainsynth_gui.display_panel import DisplayPanel
+from brainsynth_gui.error_reporting import ErrorReportingWindow
 from brainsynth_gui.export_dialogs import AnimationDialog, export_nifti
 from brainsynth_gui.generation_panel import GenerationPanel
 from brainsynth_gui.generation_request import GenerationRequest
@@ -60,7 +59,7 @@ CHECKPOINT_FILTER = "Checkpoints (*.safetensors *.pt *.pth *.ckpt);;All files (*
 SCAN_FILTER = "Scans (*.nii *.nii.gz *.mgh *.mgz);;All files (*)"
 
 
-class MainWindow(QMainWindow):
+class MainWindow(ErrorReportingWindow):
     """The BrainSynth desktop window.
 
     Args:
@@ -74,13 +73,11 @@ class MainWindow(QMainWindow):
     generation_finished = Signal(bool)
 
     def __init__(self, *, recent: RecentFiles | None = None, quiet: bool = False) -> None:
-        super().__init__()
+        super().__init__(quiet=quiet)
         from engine.device import available_devices, describe_device, resolve_device
 
         self.setWindowTitle(f"BrainSynth {__version__}")
         self.setAcceptDrops(True)
-        self.quiet = quiet
-        self.errors: list[str] = []
         self.recent = recent or RecentFiles()
         self.checkpoint: Checkpoint | None = None
         self._checkpoint_sha: str | None = None
@@ -260,15 +257,6 @@ class MainWindow(QMainWindow):
             menu.setEnabled(bool(paths))
 
     # -- errors -----------------------------------------------------------------------------
-
-    def report_error(self, title: str, message: str) -> None:
-        """Tell the user; the app keeps running."""
-        self.errors.append(message)
-        self.statusBar().showMessage(message, 15000)
-        if self.quiet:
-            print(f"brainsynth: {message}", file=sys.stderr)
-        else:
-            QMessageBox.warning(self, title, message)
 
     # -- checkpoint -------------------------------------------------------------------------
 

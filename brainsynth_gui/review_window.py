@@ -29,8 +29,6 @@ Flow:
 
 from __future__ import annotations
 
-import sys
-
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
@@ -38,8 +36,6 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QLabel,
-    QMainWindow,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -50,6 +46,7 @@ from PySide6.QtWidgets import (
 )
 
 from brainsynth_gui.background import BackgroundCall
+from brainsynth_gui.error_reporting import ErrorReportingWindow
 from brainsynth_gui.lightbox import LightboxView
 from brainsynth_gui.rating_panel import RatingPanel
 from brainsynth_gui.rating_state import RatingState
@@ -84,7 +81,7 @@ def review_state(grid: GridGeometry) -> ViewerState:
     return ViewerState.for_grid(grid, layer_names=("case", "unused"))
 
 
-class ReviewWindow(QMainWindow):
+class ReviewWindow(ErrorReportingWindow):
     """Review mode for one reader of one study.
 
     Args:
@@ -104,12 +101,10 @@ class ReviewWindow(QMainWindow):
     def __init__(
         self, db: StudyDatabase, session: ReaderSession, *, owns_db: bool = False, quiet: bool = False
     ) -> None:
-        super().__init__()
+        super().__init__(quiet=quiet)
         self.db = db
         self.session = session
         self.owns_db = owns_db
-        self.quiet = quiet
-        self.errors: list[str] = []
         self.total = session.study.n_cases
         self.current: int | None = None  # case on screen (its clock runs)
         self.loading: int | None = None  # case being loaded for the screen
@@ -478,15 +473,6 @@ class ReviewWindow(QMainWindow):
         self.back_button.setEnabled(self.session.allow_changes and bool(self.answered_order))
         missing = self.rating.missing_text() if on_screen else ""
         self.missing_label.setText(f"Still to answer: {missing}" if missing else "")
-
-    def report_error(self, title: str, message: str) -> None:
-        """Tell the reader; review mode keeps running."""
-        self.errors.append(message)
-        self.statusBar().showMessage(message, 15000)
-        if self.quiet:
-            print(f"brainsynth: {message}", file=sys.stderr)
-        else:
-            QMessageBox.warning(self, title, message)
 
     def wait_for_loads(self) -> None:
         """Block until background loads have finished (closing, tests)."""

@@ -1,0 +1,29 @@
+"""How the app's windows tell the user about a failure without stopping."""
+
+from __future__ import annotations
+
+import sys
+
+from PySide6.QtWidgets import QMainWindow, QMessageBox
+
+
+class ErrorReportingWindow(QMainWindow):
+    """A main window that reports errors in a dialog (or on stderr when ``quiet``) and keeps running.
+
+    Every message is also kept in ``errors`` (for ``--screenshot``'s exit status and for tests)
+    and shown in the status bar.
+    """
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        super().__init__()
+        self.quiet = quiet
+        self.errors: list[str] = []
+
+    def report_error(self, title: str, message: str) -> None:
+        """Tell the user; the window keeps running."""
+        self.errors.append(message)
+        self.statusBar().showMessage(message, 15000)
+        if self.quiet:
+            print(f"brainsynth: {message}", file=sys.stderr)
+        else:
+            QMessageBox.warning(self, title, message)
