@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from PySide6.QtWidgets import QMainWindow, QMessageBox
+from PySide6.QtWidgets import QMainWindow, QMessageBox, QWidget
+
+
+def tell_user(parent: QWidget, title: str, message: str, *, quiet: bool) -> None:
+    """A warning dialog, or one line on stderr when ``quiet`` (headless runs, tests)."""
+    if quiet:
+        print(f"brainsynth: {message}", file=sys.stderr)
+    else:
+        QMessageBox.warning(parent, title, message)
 
 
 class ErrorReportingWindow(QMainWindow):
@@ -23,7 +31,4 @@ class ErrorReportingWindow(QMainWindow):
         """Tell the user; the window keeps running."""
         self.errors.append(message)
         self.statusBar().showMessage(message, 15000)
-        if self.quiet:
-            print(f"brainsynth: {message}", file=sys.stderr)
-        else:
-            QMessageBox.warning(self, title, message)
+        tell_user(self, title, message, quiet=self.quiet)

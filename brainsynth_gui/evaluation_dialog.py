@@ -15,7 +15,6 @@ grids) come back as one message in a dialog. The full report (``evaluation.json`
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from brainsynth_gui.error_reporting import tell_user
 from engine.errors import BrainSynthError, CancelledError
 
 #: ``() -> (volumes, labels)``, called in the worker thread.
@@ -370,10 +370,7 @@ class EvaluationDialog(QDialog):
     def report_error(self, title: str, message: str) -> None:
         self.errors.append(message)
         self.status.setText(f"<span style='color:#b00000'>{_escape(message)}</span>")
-        if self.quiet:
-            print(f"brainsynth: {message}", file=sys.stderr)
-        else:
-            QMessageBox.warning(self, title, message)
+        tell_user(self, title, message, quiet=self.quiet)
 
     def wait(self) -> None:
         if self.worker is not None:

@@ -15,7 +15,6 @@ readers mid-study.
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -36,6 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from brainsynth_gui.background import BackgroundCall
+from brainsynth_gui.error_reporting import tell_user
 from engine.errors import BrainSynthError
 from engine.study.report import format_p_value, format_proportion
 
@@ -326,10 +326,7 @@ class ResultsDialog(QDialog):
     def report_error(self, title: str, message: str) -> None:
         self.errors.append(message)
         self.summary.setText(f"<span style='color:#b00000'>{_escape(message)}</span>")
-        if self.quiet:
-            print(f"brainsynth: {message}", file=sys.stderr)
-        else:
-            QMessageBox.warning(self, title, message)
+        tell_user(self, title, message, quiet=self.quiet)
 
     def done(self, result: int) -> None:
         self.wait()

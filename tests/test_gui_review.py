@@ -6,8 +6,6 @@ in a temporary study database; the review is driven by key presses only.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from PySide6.QtCore import Qt
@@ -17,18 +15,14 @@ from brainsynth_gui.main_window import MainWindow
 from brainsynth_gui.rating_state import RatingState
 from brainsynth_gui.recent_files import RecentFiles
 from engine.study import DEFAULT_QUESTIONS, StudyDatabase
+from tests.helpers_qt import wait_until as _wait_until
 from tests.helpers_study import GOOD, make_pools
 
 READERS = ["Dr A", "Dr B"]
 
 
 def wait_until(predicate, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise TimeoutError("condition not met in time")
-        QApplication.processEvents()
-        time.sleep(0.005)
+    _wait_until(predicate, timeout)
 
 
 @pytest.fixture(scope="module")

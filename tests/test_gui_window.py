@@ -21,6 +21,7 @@ from brainsynth_gui.main_window import MainWindow
 from brainsynth_gui.recent_files import RecentFiles
 from brainsynth_gui.rendering import PLANES, oriented_slice
 from engine.checkpoint import save_checkpoint
+from tests.helpers_qt import wait_until
 from tests.helpers_volumes import write_phantom
 
 REQUEST = GenerationRequest(device="cpu", sampler="ddim", steps=3, count=2, seed=11, trajectory_frames=3)
@@ -44,15 +45,6 @@ def make_window(tmp_path) -> MainWindow:
     window.resize(1200, 800)
     window.show()
     return window
-
-
-def wait_until(predicate, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise TimeoutError("condition not met in time")
-        QApplication.processEvents()
-        time.sleep(0.005)
 
 
 def drag(widget, start: QPoint, end: QPoint, button: Qt.MouseButton, steps: int = 6) -> None:
