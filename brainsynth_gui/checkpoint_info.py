@@ -34,6 +34,7 @@ def describe_checkpoint(checkpoint: Checkpoint) -> str:
         ("Voxel size", f"{' x '.join(f'{s:.2f}' for s in grid.spacing_mm)} mm, MNI152, RAS+"),
         ("UNet channels", ", ".join(map(str, spec.unet.channels))),
         ("Schedule", f"{spec.schedule.schedule}, T = {spec.schedule.num_train_timesteps}"),
+        ("Predicts", spec.schedule.prediction_type),
         ("Weights", "EMA" if checkpoint.has_ema else "raw (no EMA kept)"),
     ]
     provenance = checkpoint.provenance or {}

@@ -114,7 +114,7 @@ def generate(
     event, so a bad request fails at the call.
 
     Args:
-        model: the epsilon-predicting UNet built from ``spec``.
+        model: the UNet built from ``spec`` (predicting what its schedule's ``prediction_type`` names).
         spec: the model spec (schedule, grid, channels).
         seeds: one seed per volume (see :func:`seeds_from`).
         settings: sampler, steps, eta.

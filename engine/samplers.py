@@ -13,8 +13,9 @@ Conventions:
 * Timesteps are MONAI's: integers ``0 .. T-1`` where ``T = schedule.num_train_timesteps``;
   ``abar(t) = prod_{s<=t} (1 - beta_s)`` (``ScheduleSpec.alphas_cumprod``) and, for the step
   after the last, ``abar = 1`` (the clean image; MONAI's ``set_alpha_to_one``).
-* The network predicts epsilon and is called as ``model(x, timesteps=t_vec)`` with ``t_vec``
-  a float tensor of shape ``(B,)`` (MONAI's inferer passes float timesteps too).
+* The network is called as ``model(x, timesteps=t_vec)`` with ``t_vec`` a float tensor of
+  shape ``(B,)`` (MONAI's inferer passes float timesteps too); its output is read as the
+  schedule's ``prediction_type`` says (:meth:`ScheduleSpec.split_prediction`): epsilon, v or x_0.
 * Scalar coefficients are computed in float64 Python floats from the float64 schedule;
   tensors stay in the dtype of the noise (the model dtype).
 * Seeds are per sample: every random draw for sample k comes from ``generators[k]`` and is
@@ -262,8 +263,8 @@ def denoise(
       (same noise stream when ``generators[0]`` is seeded like the global RNG).
     * ``ddim`` — Song et al. 2021, eq. 12 and 16: ``x_prev = sqrt(abar_prev) x0 +
       sqrt(1 - abar_prev - sigma^2) eps + sigma z`` with ``sigma = eta * sqrt((1 - abar_prev) /
-      (1 - abar_t) * (1 - abar_t / abar_prev))``; as MONAI, ``eps`` is the raw network output
-      even when ``x0`` was clamped. Equals MONAI's ``DDIMScheduler.step`` over the same
+      (1 - abar_t) * (1 - abar_t / abar_prev))``; as MONAI, ``eps`` is the one predicted from
+      the raw network output even when ``x0`` was clamped. Equals MONAI's ``DDIMScheduler.step`` over the same
       timesteps (N dividing T; otherwise MONAI's own layout is inconsistent, see the module
       docstring).
     * ``dpmpp-2m`` — DPM-Solver++(2M), Lu et al. 2022 (arXiv 2211.01095), Algorithm 2, in
@@ -276,7 +277,8 @@ def denoise(
       predicted x0. The predicted x0 is clamped when ``clip_sample`` is set.
 
     Args:
-        model: the epsilon-predicting network (or any callable with that signature).
+        model: the network (or any callable with that signature), predicting what
+            ``schedule.prediction_type`` names.
         schedule: the model's noise schedule.
         noise: x_T, shape ``(B, C, *spatial)``, in the model's dtype and on its device.
         generators: one ``torch.Generator`` per sample (on ``noise.device``), already past the
@@ -289,11 +291,9 @@ def denoise(
         One :class:`SamplingStep` per step, ``settings.steps`` in all.
 
     Raises:
-        SamplingError: for steps > T, a batch/generator mismatch or an unsupported schedule.
+        SamplingError: for steps > T or a batch/generator mismatch.
     """
     settings.validate(schedule)
-    if schedule.prediction_type != "epsilon":
-        raise SamplingError(f"only epsilon-predicting models are supported (got {schedule.prediction_type!r})")
     if noise.shape[0] != len(generators):
         raise SamplingError(f"{noise.shape[0]} noise volumes but {len(generators)} generators; give one per sample")
 
@@ -313,8 +313,7 @@ def denoise(
         a_prev = 1.0 if last else abar[timesteps[index + 1]]
         with torch.inference_mode():
             t_vec = torch.full((batch,), float(t), device=x.device)
-            eps = model(x, timesteps=t_vec).to(x.dtype)
-            x0 = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
+            x0, eps = schedule.split_prediction(model(x, timesteps=t_vec).to(x.dtype), x, a_t)
             if clip:
                 x0 = x0.clamp(-1.0, 1.0)
 

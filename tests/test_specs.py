@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from engine.errors import BrainSynthError
 from engine.geometry import MNI_BOX_SHAPE, GridGeometry, mni_box_affine
 from engine.intensity import IntensityMapping
-from engine.specs import PRESETS, ModelSpec, UNetSpec, get_preset
+from engine.specs import PREDICTION_TYPES, PRESETS, ModelSpec, ScheduleSpec, UNetSpec, get_preset
 
 
 def test_paper_preset_parameter_count_and_output_shape():
@@ -79,3 +81,44 @@ def test_intensity_mapping_is_invertible_and_bounded():
     assert model.min() >= -1 and model.max() <= 1
     np.testing.assert_allclose(mapping.model_to_standard(model), standard, atol=1e-3)
     assert torch.allclose(mapping.model_to_standard(torch.tensor([2.0, -3.0])), torch.tensor([1000.0, 0.0]))
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_prediction_target_and_its_reading_are_inverse(prediction_type):
+    """What the trainer asks the network to output is read back as the same x_0 and noise."""
+    schedule = ScheduleSpec(prediction_type=prediction_type)
+    abar = schedule.alphas_cumprod()
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand((1, 1, 4, 4, 4), generator=generator, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+    for t in (0, 10, 500, 999):
+        a = float(abar[t])
+        x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+        root_a, root_1a = (torch.tensor(math.sqrt(v), dtype=torch.float64) for v in (a, 1 - a))
+        target = schedule.training_target(x0, eps, root_a, root_1a)
+        x0_read, eps_read = schedule.split_prediction(target, x_t, a)
+        torch.testing.assert_close(x0_read, x0, atol=1e-9, rtol=0)
+        torch.testing.assert_close(eps_read, eps, atol=1e-9, rtol=0)
+
+
+def test_v_target_is_monais_velocity():
+    from monai.networks.schedulers import DDPMScheduler
+
+    schedule = ScheduleSpec(prediction_type="v_prediction")
+    monai = DDPMScheduler(**schedule.monai_kwargs())
+    generator = torch.Generator().manual_seed(1)
+    x0 = torch.rand((3, 1, 4, 4, 4), generator=generator) * 2 - 1
+    eps = torch.randn(x0.shape, generator=generator)
+    t = torch.tensor([0, 400, 999])
+    abar = schedule.alphas_cumprod()[t].float().view(3, 1, 1, 1, 1)
+    ours = schedule.training_target(x0, eps, abar.sqrt(), (1 - abar).sqrt())
+    torch.testing.assert_close(ours, monai.get_velocity(x0, eps, t), atol=1e-6, rtol=1e-5)
+
+
+def test_unknown_prediction_type_is_refused_with_the_valid_ones():
+    with pytest.raises(BrainSynthError, match="epsilon, v_prediction, sample"):
+        ScheduleSpec(prediction_type="velocity")
+    spec = PRESETS["tiny"].to_dict()
+    spec["schedule"]["prediction_type"] = "flow"
+    with pytest.raises(BrainSynthError, match="unknown prediction type 'flow'"):
+        ModelSpec.from_dict(spec)

@@ -170,3 +170,27 @@ def test_a_stop_request_saves_the_state_and_a_resume_finishes_the_run(tmp_path, 
     assert not finished.stopped_early and finished.global_step == 6 and finished.epochs_done == 2
     steps = read_csv(tmp_path / "run" / "logs" / "steps.csv")
     assert [int(r["global_step"]) for r in steps] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_v_prediction_preset_trains_from_epsilon_weights_and_samples(
+    tmp_path, data_dir, tiny_checkpoint, monkeypatch
+):
+    from dataclasses import replace
+
+    import numpy as np
+
+    from engine.generation import generate
+    from engine.samplers import SamplerSettings
+    from engine.specs import PRESETS, ScheduleSpec
+
+    v_tiny = replace(PRESETS["tiny"], schedule=ScheduleSpec(prediction_type="v_prediction"))
+    monkeypatch.setitem(PRESETS, "tiny", v_tiny)
+    events = []
+    train(_config(tmp_path, data_dir, init_from=str(tiny_checkpoint)), callback=events.append)
+    messages = " ".join(str(getattr(e, "message", "")) for e in events)
+    assert "predicted epsilon; this run trains them to predict v_prediction" in messages
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert ckpt.spec.schedule.prediction_type == "v_prediction"
+    run = generate(ckpt.build_model(), ckpt.spec, seeds=[0], settings=SamplerSettings("dpmpp-2m", 3), device="cpu")
+    (volume,) = [v for e in run for v in e.finished]
+    assert np.isfinite(volume.array).all()

@@ -2,7 +2,8 @@
 
 One step, as in the reference study and MONAI's tutorials: draw a timestep t uniformly in
 0..T-1 and Gaussian noise eps for each volume x_0 (model space), form
-``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` and minimise ``MSE(model(x_t, t), eps)``.
+``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` and minimise ``MSE(model(x_t, t), eps)``
+(or the MSE to v or x_0 when the preset's ``prediction_type`` says so).
 
 Exact resume. Everything random in a step (timesteps and noise) comes from a generator
 seeded with ``(seed, global step, rank, micro-batch)``, and each epoch's data order from
@@ -468,6 +469,12 @@ class _Trainer:
             "init_from_weights": "ema" if use_ema else "model",
         }
         self.emit("info", f"starting from {Path(self.config.init_from).name} ({'EMA' if use_ema else 'raw'} weights)")
+        if ckpt.spec.schedule.prediction_type != self.spec.schedule.prediction_type:
+            self.emit(
+                "info",
+                f"the starting weights predicted {ckpt.spec.schedule.prediction_type}; "
+                f"this run trains them to predict {self.spec.schedule.prediction_type}",
+            )
         return model
 
     # ------------------------------------------------------------------ resume state
@@ -595,12 +602,22 @@ class _Trainer:
         return torch.autocast(device_type=self.device.type, enabled=False)
 
     def _noisy(self, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, eps) for a batch; t and eps drawn from ``generator`` (on the model's device)."""
+        """(x_t, t, target) for a batch; t and eps drawn from ``generator`` (on the model's device)."""
         n = x0.shape[0]
         t = torch.randint(0, self.spec.schedule.num_train_timesteps, (n,), device=self.device, generator=generator)
         eps = torch.randn(x0.shape, device=self.device, generator=generator, dtype=x0.dtype)
+        return self._noised_and_target(x0, eps, t)
+
+    def _noised_and_target(
+        self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, what the network should output there) for the schedule's prediction type."""
         xt = diffuse(x0, eps, t, sqrt_abar=self.sqrt_abar, sqrt_one_minus_abar=self.sqrt_one_minus_abar)
-        return xt, t, eps
+        shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
+        target = self.spec.schedule.training_target(
+            x0, eps, self.sqrt_abar[t].view(shape), self.sqrt_one_minus_abar[t].view(shape)
+        )
+        return xt, t, target
 
     def _optimizer_step(self, micro_batches: list[list[int]]) -> tuple[float, float, float]:
         """One optimizer step over a group of micro-batches; returns (mean loss, volumes, grad norm)."""
@@ -613,12 +630,12 @@ class _Trainer:
             generator = torch.Generator(device=self.device).manual_seed(
                 _mix(self.config.seed, "step", c.global_step, self.ctx.rank, j)
             )
-            xt, t, eps = self._noisy(x0, generator)
+            xt, t, target = self._noisy(x0, generator)
             last = j == len(micro_batches) - 1
             with no_sync_if(self.ddp, self.ctx.distributed and not last):
                 with self._autocast():
                     pred = self.ddp(x=xt, timesteps=t)
-                loss = torch.nn.functional.mse_loss(pred.float(), eps.float())
+                loss = torch.nn.functional.mse_loss(pred.float(), target.float())
                 # Weight by volumes so the step's gradient is the mean over all its volumes,
                 # whatever the size of the last (short) micro-batch.
                 self.scaler.scale(loss * (len(indices) / local_volumes)).backward()
@@ -681,10 +698,10 @@ class _Trainer:
             eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
             eps = eps.to(self.device)
             t = torch.tensor([timestep(v, i) for v, i in chunk], device=self.device)
-            xt = diffuse(x0, eps, t, sqrt_abar=self.sqrt_abar, sqrt_one_minus_abar=self.sqrt_one_minus_abar)
+            xt, t, target = self._noised_and_target(x0, eps, t)
             with self._autocast():
                 pred = model(x=xt, timesteps=t)
-            per_volume = ((pred.float() - eps) ** 2).flatten(1).mean(dim=1)
+            per_volume = ((pred.float() - target.float()) ** 2).flatten(1).mean(dim=1)
             total += float(per_volume.double().sum())
         summed, count = self.ctx.all_sum([total, float(len(mine))])
         return summed / count

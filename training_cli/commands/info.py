@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         f"{' x '.join(f'{s:.3f}' for s in grid.spacing_mm)} mm, RAS+, MNI152, "
         f"first voxel at ({', '.join(f'{o:.2f}' for o in grid.origin_mm)}) mm",
         f"schedule     {spec.schedule.schedule}, T={spec.schedule.num_train_timesteps}, "
-        f"beta {spec.schedule.beta_start} → {spec.schedule.beta_end}, clip x0: {spec.schedule.clip_sample}",
+        f"beta {spec.schedule.beta_start} → {spec.schedule.beta_end}, clip x0: {spec.schedule.clip_sample}, "
+        f"predicts {spec.schedule.prediction_type}",
         f"intensity    {spec.intensity.kind}: brain p{spec.intensity.upper_percentile:g} → {spec.intensity.scale:g}",
     ]
     for key, value in ckpt.provenance.items():
