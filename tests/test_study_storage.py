@@ -120,6 +120,21 @@ def test_skip_for_later_returns_the_case_at_the_end(db, tmp_path):
     assert skips[order[0]] == 1 and skips[order[2]] == 0
 
 
+def test_a_closed_database_says_closed_not_damaged(tmp_path):
+    db = StudyDatabase(tmp_path / "studies.sqlite")
+    _create(db, tmp_path)
+    session = db.session("pilot", "ana")
+    first = session.order()[0]
+    db.close()
+    with pytest.raises(StudyError, match="was closed; open it again") as caught:
+        session.answer(first, GOOD)
+    assert "damaged" not in str(caught.value)
+    with pytest.raises(StudyError, match="was closed"):
+        db.list_studies()
+    with StudyDatabase(tmp_path / "studies.sqlite") as reopened:
+        assert reopened.session("pilot", "ana").progress().answered == 0
+
+
 def test_changes_refused_unless_allowed(db, tmp_path):
     _create(db, tmp_path)
     session = db.session("pilot", "ana")

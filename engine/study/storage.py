@@ -342,6 +342,7 @@ class StudyDatabase:
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path) if path is not None else default_database_path()
         self._lock = threading.RLock()
+        self._closed = False
         self._conn = self._open()
 
     # ----------------------------------------------------------------------------- plumbing
@@ -420,12 +421,14 @@ class StudyDatabase:
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock, self._sql_errors():
+            self._check_open()
             yield self._conn
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One transaction; committed (and on disk) when the block ends without an exception."""
         with self._lock, self._sql_errors():
+            self._check_open()
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
@@ -448,10 +451,16 @@ class StudyDatabase:
         except sqlite3.DatabaseError as exc:
             raise StudyError(f"the study database {self.path} is damaged ({exc}); restore it from a backup") from exc
 
+    def _check_open(self) -> None:
+        # sqlite3 reports use after close as a DatabaseError, which would read as "damaged".
+        if self._closed:
+            raise StudyError(f"the study database {self.path} was closed; open it again to go on")
+
     def close(self) -> None:
         """Close the connection (all answers are already committed)."""
         with self._lock:
             self._conn.close()
+            self._closed = True
 
     def __enter__(self) -> StudyDatabase:
         return self
