@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QRegularExpression, Signal
+from PySide6.QtGui import QRegularExpressionValidator
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -21,7 +23,26 @@ from brainsynth_gui.generation_worker import ProgressReport
 from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 
 SAMPLER_LABELS = {"ddpm": "DDPM (ancestral)", "ddim": "DDIM", "dpmpp-2m": "DPM-Solver++ 2M"}
-MAX_SEED = 2**31 - 1
+MAX_VOLUMES = 500
+# The engine takes seeds in [0, 2**63); the last volume of a run gets seed + count - 1.
+MAX_SEED = 2**63 - MAX_VOLUMES
+
+
+class SeedEdit(QLineEdit):
+    """A whole-number field for any engine seed (a QSpinBox stops at 2**31 - 1, so seeds from
+    the command line or a sidecar could not be typed back)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("0", parent)
+        self.setValidator(QRegularExpressionValidator(QRegularExpression(r"[0-9]{1,19}"), self))
+        self.editingFinished.connect(lambda: self.setValue(self.value()))
+
+    def value(self) -> int:
+        """The seed shown, 0 when empty, at most :data:`MAX_SEED`."""
+        return min(int(self.text() or 0), MAX_SEED)
+
+    def setValue(self, seed: int) -> None:
+        self.setText(str(min(max(int(seed), 0), MAX_SEED)))
 
 
 class GenerationPanel(QWidget):
@@ -54,12 +75,11 @@ class GenerationPanel(QWidget):
         self.steps.setToolTip("Denoising steps per volume: more is slower and usually cleaner")
         self.sampler.currentIndexChanged.connect(self._sampler_changed)
         self.count = QSpinBox()
-        self.count.setRange(1, 500)
+        self.count.setRange(1, MAX_VOLUMES)
         self.batch = QSpinBox()
         self.batch.setRange(1, 64)
         self.batch.setToolTip("Volumes denoised together: faster on a large GPU, same volumes, more memory")
-        self.seed = QSpinBox()
-        self.seed.setRange(0, MAX_SEED)
+        self.seed = SeedEdit()
         self.seed.setToolTip("Volume k gets seed + k; the same seed on the same device gives the same volume")
         self.random_seed = QCheckBox("random")
         self.random_seed.toggled.connect(lambda on: self.seed.setEnabled(not on))

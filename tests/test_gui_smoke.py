@@ -54,3 +54,27 @@ def test_screenshot_with_a_bad_checkpoint_exits_nonzero_with_the_message(tmp_pat
     result = subprocess.run(cmd, timeout=120, env=env, capture_output=True, text=True)
     assert result.returncode == 1 and "not a readable safetensors" in result.stderr
     assert shot.is_file()
+
+
+def test_seed_field_takes_any_engine_seed(qtbot):
+    from PySide6.QtCore import Qt
+
+    from brainsynth_gui.generation_panel import MAX_SEED, GenerationPanel
+    from brainsynth_gui.generation_request import GenerationRequest
+
+    panel = GenerationPanel(["cpu"])
+    qtbot.addWidget(panel)
+    big = 2**40 + 3  # beyond a QSpinBox's 2**31 - 1, as seeds from the command line may be
+    panel.set_request(GenerationRequest(seed=big, count=2))
+    assert panel.request().seed == big
+    assert panel.request().resolve_seeds() == [big, big + 1]
+    panel.seed.clear()
+    qtbot.keyClicks(panel.seed, "12x-3")  # the validator lets only digits through
+    assert panel.seed.text() == "123"
+    panel.seed.setText("9" * 19)
+    panel.seed.editingFinished.emit()
+    assert panel.seed.text() == str(MAX_SEED)
+    panel.set_request(GenerationRequest(seed=MAX_SEED, count=500))
+    assert panel.request().resolve_seeds()[-1] == 2**63 - 1
+    qtbot.keyClick(panel.seed, Qt.Key.Key_Backspace)
+    assert panel.request().seed == MAX_SEED // 10
