@@ -86,7 +86,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="default: the sampler's default step count")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--out", default="quality")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (2: this project's CPU machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -139,5 +141,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
     main()
