@@ -8,6 +8,7 @@ from engine.checkpoint import load_checkpoint
 from engine.generation import generate
 from engine.resources import bundled_checkpoint, bundled_demo_scans
 from engine.samplers import SamplerSettings
+from engine.specs import PRESETS
 from engine.volumes import load_volume
 
 
@@ -17,6 +18,7 @@ def test_bundled_checkpoint_generates_a_finite_volume_on_the_demo_grid():
     assert path.stat().st_size < 25 * 2**20
     ckpt = load_checkpoint(path)
     assert ckpt.spec.name == "demo" and ckpt.has_ema
+    assert ckpt.spec == PRESETS["demo"], "the bundled model is the current demo preset (network, schedule, grid)"
     assert ckpt.provenance.get("training"), "the demo model records how it was trained"
     model = ckpt.build_model()
     events = generate(model, ckpt.spec, seeds=[0], settings=SamplerSettings("dpmpp-2m", 4), device="cpu")

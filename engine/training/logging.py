@@ -150,13 +150,19 @@ def _write_png(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def plot_loss_curve(epochs_csv: str | os.PathLike, out_png: str | os.PathLike, *, title: str = "") -> Path:
+TARGET_NAMES = {"epsilon": "noise", "v_prediction": "v", "sample": "clean volume"}
+
+
+def plot_loss_curve(
+    epochs_csv: str | os.PathLike, out_png: str | os.PathLike, *, title: str = "", prediction_type: str = "epsilon"
+) -> Path:
     """Draw training and validation MSE per epoch (log scale), as in the reference's Figure 2.
 
     Args:
         epochs_csv: the run's ``logs/epochs.csv``.
         out_png: where to write the PNG (atomically).
         title: figure title (e.g. the run name).
+        prediction_type: what the network predicts (the schedule's), named on the y axis.
 
     Returns:
         The PNG path.
@@ -177,7 +183,8 @@ def plot_loss_curve(epochs_csv: str | os.PathLike, out_png: str | os.PathLike, *
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE (predicted vs true noise)")
+    target = TARGET_NAMES.get(prediction_type, prediction_type)
+    ax.set_ylabel(f"MSE (predicted vs true {target})")
     if ax.lines:
         ax.set_yscale("log")
         ax.legend()

@@ -895,7 +895,12 @@ class _Trainer:
             )
             tb.scalars(epoch, {"loss/train": train_loss, "loss/val": val_loss, "loss/val_ema": val_ema})
             title = f"{self.run_dir.name}: MSE per epoch"
-            plot_loss_curve(epochs_log.path, self.run_dir / "loss_curve.png", title=title)
+            plot_loss_curve(
+                epochs_log.path,
+                self.run_dir / "loss_curve.png",
+                title=title,
+                prediction_type=self.spec.schedule.prediction_type,
+            )
         if ctx.is_main and cfg.sample_every and epoch % cfg.sample_every == 0:
             png = self._sample_png(epoch)
             self.emit("info", f"samples → {png}")
