@@ -256,8 +256,6 @@ class MainWindow(ErrorReportingWindow):
                 action.triggered.connect(lambda _c=False, p=path, o=opener: o(p))
             menu.setEnabled(bool(paths))
 
-    # -- errors -----------------------------------------------------------------------------
-
     # -- checkpoint -------------------------------------------------------------------------
 
     def ask_checkpoint(self) -> None:

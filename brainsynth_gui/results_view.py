@@ -14,7 +14,6 @@ readers mid-study.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -37,7 +36,7 @@ from PySide6.QtWidgets import (
 from brainsynth_gui.background import BackgroundCall
 from brainsynth_gui.error_reporting import tell_user
 from engine.errors import BrainSynthError
-from engine.study.report import format_p_value, format_proportion
+from engine.study.report import format_mean_sd, format_number, format_p_value, format_proportion
 
 DETECTION_COLUMNS = (
     "reader",
@@ -50,14 +49,6 @@ DETECTION_COLUMNS = (
     "ROC AUC",
     "median s per case (mean)",
 )
-
-
-def _num(value, digits: int = 2) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _mean_sd(s) -> str:
-    return "n/a" if s.n == 0 else f"{s.mean:.2f} ± {_num(s.sd)} (n={s.n})"
 
 
 def _seconds(s) -> str:
@@ -220,7 +211,7 @@ class ResultsDialog(QDialog):
                     format_proportion(e.detection.sensitivity),
                     format_proportion(e.detection.specificity),
                     str(e.detection.n_unsure),
-                    _num(e.detection.roc.auc),
+                    format_number(e.detection.roc.auc),
                     _seconds(e.seconds),
                 ]
                 for e in entries
@@ -230,7 +221,12 @@ class ResultsDialog(QDialog):
         _fill(
             self.ratings,
             [
-                [e.reader, q.text, _mean_sd(e.ratings[q.key]["real"]), _mean_sd(e.ratings[q.key]["synthetic"])]
+                [
+                    e.reader,
+                    q.text,
+                    format_mean_sd(e.ratings[q.key]["real"]),
+                    format_mean_sd(e.ratings[q.key]["synthetic"]),
+                ]
                 for e in entries
                 for q in scales
             ],
@@ -241,13 +237,13 @@ class ResultsDialog(QDialog):
         elif a.method == "cohen":
             self.agreement.setText(
                 f"Cohen's kappa of the real / unsure / synthetic call ({' vs '.join(a.readers)}, {a.n_cases} cases "
-                f"both answered): <b>{_num(a.kappa)}</b>; quadratically weighted kappa of the five-point "
-                f"confidence: <b>{_num(a.weighted_kappa)}</b>."
+                f"both answered): <b>{format_number(a.kappa)}</b>; quadratically weighted kappa of the five-point "
+                f"confidence: <b>{format_number(a.weighted_kappa)}</b>."
             )
         else:
             self.agreement.setText(
                 f"Fleiss' kappa of the real / unsure / synthetic call ({len(a.readers)} readers, {a.n_cases} cases "
-                f"all answered): <b>{_num(a.kappa)}</b>."
+                f"all answered): <b>{format_number(a.kappa)}</b>."
             )
         pixmap = QPixmap()
         pixmap.loadFromData(png, "PNG")

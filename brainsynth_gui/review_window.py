@@ -52,9 +52,7 @@ from brainsynth_gui.rating_panel import RatingPanel
 from brainsynth_gui.rating_state import RatingState
 from brainsynth_gui.rendering import PLANE_ORDER
 from brainsynth_gui.slice_view import SliceView
-from brainsynth_gui.state import (
-    ViewerState,
-)
+from brainsynth_gui.state import ViewerState
 from engine.errors import BrainSynthError
 from engine.geometry import GridGeometry
 from engine.study import DisplayCase, ReaderSession, StudyDatabase

@@ -264,9 +264,9 @@ def denoise(
     * ``ddim`` — Song et al. 2021, eq. 12 and 16: ``x_prev = sqrt(abar_prev) x0 +
       sqrt(1 - abar_prev - sigma^2) eps + sigma z`` with ``sigma = eta * sqrt((1 - abar_prev) /
       (1 - abar_t) * (1 - abar_t / abar_prev))``; as MONAI, ``eps`` is the one predicted from
-      the raw network output even when ``x0`` was clamped. Equals MONAI's ``DDIMScheduler.step`` over the same
-      timesteps (N dividing T; otherwise MONAI's own layout is inconsistent, see the module
-      docstring).
+      the raw network output even when ``x0`` was clamped. Equals MONAI's
+      ``DDIMScheduler.step`` over the same timesteps (N dividing T; otherwise MONAI's own
+      layout is inconsistent, see the module docstring).
     * ``dpmpp-2m`` — DPM-Solver++(2M), Lu et al. 2022 (arXiv 2211.01095), Algorithm 2, in
       data-prediction form with ``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)``,
       ``lambda_t = log(alpha_t / sigma_t)``, ``h_i = lambda_{t_i} - lambda_{t_{i-1}}``:

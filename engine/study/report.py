@@ -213,7 +213,8 @@ def roc_png(results: StudyResults) -> bytes:
 # --------------------------------------------------------------------------------- markdown
 
 
-def _num(value: float, digits: int = 2) -> str:
+def format_number(value: float | None, digits: int = 2) -> str:
+    """A statistic to ``digits`` decimals, or "n/a" when undefined (None or NaN)."""
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
@@ -231,10 +232,11 @@ def format_p_value(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _mean_sd(s: Summary) -> str:
+def format_mean_sd(s: Summary) -> str:
+    """``"3.40 ± 0.89 (n=10)"``, or "n/a" with no values."""
     if s.n == 0:
         return "n/a"
-    return f"{s.mean:.2f} ± {_num(s.sd)} (n={s.n})"
+    return f"{s.mean:.2f} ± {format_number(s.sd)} (n={s.n})"
 
 
 def _detection_table(entries: Sequence[ReaderResults]) -> list[str]:
@@ -247,7 +249,7 @@ def _detection_table(entries: Sequence[ReaderResults]) -> list[str]:
         lines.append(
             f"| {e.reader} | {e.n_answered} | {format_proportion(d.accuracy.proportion)} | "
             f"{format_p_value(d.accuracy.p_value)} | {format_proportion(d.sensitivity)} | "
-            f"{format_proportion(d.specificity)} | {d.n_unsure} | {_num(d.roc.auc)} |"
+            f"{format_proportion(d.specificity)} | {d.n_unsure} | {format_number(d.roc.auc)} |"
         )
     return lines
 
@@ -286,7 +288,8 @@ def markdown_report(results: StudyResults, *, roc_image: str | None = ROC_NAME) 
             for q in scale_questions:
                 by_class = e.ratings[q.key]
                 lines.append(
-                    f"| {e.reader} | {q.text} | {_mean_sd(by_class['real'])} | {_mean_sd(by_class['synthetic'])} |"
+                    f"| {e.reader} | {q.text} | {format_mean_sd(by_class['real'])} | "
+                    f"{format_mean_sd(by_class['synthetic'])} |"
                 )
         lines.append("")
 
@@ -297,14 +300,14 @@ def markdown_report(results: StudyResults, *, roc_image: str | None = ROC_NAME) 
     elif a.method == "cohen":
         lines += [
             f"Cohen's kappa of the real / unsure / synthetic call, {' vs '.join(a.readers)}, over the "
-            f"{a.n_cases} cases both answered: **{_num(a.kappa)}**; quadratically weighted kappa of the "
-            f"five-point confidence: **{_num(a.weighted_kappa)}**.",
+            f"{a.n_cases} cases both answered: **{format_number(a.kappa)}**; quadratically weighted kappa of the "
+            f"five-point confidence: **{format_number(a.weighted_kappa)}**.",
             "",
         ]
     else:
         lines += [
             f"Fleiss' kappa of the real / unsure / synthetic call, {len(a.readers)} readers, over the "
-            f"{a.n_cases} cases all answered: **{_num(a.kappa)}**.",
+            f"{a.n_cases} cases all answered: **{format_number(a.kappa)}**.",
             "",
         ]
 

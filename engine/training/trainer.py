@@ -606,18 +606,19 @@ class _Trainer:
         n = x0.shape[0]
         t = torch.randint(0, self.spec.schedule.num_train_timesteps, (n,), device=self.device, generator=generator)
         eps = torch.randn(x0.shape, device=self.device, generator=generator, dtype=x0.dtype)
-        return self._noised_and_target(x0, eps, t)
+        xt, target = self._noised_and_target(x0, eps, t)
+        return xt, t, target
 
     def _noised_and_target(
         self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, what the network should output there) for the schedule's prediction type."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, what the network should output there) for the schedule's prediction type."""
         xt = diffuse(x0, eps, t, sqrt_abar=self.sqrt_abar, sqrt_one_minus_abar=self.sqrt_one_minus_abar)
         shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
         target = self.spec.schedule.training_target(
             x0, eps, self.sqrt_abar[t].view(shape), self.sqrt_one_minus_abar[t].view(shape)
         )
-        return xt, t, target
+        return xt, target
 
     def _optimizer_step(self, micro_batches: list[list[int]]) -> tuple[float, float, float]:
         """One optimizer step over a group of micro-batches; returns (mean loss, volumes, grad norm)."""
@@ -698,7 +699,7 @@ class _Trainer:
             eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
             eps = eps.to(self.device)
             t = torch.tensor([timestep(v, i) for v, i in chunk], device=self.device)
-            xt, t, target = self._noised_and_target(x0, eps, t)
+            xt, target = self._noised_and_target(x0, eps, t)
             with self._autocast():
                 pred = model(x=xt, timesteps=t)
             per_volume = ((pred.float() - target.float()) ** 2).flatten(1).mean(dim=1)
