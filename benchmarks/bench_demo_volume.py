@@ -1,6 +1,6 @@
 """How long one `demo` volume takes with the default sampler (target: under 30 s on 2 CPU cores).
 
-Usage: python benchmarks/bench_demo_volume.py [--checkpoint CKPT] [--steps 25] [--repeats 3]
+Usage: python benchmarks/bench_demo_volume.py [--checkpoint CKPT] [--sampler S --steps K] [--repeats 3]
 
 Uses the bundled demo checkpoint when there is one (the weights do not change the time);
 otherwise the demo preset with random weights. Reports the median wall time of whole
@@ -19,15 +19,15 @@ import torch
 from engine.checkpoint import load_checkpoint
 from engine.generation import generate
 from engine.resources import bundled_checkpoint
-from engine.samplers import SamplerSettings
+from engine.samplers import SamplerSettings, default_settings, default_steps
 from engine.specs import PRESETS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint")
-    parser.add_argument("--sampler", default="dpmpp-2m")
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp-2m"), help="default: the model's default sampler")
+    parser.add_argument("--steps", type=int, help="default: the model's steps for the sampler")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="write the figures as JSON here")
@@ -42,7 +42,8 @@ def main() -> None:
         spec = PRESETS["demo"]
         torch.manual_seed(0)
         model, source = spec.build_random_model().eval(), "demo preset, random weights"
-    settings = SamplerSettings(name=args.sampler, steps=args.steps)
+    sampler = args.sampler or default_settings(spec).name
+    settings = SamplerSettings(name=sampler, steps=args.steps or default_steps(spec, sampler))
 
     def one_volume(seed: int) -> float:
         start = time.perf_counter()
@@ -56,12 +57,12 @@ def main() -> None:
     result = {
         "model": source,
         "grid": list(spec.grid.shape),
-        "sampler": args.sampler,
-        "steps": args.steps,
+        "sampler": settings.name,
+        "steps": settings.steps,
         "threads": args.threads,
         "seconds_per_volume_median": round(median, 2),
         "seconds_per_volume_all": [round(t, 2) for t in times],
-        "seconds_per_step": round(median / args.steps, 3),
+        "seconds_per_step": round(median / settings.steps, 3),
         "target_seconds": 30,
     }
     print(json.dumps(result, indent=2))

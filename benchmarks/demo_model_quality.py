@@ -2,7 +2,7 @@
 
     python benchmarks/demo_model_quality.py --heldout DIR [--checkpoint CKPT] [--out DIR]
 
-* generates ``--count`` (32) volumes with the default sampler (or ``--sampler``/``--steps``);
+* generates ``--count`` (32) volumes with the model's default sampler (or ``--sampler``/``--steps``);
 * prepares ``2 x --count`` held-out demo scans (a population seed the model never saw) onto
   the model grid, split into two disjoint sets A and B;
 * MMD(generated, A) against MMD(B, A), with the same code and the *same* kernels: the
@@ -33,7 +33,7 @@ from engine.generation import generate, seeds_from
 from engine.metrics.mmd import unbiased_mmd_from_kernels
 from engine.preprocessing import prepare_scan
 from engine.resources import default_checkpoint
-from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SamplerSettings
+from engine.samplers import SamplerSettings, default_settings, default_steps
 from engine.volumes import find_volumes, load_volume
 
 
@@ -85,8 +85,8 @@ def main() -> None:
         "--heldout", required=True, help="folder of held-out demo scans (1 mm, brainsynth-cli demo-data)"
     )
     parser.add_argument("--count", type=int, default=32)
-    parser.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=("ddpm", "ddim", "dpmpp-2m"))
-    parser.add_argument("--steps", type=int, help="default: the sampler's default step count")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp-2m"), help="default: the model's default sampler")
+    parser.add_argument("--steps", type=int, help="default: the model's steps for the sampler")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--out", default="quality")
     parser.add_argument("--splits", type=int, default=50, help="random held-out half-splits for the spread")
@@ -105,7 +105,8 @@ def main() -> None:
     heldout = [prepare_scan(load_volume(p), spec).data for p in paths[: 2 * args.count]]
 
     start = time.perf_counter()
-    settings = SamplerSettings(name=args.sampler, steps=args.steps or DEFAULT_STEPS[args.sampler])
+    sampler = args.sampler or default_settings(spec).name
+    settings = SamplerSettings(name=sampler, steps=args.steps or default_steps(spec, sampler))
     generated = []
     for event in generate(
         ckpt.build_model(),

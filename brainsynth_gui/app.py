@@ -68,19 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     window.show()
 
     if args.generate:
-        panel = window.generation_panel
-        request = panel.request()
-        changes = {"count": args.generate}
-        for key in ("sampler", "steps", "seed", "device"):
-            if getattr(args, key) is not None:
-                changes[key] = getattr(args, key)
         from dataclasses import replace
 
-        if args.sampler and args.steps is None:
-            from brainsynth_gui.generation_request import DEFAULT_STEPS
-
-            changes["steps"] = DEFAULT_STEPS[args.sampler]
-        panel.set_request(replace(request, **changes))
+        panel = window.generation_panel
+        if args.sampler:
+            panel.select_sampler(args.sampler)  # and the model's steps for it, unless --steps
+        changes = {"count": args.generate}
+        for key in ("steps", "seed", "device"):
+            if getattr(args, key) is not None:
+                changes[key] = getattr(args, key)
+        panel.set_request(replace(panel.request(), **changes))
         window.start_generation()
 
     if args.screenshot:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from html import escape
 
 from engine.checkpoint import Checkpoint
+from engine.samplers import default_settings
 
 NO_MODEL_HTML = (
     "<b>No model loaded.</b><br>"
@@ -28,6 +29,7 @@ def describe_checkpoint(checkpoint: Checkpoint) -> str:
     """Preset, grid, network, schedule, weights and training provenance, as HTML."""
     spec = checkpoint.spec
     grid = spec.grid
+    sampler = default_settings(spec)
     rows = [
         ("Preset", spec.name),
         ("Grid", f"{' x '.join(map(str, grid.shape))} voxels"),
@@ -35,6 +37,7 @@ def describe_checkpoint(checkpoint: Checkpoint) -> str:
         ("UNet channels", ", ".join(map(str, spec.unet.channels))),
         ("Schedule", f"{spec.schedule.schedule}, T = {spec.schedule.num_train_timesteps}"),
         ("Predicts", spec.schedule.prediction_type),
+        ("Default sampler", f"{sampler.name}, {sampler.steps} steps"),
         ("Weights", "EMA" if checkpoint.has_ema else "raw (no EMA kept)"),
     ]
     provenance = checkpoint.provenance or {}

@@ -20,7 +20,8 @@ from PySide6.QtWidgets import (
 
 from brainsynth_gui.generation_request import GenerationRequest, format_seconds
 from brainsynth_gui.generation_worker import ProgressReport
-from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
+from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, default_settings, default_steps
+from engine.specs import ModelSpec
 
 SAMPLER_LABELS = {"ddpm": "DDPM (ancestral)", "ddim": "DDIM", "dpmpp-2m": "DPM-Solver++ 2M"}
 MAX_VOLUMES = 500
@@ -58,6 +59,7 @@ class GenerationPanel(QWidget):
 
     def __init__(self, devices: list[str], auto_label: str = "", parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self._spec: ModelSpec | None = None
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
         self.device = QComboBox()
@@ -121,11 +123,19 @@ class GenerationPanel(QWidget):
         layout.addWidget(self.status)
 
     def _sampler_changed(self) -> None:
-        self.steps.setValue(DEFAULT_STEPS.get(self.sampler.currentData(), 50))
+        name = self.sampler.currentData()
+        self.steps.setValue(default_steps(self._spec, name) if self._spec else DEFAULT_STEPS[name])
 
-    def set_max_steps(self, steps: int) -> None:
-        """Limit the steps to the model's training timesteps."""
-        self.steps.setMaximum(steps)
+    def select_sampler(self, name: str) -> None:
+        """Choose a sampler; the steps become the model's count for it."""
+        self.sampler.setCurrentIndex(self.sampler.findData(name))
+        self._sampler_changed()
+
+    def set_model(self, spec: ModelSpec) -> None:
+        """Offer the model's own default sampler and steps, at most its training timesteps."""
+        self._spec = spec
+        self.steps.setMaximum(spec.schedule.num_train_timesteps)
+        self.select_sampler(default_settings(spec).name)
 
     def request(self) -> GenerationRequest:
         """The settings as entered."""

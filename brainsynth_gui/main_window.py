@@ -294,7 +294,7 @@ class MainWindow(ErrorReportingWindow):
         self._model_cache.clear()
         self.recent.add("checkpoints", path)
         self.model_info.setText(describe_checkpoint(checkpoint))
-        self.generation_panel.set_max_steps(checkpoint.spec.schedule.num_train_timesteps)
+        self.generation_panel.set_model(checkpoint.spec)
         self._set_spec(checkpoint.spec)
         self.statusBar().showMessage(f"Loaded {checkpoint.path}", 5000)
         return True

@@ -49,14 +49,13 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import SamplingError
-from engine.specs import ScheduleSpec
+from engine.specs import SAMPLERS, ModelSpec, ScheduleSpec
 
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp-2m")
-# What the front ends offer by default: DPM-Solver++(2M) reaches DDIM-quality volumes in
-# fewer steps (benchmarks/bench_sampling.py); DDPM needs every training step.
+# What the front ends offer for a model that names no default sampler of its own
+# (ModelSpec.default_sampler): DPM-Solver++(2M) reaches DDIM-quality volumes in fewer steps
+# (benchmarks/bench_sampling.py); DDPM as the reference study ran it needs every training step.
 DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS: dict[str, int] = {"ddpm": 1000, "ddim": 50, "dpmpp-2m": 25}
-"""Valid values of :attr:`SamplerSettings.name`."""
 
 FramePredicate = Callable[[int], bool]
 
@@ -105,6 +104,21 @@ class SamplerSettings:
                 f"{self.steps} sampling steps asked for, but the model was trained with "
                 f"{schedule.num_train_timesteps} diffusion steps; use at most {schedule.num_train_timesteps}"
             )
+
+
+def default_steps(spec: ModelSpec, sampler: str) -> int:
+    """Steps to offer for ``sampler`` with this model: the model's own count for its default
+    sampler, otherwise the sampler's usual count (:data:`DEFAULT_STEPS`)."""
+    choice = spec.default_sampler
+    if choice is not None and choice.name == sampler:
+        return choice.steps
+    return DEFAULT_STEPS[sampler]
+
+
+def default_settings(spec: ModelSpec) -> SamplerSettings:
+    """The sampler and steps to use for this model when the user names none."""
+    name = spec.default_sampler.name if spec.default_sampler is not None else DEFAULT_SAMPLER
+    return SamplerSettings(name=name, steps=default_steps(spec, name))
 
 
 @dataclass

@@ -18,6 +18,9 @@ from engine.intensity import IntensityMapping
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 """What a network may be trained to output (MONAI's ``DDPMPredictionType`` values)."""
 
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp-2m")
+"""The samplers of :mod:`engine.samplers`, by name."""
+
 
 @dataclass(frozen=True)
 class ScheduleSpec:
@@ -150,16 +153,42 @@ class UNetSpec:
 
 
 @dataclass(frozen=True)
+class SamplerChoice:
+    """A sampler and step count, as a model's own default (see :attr:`ModelSpec.default_sampler`)."""
+
+    name: str
+    steps: int
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise BrainSynthError(f"unknown default sampler {self.name!r}; use one of: {', '.join(SAMPLERS)}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise BrainSynthError(f"a default sampler needs a whole number of steps >= 1 (got {self.steps!r})")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild a model and interpret its output."""
+    """Everything needed to rebuild a model and interpret its output.
+
+    ``default_sampler`` is the sampler the model was measured to sample best with at a
+    practical cost (the front ends start from it); None means the engine's default
+    (:data:`engine.samplers.DEFAULT_SAMPLER`). Which sampler suits a model depends on how
+    well it was trained, so it travels with the weights.
+    """
 
     name: str
     unet: UNetSpec
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     grid: GridGeometry = field(default_factory=lambda: GridGeometry.over_mni_box((84, 128, 84)))
     intensity: IntensityMapping = field(default_factory=IntensityMapping)
+    default_sampler: SamplerChoice | None = None
 
     def __post_init__(self) -> None:
+        if self.default_sampler is not None and self.default_sampler.steps > self.schedule.num_train_timesteps:
+            raise BrainSynthError(
+                f"the default sampler's {self.default_sampler.steps} steps exceed the "
+                f"{self.schedule.num_train_timesteps} diffusion steps of the schedule"
+            )
         factor = self.unet.downsampling_factor
         if any(n % factor for n in self.grid.shape):
             raise BrainSynthError(
@@ -177,6 +206,7 @@ class ModelSpec:
             "schedule": asdict(self.schedule),
             "grid": self.grid.to_dict(),
             "intensity": self.intensity.to_dict(),
+            "default_sampler": None if self.default_sampler is None else asdict(self.default_sampler),
         }
 
     @classmethod
@@ -194,6 +224,7 @@ class ModelSpec:
             schedule=ScheduleSpec(**data.get("schedule", {})),
             grid=GridGeometry.from_dict(data["grid"]),
             intensity=IntensityMapping.from_dict(data.get("intensity", {})),
+            default_sampler=SamplerChoice(**data["default_sampler"]) if data.get("default_sampler") else None,
         )
 
     def build_random_model(self, *, seed: int = 0) -> torch.nn.Module:
@@ -261,6 +292,10 @@ PRESETS: dict[str, ModelSpec] = {
         ),
         schedule=ScheduleSpec(prediction_type="v_prediction"),
         grid=GridGeometry.over_mni_box((40, 48, 40)),
+        # Ancestral DDPM on 100 respaced steps: the injected noise corrects this small model's
+        # errors, where the deterministic DPM-Solver++ 25 matches held-out scans less well
+        # (benchmarks/demo_model_quality.py; resources/MODEL_CARD.md). 14.2 s a volume on 2 cores.
+        default_sampler=SamplerChoice("ddpm", 100),
     ),
     # For tests and smoke runs only: seconds per volume, no anatomy to speak of.
     "tiny": ModelSpec(

@@ -156,6 +156,7 @@ def test_cli_info(tiny_checkpoint, capsys):
     assert cli(["info", str(tiny_checkpoint)]) == 0
     out = capsys.readouterr().out
     assert "tiny" in out and "16 x 24 x 16" in out and "EMA weights: yes" in out
+    assert "dpmpp-2m, 25 steps by default (the engine's; the model names none)" in out
 
 
 def test_cli_info_error_is_one_line(tmp_path, capsys):

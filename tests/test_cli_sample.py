@@ -101,8 +101,19 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.returncode != 0 and "Traceback" in result.stderr and "does not exist" in result.stderr
 
 
-def test_cli_default_sampler_is_the_engine_default():
-    from engine.samplers import DEFAULT_SAMPLER
-    from training_cli.commands import sample
+def test_sample_uses_the_models_default_sampler_unless_told(tmp_path, tiny_checkpoint):
+    from dataclasses import replace
 
-    assert sample.DEFAULT_SAMPLER == DEFAULT_SAMPLER
+    from engine.specs import SamplerChoice
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    own = tmp_path / "own.safetensors"
+    replace(ckpt, spec=replace(ckpt.spec, default_sampler=SamplerChoice("ddim", 2))).save(own)
+
+    def sidecar(out):
+        return json.loads((out / "synthetic_0000_seed0.json").read_text())
+
+    assert cli(["sample", "--checkpoint", str(own), "--out", str(tmp_path / "a")]) == 0
+    assert (sidecar(tmp_path / "a")["sampler"]["sampler"], sidecar(tmp_path / "a")["steps"]) == ("ddim", 2)
+    assert cli(["sample", "--checkpoint", str(own), "--out", str(tmp_path / "b"), "--sampler", "ddpm"]) == 0
+    assert (sidecar(tmp_path / "b")["sampler"]["sampler"], sidecar(tmp_path / "b")["steps"]) == ("ddpm", 1000)

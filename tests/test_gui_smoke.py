@@ -78,3 +78,23 @@ def test_seed_field_takes_any_engine_seed(qtbot):
     assert panel.request().resolve_seeds()[-1] == 2**63 - 1
     qtbot.keyClick(panel.seed, Qt.Key.Key_Backspace)
     assert panel.request().seed == MAX_SEED // 10
+
+
+def test_generate_panel_starts_from_the_models_default_sampler(qtbot):
+    from dataclasses import replace
+
+    from brainsynth_gui.generation_panel import GenerationPanel
+    from engine.specs import PRESETS, SamplerChoice
+
+    panel = GenerationPanel(["cpu"])
+    qtbot.addWidget(panel)
+    assert (panel.request().sampler, panel.request().steps) == ("dpmpp-2m", 25)  # no model yet
+    panel.set_model(replace(PRESETS["tiny"], default_sampler=SamplerChoice("ddim", 7)))
+    assert (panel.request().sampler, panel.request().steps) == ("ddim", 7)
+    panel.select_sampler("dpmpp-2m")
+    assert panel.request().steps == 25
+    panel.sampler.setCurrentIndex(panel.sampler.findData("ddim"))  # as a user picks it
+    assert panel.request().steps == 7
+    panel.set_model(PRESETS["demo"])
+    assert (panel.request().sampler, panel.request().steps) == ("ddpm", 100)
+    assert panel.steps.maximum() == 1000

@@ -11,7 +11,7 @@ import torch
 from engine.errors import BrainSynthError
 from engine.geometry import MNI_BOX_SHAPE, GridGeometry, mni_box_affine
 from engine.intensity import IntensityMapping
-from engine.specs import PREDICTION_TYPES, PRESETS, ModelSpec, ScheduleSpec, UNetSpec, get_preset
+from engine.specs import PREDICTION_TYPES, PRESETS, ModelSpec, SamplerChoice, ScheduleSpec, UNetSpec, get_preset
 
 
 def test_paper_preset_parameter_count_and_output_shape():
@@ -122,3 +122,37 @@ def test_unknown_prediction_type_is_refused_with_the_valid_ones():
     spec["schedule"]["prediction_type"] = "flow"
     with pytest.raises(BrainSynthError, match="unknown prediction type 'flow'"):
         ModelSpec.from_dict(spec)
+
+
+def test_default_sampler_travels_with_the_spec_and_older_specs_have_none():
+    from dataclasses import replace
+
+    from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, default_settings, default_steps
+
+    spec = replace(PRESETS["tiny"], default_sampler=SamplerChoice("ddim", 7))
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    older = PRESETS["tiny"].to_dict()
+    del older["default_sampler"]  # a checkpoint written before models named their sampler
+    assert ModelSpec.from_dict(older).default_sampler is None
+    assert (default_settings(spec).name, default_settings(spec).steps) == ("ddim", 7)
+    assert default_steps(spec, "dpmpp-2m") == DEFAULT_STEPS["dpmpp-2m"]  # another sampler: its usual count
+    paper = default_settings(PRESETS["paper"])
+    assert (paper.name, paper.steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS[DEFAULT_SAMPLER])
+    demo = default_settings(PRESETS["demo"])
+    assert (demo.name, demo.steps) == ("ddpm", 100)
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "message"),
+    [("euler", 10, "unknown default sampler 'euler'; use one of: ddpm, ddim, dpmpp-2m"), ("ddpm", 0, ">= 1")],
+)
+def test_bad_default_sampler_is_refused(name, steps, message):
+    with pytest.raises(BrainSynthError, match=message):
+        SamplerChoice(name, steps)
+
+
+def test_default_sampler_cannot_take_more_steps_than_the_schedule():
+    from dataclasses import replace
+
+    with pytest.raises(BrainSynthError, match="1001 steps exceed the 1000 diffusion steps"):
+        replace(PRESETS["tiny"], default_sampler=SamplerChoice("ddpm", 1001))

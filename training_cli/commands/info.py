@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.checkpoint import load_checkpoint
+    from engine.samplers import default_settings
     from engine.specs import format_shape
 
     ckpt = load_checkpoint(args.checkpoint, preset=args.preset)
@@ -24,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(meta, indent=2))
         return 0
     spec = ckpt.spec
+    sampler = default_settings(spec)
+    whose = "the model's own" if spec.default_sampler else "the engine's; the model names none"
     n_params = sum(t.numel() for t in ckpt.weights.values())
     grid = spec.grid
     lines = [
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         f"beta {spec.schedule.beta_start} → {spec.schedule.beta_end}, clip x0: {spec.schedule.clip_sample}, "
         f"predicts {spec.schedule.prediction_type}",
         f"intensity    {spec.intensity.kind}: brain p{spec.intensity.upper_percentile:g} → {spec.intensity.scale:g}",
+        f"sampler      {sampler.name}, {sampler.steps} steps by default ({whose})",
     ]
     for key, value in ckpt.provenance.items():
         shown = json.dumps(value) if isinstance(value, dict | list) else value

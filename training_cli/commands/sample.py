@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-# The defaults live in engine.samplers; repeated here as literals only for --help, which must not import torch.
-DEFAULT_SAMPLER = "dpmpp-2m"
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,12 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="volumes to generate (default 1)")
     parser.add_argument(
         "--sampler",
-        default=DEFAULT_SAMPLER,
         choices=("ddpm", "ddim", "dpmpp-2m"),
-        help=f"sampling method (default {DEFAULT_SAMPLER}: DPM-Solver++ 2M, good volumes in few steps)",
+        help="sampling method (default: the model's own, which 'info' shows; dpmpp-2m for a model that names none)",
     )
     parser.add_argument(
-        "--steps", type=int, metavar="K", help="denoising steps (default: ddpm 1000, ddim 50, dpmpp-2m 25)"
+        "--steps",
+        type=int,
+        metavar="K",
+        help="denoising steps (default: the model's for its own sampler, else ddpm 1000, ddim 50, dpmpp-2m 25)",
     )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale (ddim only; default 0)")
     parser.add_argument(
@@ -81,11 +80,9 @@ def run(args: argparse.Namespace) -> int:
     from engine.export import export_batch, export_targets, save_trajectory_nifti, sha256_file
     from engine.generation import generate, seeds_from
     from engine.resources import default_checkpoint
-    from engine.samplers import DEFAULT_STEPS, SamplerSettings
+    from engine.samplers import SamplerSettings, default_settings, default_steps
 
     shard, shards = parse_shard(args.shard)
-    steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
-    settings = SamplerSettings(name=args.sampler, steps=steps, eta=args.eta)
     all_seeds = seeds_from(args.seed, args.num_samples)
     indices = list(range(shard, len(all_seeds), shards))
     if not indices:
@@ -98,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
 
     ckpt_path = default_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path, preset=args.preset)
+    sampler = args.sampler or default_settings(ckpt.spec).name
+    steps = args.steps if args.steps is not None else default_steps(ckpt.spec, sampler)
+    settings = SamplerSettings(name=sampler, steps=steps, eta=args.eta)
     settings.validate(ckpt.spec.schedule)
     device = resolve_device(args.device)
     model = ckpt.build_model(use_ema=not args.raw_weights, device=device)
