@@ -28,7 +28,7 @@ import torch
 
 from engine import __version__
 from engine.atomic import atomic_path
-from engine.errors import CheckpointError
+from engine.errors import BrainSynthError, CheckpointError
 from engine.specs import PRESETS, ModelSpec, get_preset
 
 FORMAT_NAME = "brainsynth-checkpoint"
@@ -325,7 +325,14 @@ def _load_safetensors(path: Path, preset: str | ModelSpec | None) -> Checkpoint:
         weights = _clean_keys(tensors, path)
         check_state_dict(spec.build_model(), weights, source=path.name, spec_name=spec.name)
         return Checkpoint(spec=spec, weights=weights, provenance={"source": f"imported from {path.name}"}, path=path)
-    spec = ModelSpec.from_dict(header["spec"])
+    try:
+        spec = ModelSpec.from_dict(header["spec"])
+    except BrainSynthError as exc:
+        raise CheckpointError(f"{path.name}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path.name} has a damaged model description ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
     if preset is not None:
         asked = _as_spec(preset)
         if (asked.unet, asked.grid) != (spec.unet, spec.grid):

@@ -174,3 +174,25 @@ def test_paper_preset_is_the_reference_study():
     assert spec.schedule.num_train_timesteps == 1000
     assert spec.schedule.schedule == "scaled_linear_beta"
     assert (spec.schedule.beta_start, spec.schedule.beta_end) == (0.0005, 0.0195)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda spec: spec.update(default_sampler={"name": "euler", "steps": 5}), "unknown default sampler 'euler'"),
+        (lambda spec: spec.update(default_sampler={"name": "ddpm"}), "damaged model description (TypeError"),
+        (lambda spec: spec.pop("grid"), "damaged model description (KeyError"),
+    ],
+)
+def test_damaged_model_description_is_one_clear_error(tmp_path, tiny_checkpoint, edit, message):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    header = read_metadata(tiny_checkpoint)
+    edit(header["spec"])
+    bad = tmp_path / "edited.safetensors"
+    save_file(load_file(str(tiny_checkpoint)), str(bad), metadata={"brainsynth": json.dumps(header)})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(bad)
+    assert str(info.value).startswith("edited.safetensors") and message in str(info.value)
