@@ -115,5 +115,5 @@ def test_sample_uses_the_models_default_sampler_unless_told(tmp_path, tiny_check
 
     assert cli(["sample", "--checkpoint", str(own), "--out", str(tmp_path / "a")]) == 0
     assert (sidecar(tmp_path / "a")["sampler"]["sampler"], sidecar(tmp_path / "a")["steps"]) == ("ddim", 2)
-    assert cli(["sample", "--checkpoint", str(own), "--out", str(tmp_path / "b"), "--sampler", "ddpm"]) == 0
-    assert (sidecar(tmp_path / "b")["sampler"]["sampler"], sidecar(tmp_path / "b")["steps"]) == ("ddpm", 1000)
+    assert cli(["sample", "--checkpoint", str(own), "--out", str(tmp_path / "b"), "--sampler", "dpmpp-2m"]) == 0
+    assert (sidecar(tmp_path / "b")["sampler"]["sampler"], sidecar(tmp_path / "b")["steps"]) == ("dpmpp-2m", 25)
