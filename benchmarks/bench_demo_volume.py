@@ -19,7 +19,7 @@ import torch
 from engine.checkpoint import load_checkpoint
 from engine.generation import generate
 from engine.resources import bundled_checkpoint
-from engine.samplers import SamplerSettings, default_settings, default_steps
+from engine.samplers import default_settings
 from engine.specs import PRESETS
 
 
@@ -42,8 +42,7 @@ def main() -> None:
         spec = PRESETS["demo"]
         torch.manual_seed(0)
         model, source = spec.build_random_model().eval(), "demo preset, random weights"
-    sampler = args.sampler or default_settings(spec).name
-    settings = SamplerSettings(name=sampler, steps=args.steps or default_steps(spec, sampler))
+    settings = default_settings(spec, sampler=args.sampler, steps=args.steps)
 
     def one_volume(seed: int) -> float:
         start = time.perf_counter()

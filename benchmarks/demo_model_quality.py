@@ -33,7 +33,7 @@ from engine.generation import generate, seeds_from
 from engine.metrics.mmd import unbiased_mmd_from_kernels
 from engine.preprocessing import prepare_scan
 from engine.resources import default_checkpoint
-from engine.samplers import SamplerSettings, default_settings, default_steps
+from engine.samplers import default_settings
 from engine.volumes import find_volumes, load_volume
 
 
@@ -105,8 +105,7 @@ def main() -> None:
     heldout = [prepare_scan(load_volume(p), spec).data for p in paths[: 2 * args.count]]
 
     start = time.perf_counter()
-    sampler = args.sampler or default_settings(spec).name
-    settings = SamplerSettings(name=sampler, steps=args.steps or default_steps(spec, sampler))
+    settings = default_settings(spec, sampler=args.sampler, steps=args.steps)
     generated = []
     for event in generate(
         ckpt.build_model(),

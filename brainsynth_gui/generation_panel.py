@@ -20,8 +20,8 @@ from PySide6.QtWidgets import (
 
 from brainsynth_gui.generation_request import GenerationRequest, format_seconds
 from brainsynth_gui.generation_worker import ProgressReport
-from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, default_settings, default_steps
-from engine.specs import ModelSpec
+from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, default_settings, default_steps
+from engine.specs import SAMPLERS, ModelSpec
 
 SAMPLER_LABELS = {"ddpm": "DDPM (ancestral)", "ddim": "DDIM", "dpmpp-2m": "DPM-Solver++ 2M"}
 MAX_VOLUMES = 500

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import SamplingError
-from engine.specs import SAMPLERS, ModelSpec, ScheduleSpec
+from engine.specs import ModelSpec, SamplerSettings, ScheduleSpec
 
 # What the front ends offer for a model that names no default sampler of its own
 # (ModelSpec.default_sampler): DPM-Solver++(2M) reaches DDIM-quality volumes in fewer steps
@@ -58,52 +58,6 @@ DEFAULT_SAMPLER = "dpmpp-2m"
 DEFAULT_STEPS: dict[str, int] = {"ddpm": 1000, "ddim": 50, "dpmpp-2m": 25}
 
 FramePredicate = Callable[[int], bool]
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    """Which sampler to run and how many model evaluations it may use.
-
-    Attributes:
-        name: ``"ddpm"`` (ancestral, stochastic), ``"ddim"`` (deterministic when ``eta`` is 0)
-            or ``"dpmpp-2m"`` (DPM-Solver++(2M), deterministic).
-        steps: number of denoising steps = model evaluations per volume, 1 .. T.
-        eta: DDIM's noise scale (0 = deterministic DDIM, 1 = DDPM-like posterior noise);
-            only meaningful for ``"ddim"``.
-
-    Raises:
-        SamplingError: for an unknown name, steps < 1, a negative eta or eta on a sampler
-            that has none. The upper bound (steps <= T) is checked by :meth:`validate`,
-            which knows the schedule.
-    """
-
-    name: str = "ddpm"
-    steps: int = 1000
-    eta: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise SamplingError(f"unknown sampler {self.name!r}; choose one of: {', '.join(SAMPLERS)}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int):
-            raise SamplingError(f"the number of sampling steps must be a whole number, not {self.steps!r}")
-        if self.steps < 1:
-            raise SamplingError(f"the number of sampling steps must be at least 1 (got {self.steps})")
-        if not math.isfinite(float(self.eta)) or self.eta < 0:
-            raise SamplingError(f"eta must be 0 or positive (got {self.eta})")
-        if self.eta != 0 and self.name != "ddim":
-            raise SamplingError(f"eta applies to the 'ddim' sampler only; the {self.name!r} sampler has none")
-
-    def validate(self, schedule: ScheduleSpec) -> None:
-        """Check the settings against the model's schedule.
-
-        Raises:
-            SamplingError: when more steps are asked for than the model was trained with.
-        """
-        if self.steps > schedule.num_train_timesteps:
-            raise SamplingError(
-                f"{self.steps} sampling steps asked for, but the model was trained with "
-                f"{schedule.num_train_timesteps} diffusion steps; use at most {schedule.num_train_timesteps}"
-            )
 
 
 def default_steps(spec: ModelSpec, sampler: str) -> int:
@@ -115,10 +69,14 @@ def default_steps(spec: ModelSpec, sampler: str) -> int:
     return DEFAULT_STEPS[sampler]
 
 
-def default_settings(spec: ModelSpec) -> SamplerSettings:
-    """The sampler and steps to use for this model when the user names none."""
-    name = spec.default_sampler.name if spec.default_sampler is not None else DEFAULT_SAMPLER
-    return SamplerSettings(name=name, steps=default_steps(spec, name))
+def default_settings(
+    spec: ModelSpec, *, sampler: str | None = None, steps: int | None = None, eta: float = 0.0
+) -> SamplerSettings:
+    """The settings to run this model with: what the user named (``sampler``, ``steps``,
+    ``eta``), and for the rest the model's default sampler and :func:`default_steps`."""
+    if sampler is None:
+        sampler = spec.default_sampler.name if spec.default_sampler is not None else DEFAULT_SAMPLER
+    return SamplerSettings(name=sampler, steps=default_steps(spec, sampler) if steps is None else steps, eta=eta)
 
 
 @dataclass

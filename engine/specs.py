@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from engine.errors import BrainSynthError
+from engine.errors import BrainSynthError, SamplingError
 from engine.geometry import GridGeometry
 from engine.intensity import IntensityMapping
 
@@ -153,17 +153,52 @@ class UNetSpec:
 
 
 @dataclass(frozen=True)
-class SamplerChoice:
-    """A sampler and step count, as a model's own default (see :attr:`ModelSpec.default_sampler`)."""
+class SamplerSettings:
+    """Which sampler to run and how many model evaluations it may use.
 
-    name: str
-    steps: int
+    Defined here, beside the model spec, because a model may name its own default
+    (:attr:`ModelSpec.default_sampler`); the samplers themselves are in :mod:`engine.samplers`.
+
+    Attributes:
+        name: ``"ddpm"`` (ancestral, stochastic), ``"ddim"`` (deterministic when ``eta`` is 0)
+            or ``"dpmpp-2m"`` (DPM-Solver++(2M), deterministic).
+        steps: number of denoising steps = model evaluations per volume, 1 .. T.
+        eta: DDIM's noise scale (0 = deterministic DDIM, 1 = DDPM-like posterior noise);
+            only meaningful for ``"ddim"``.
+
+    Raises:
+        SamplingError: for an unknown name, steps < 1, a negative eta or eta on a sampler
+            that has none. The upper bound (steps <= T) is checked by :meth:`validate`,
+            which knows the schedule.
+    """
+
+    name: str = "ddpm"
+    steps: int = 1000
+    eta: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
-            raise BrainSynthError(f"unknown default sampler {self.name!r}; use one of: {', '.join(SAMPLERS)}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise BrainSynthError(f"a default sampler needs a whole number of steps >= 1 (got {self.steps!r})")
+            raise SamplingError(f"unknown sampler {self.name!r}; choose one of: {', '.join(SAMPLERS)}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int):
+            raise SamplingError(f"the number of sampling steps must be a whole number, not {self.steps!r}")
+        if self.steps < 1:
+            raise SamplingError(f"the number of sampling steps must be at least 1 (got {self.steps})")
+        if not math.isfinite(float(self.eta)) or self.eta < 0:
+            raise SamplingError(f"eta must be 0 or positive (got {self.eta})")
+        if self.eta != 0 and self.name != "ddim":
+            raise SamplingError(f"eta applies to the 'ddim' sampler only; the {self.name!r} sampler has none")
+
+    def validate(self, schedule: ScheduleSpec) -> None:
+        """Check the settings against the model's schedule.
+
+        Raises:
+            SamplingError: when more steps are asked for than the model was trained with.
+        """
+        if self.steps > schedule.num_train_timesteps:
+            raise SamplingError(
+                f"{self.steps} sampling steps asked for, but the model was trained with "
+                f"{schedule.num_train_timesteps} diffusion steps; use at most {schedule.num_train_timesteps}"
+            )
 
 
 @dataclass(frozen=True)
@@ -181,14 +216,11 @@ class ModelSpec:
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     grid: GridGeometry = field(default_factory=lambda: GridGeometry.over_mni_box((84, 128, 84)))
     intensity: IntensityMapping = field(default_factory=IntensityMapping)
-    default_sampler: SamplerChoice | None = None
+    default_sampler: SamplerSettings | None = None
 
     def __post_init__(self) -> None:
-        if self.default_sampler is not None and self.default_sampler.steps > self.schedule.num_train_timesteps:
-            raise BrainSynthError(
-                f"the default sampler's {self.default_sampler.steps} steps exceed the "
-                f"{self.schedule.num_train_timesteps} diffusion steps of the schedule"
-            )
+        if self.default_sampler is not None:
+            self.default_sampler.validate(self.schedule)
         factor = self.unet.downsampling_factor
         if any(n % factor for n in self.grid.shape):
             raise BrainSynthError(
@@ -224,7 +256,7 @@ class ModelSpec:
             schedule=ScheduleSpec(**data.get("schedule", {})),
             grid=GridGeometry.from_dict(data["grid"]),
             intensity=IntensityMapping.from_dict(data.get("intensity", {})),
-            default_sampler=SamplerChoice(**data["default_sampler"]) if data.get("default_sampler") else None,
+            default_sampler=_sampler_from_dict(data["default_sampler"]) if data.get("default_sampler") else None,
         )
 
     def build_random_model(self, *, seed: int = 0) -> torch.nn.Module:
@@ -252,6 +284,12 @@ def reinitialise_zero_layers(model: torch.nn.Module, *, seed: int = 0) -> torch.
     finally:
         torch.random.set_rng_state(generator_state)
     return model
+
+
+def _sampler_from_dict(data: dict) -> SamplerSettings:
+    # Name and steps are required (KeyError): SamplerSettings' own defaults (DDPM, 1000 steps)
+    # must not stand in for a damaged entry. Unknown keys are refused by the constructor.
+    return SamplerSettings(**{"name": data["name"], "steps": data["steps"], **data})
 
 
 def _plain(value):
@@ -295,7 +333,7 @@ PRESETS: dict[str, ModelSpec] = {
         # Ancestral DDPM on 100 respaced steps: the injected noise corrects this small model's
         # errors, where the deterministic DPM-Solver++ 25 matches held-out scans less well
         # (benchmarks/demo_model_quality.py; resources/MODEL_CARD.md). 14.2 s a volume on 2 cores.
-        default_sampler=SamplerChoice("ddpm", 100),
+        default_sampler=SamplerSettings("ddpm", 100),
     ),
     # For tests and smoke runs only: seconds per volume, no anatomy to speak of.
     "tiny": ModelSpec(

@@ -179,8 +179,11 @@ def test_paper_preset_is_the_reference_study():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda spec: spec.update(default_sampler={"name": "euler", "steps": 5}), "unknown default sampler 'euler'"),
-        (lambda spec: spec.update(default_sampler={"name": "ddpm"}), "damaged model description (TypeError"),
+        (
+            lambda spec: spec.update(default_sampler={"name": "euler", "steps": 5}),
+            "unknown sampler 'euler'; choose one of: ddpm, ddim, dpmpp-2m",
+        ),
+        (lambda spec: spec.update(default_sampler={"name": "ddpm"}), "damaged model description (KeyError: 'steps')"),
         (lambda spec: spec.pop("grid"), "damaged model description (KeyError"),
     ],
 )

@@ -104,11 +104,11 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_sample_uses_the_models_default_sampler_unless_told(tmp_path, tiny_checkpoint):
     from dataclasses import replace
 
-    from engine.specs import SamplerChoice
+    from engine.specs import SamplerSettings
 
     ckpt = load_checkpoint(tiny_checkpoint)
     own = tmp_path / "own.safetensors"
-    replace(ckpt, spec=replace(ckpt.spec, default_sampler=SamplerChoice("ddim", 2))).save(own)
+    replace(ckpt, spec=replace(ckpt.spec, default_sampler=SamplerSettings("ddim", 2))).save(own)
 
     def sidecar(out):
         return json.loads((out / "synthetic_0000_seed0.json").read_text())

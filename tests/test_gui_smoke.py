@@ -84,12 +84,12 @@ def test_generate_panel_starts_from_the_models_default_sampler(qtbot):
     from dataclasses import replace
 
     from brainsynth_gui.generation_panel import GenerationPanel
-    from engine.specs import PRESETS, SamplerChoice
+    from engine.specs import PRESETS, SamplerSettings
 
     panel = GenerationPanel(["cpu"])
     qtbot.addWidget(panel)
     assert (panel.request().sampler, panel.request().steps) == ("dpmpp-2m", 25)  # no model yet
-    panel.set_model(replace(PRESETS["tiny"], default_sampler=SamplerChoice("ddim", 7)))
+    panel.set_model(replace(PRESETS["tiny"], default_sampler=SamplerSettings("ddim", 7)))
     assert (panel.request().sampler, panel.request().steps) == ("ddim", 7)
     panel.select_sampler("dpmpp-2m")
     assert panel.request().steps == 25

@@ -12,7 +12,6 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from engine.errors import SamplingError
 from engine.samplers import (
-    SAMPLERS,
     SamplerSettings,
     SamplingStep,
     ddpm_coefficients,
@@ -20,7 +19,7 @@ from engine.samplers import (
     initial_noise,
     trailing_timesteps,
 )
-from engine.specs import PREDICTION_TYPES, PRESETS, ScheduleSpec, reinitialise_zero_layers
+from engine.specs import PREDICTION_TYPES, PRESETS, SAMPLERS, ScheduleSpec, reinitialise_zero_layers
 
 SHAPE = (1, 16, 16, 16)  # (C, D, H, W)
 TINY_UNET = PRESETS["tiny"].unet  # any grid divisible by 4 fits it

@@ -11,7 +11,7 @@ import torch
 from engine.errors import BrainSynthError
 from engine.geometry import MNI_BOX_SHAPE, GridGeometry, mni_box_affine
 from engine.intensity import IntensityMapping
-from engine.specs import PREDICTION_TYPES, PRESETS, ModelSpec, SamplerChoice, ScheduleSpec, UNetSpec, get_preset
+from engine.specs import PREDICTION_TYPES, PRESETS, ModelSpec, SamplerSettings, ScheduleSpec, UNetSpec, get_preset
 
 
 def test_paper_preset_parameter_count_and_output_shape():
@@ -129,13 +129,15 @@ def test_default_sampler_travels_with_the_spec_and_older_specs_have_none():
 
     from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, default_settings, default_steps
 
-    spec = replace(PRESETS["tiny"], default_sampler=SamplerChoice("ddim", 7))
+    spec = replace(PRESETS["tiny"], default_sampler=SamplerSettings("ddim", 7))
     assert ModelSpec.from_dict(spec.to_dict()) == spec
     older = PRESETS["tiny"].to_dict()
     del older["default_sampler"]  # a checkpoint written before models named their sampler
     assert ModelSpec.from_dict(older).default_sampler is None
     assert (default_settings(spec).name, default_settings(spec).steps) == ("ddim", 7)
     assert default_steps(spec, "dpmpp-2m") == DEFAULT_STEPS["dpmpp-2m"]  # another sampler: its usual count
+    assert default_settings(spec, sampler="dpmpp-2m") == SamplerSettings("dpmpp-2m", DEFAULT_STEPS["dpmpp-2m"])
+    assert default_settings(spec, steps=3, eta=0.5) == SamplerSettings("ddim", 3, 0.5)  # the user's values win
     paper = default_settings(PRESETS["paper"])
     assert (paper.name, paper.steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS[DEFAULT_SAMPLER])
     demo = default_settings(PRESETS["demo"])
@@ -144,15 +146,17 @@ def test_default_sampler_travels_with_the_spec_and_older_specs_have_none():
 
 @pytest.mark.parametrize(
     ("name", "steps", "message"),
-    [("euler", 10, "unknown default sampler 'euler'; use one of: ddpm, ddim, dpmpp-2m"), ("ddpm", 0, ">= 1")],
+    [("euler", 10, "unknown sampler 'euler'; choose one of: ddpm, ddim, dpmpp-2m"), ("ddpm", 0, "at least 1")],
 )
 def test_bad_default_sampler_is_refused(name, steps, message):
+    data = PRESETS["tiny"].to_dict()
+    data["default_sampler"] = {"name": name, "steps": steps}
     with pytest.raises(BrainSynthError, match=message):
-        SamplerChoice(name, steps)
+        ModelSpec.from_dict(data)
 
 
 def test_default_sampler_cannot_take_more_steps_than_the_schedule():
     from dataclasses import replace
 
-    with pytest.raises(BrainSynthError, match="1001 steps exceed the 1000 diffusion steps"):
-        replace(PRESETS["tiny"], default_sampler=SamplerChoice("ddpm", 1001))
+    with pytest.raises(BrainSynthError, match="1001 sampling steps asked for, but the model was trained with 1000"):
+        replace(PRESETS["tiny"], default_sampler=SamplerSettings("ddpm", 1001))

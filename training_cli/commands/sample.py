@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.export import export_batch, export_targets, save_trajectory_nifti, sha256_file
     from engine.generation import generate, seeds_from
     from engine.resources import default_checkpoint
-    from engine.samplers import SamplerSettings, default_settings, default_steps
+    from engine.samplers import default_settings
 
     shard, shards = parse_shard(args.shard)
     all_seeds = seeds_from(args.seed, args.num_samples)
@@ -95,9 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     ckpt_path = default_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path, preset=args.preset)
-    sampler = args.sampler or default_settings(ckpt.spec).name
-    steps = args.steps if args.steps is not None else default_steps(ckpt.spec, sampler)
-    settings = SamplerSettings(name=sampler, steps=steps, eta=args.eta)
+    settings = default_settings(ckpt.spec, sampler=args.sampler, steps=args.steps, eta=args.eta)
     settings.validate(ckpt.spec.schedule)
     device = resolve_device(args.device)
     model = ckpt.build_model(use_ema=not args.raw_weights, device=device)
