@@ -31,10 +31,10 @@ from matplotlib.figure import Figure
 from engine.checkpoint import load_checkpoint
 from engine.generation import generate, seeds_from
 from engine.metrics.mmd import unbiased_mmd_from_kernels
-from engine.preprocessing import prepare_scan
 from engine.resources import default_checkpoint
 from engine.samplers import default_settings
-from engine.volumes import find_volumes, load_volume
+
+from heldout_scans import prepared_scans
 
 
 def mmd_pair(x: np.ndarray, y: np.ndarray, sigma: float) -> dict[str, float]:
@@ -99,10 +99,9 @@ def main() -> None:
     ckpt_path = default_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     spec = ckpt.spec
-    paths = find_volumes([args.heldout])
-    if len(paths) < 2 * args.count:
-        raise SystemExit(f"need {2 * args.count} held-out scans, found {len(paths)} in {args.heldout}")
-    heldout = [prepare_scan(load_volume(p), spec).data for p in paths[: 2 * args.count]]
+    heldout = prepared_scans(args.heldout, spec, 2 * args.count)
+    if len(heldout) < 2 * args.count:
+        raise SystemExit(f"need {2 * args.count} held-out scans, found {len(heldout)} in {args.heldout}")
 
     start = time.perf_counter()
     settings = default_settings(spec, sampler=args.sampler, steps=args.steps)

@@ -16,8 +16,8 @@ import argparse
 import torch
 
 from engine.checkpoint import load_checkpoint
-from engine.preprocessing import prepare_scan
-from engine.volumes import find_volumes, load_volume
+
+from heldout_scans import prepared_scans
 
 TIMESTEPS = (0, 20, 100, 200, 400, 600, 800, 900, 999)
 
@@ -38,17 +38,15 @@ def main() -> None:
         for c in checkpoints
     ):
         raise SystemExit("the checkpoints must share grid and noise schedule to be compared")
-    paths = find_volumes([args.scans])[: args.count]
-    x0 = torch.stack(
-        [torch.as_tensor(spec.intensity.standard_to_model(prepare_scan(load_volume(p), spec).data)) for p in paths]
-    ).float()[:, None]
+    scans = prepared_scans(args.scans, spec, args.count)
+    x0 = torch.from_numpy(spec.intensity.standard_to_model(scans)).float()[:, None]
     background = x0 <= -1 + 1e-6
     abar = spec.schedule.alphas_cumprod()
     generator = torch.Generator().manual_seed(0)
     noise = {t: torch.randn(x0.shape, generator=generator) for t in TIMESTEPS}
 
     names = [f"{c.path.name} ({c.spec.schedule.prediction_type})" for c in checkpoints]
-    print(f"{len(paths)} scans from {args.scans}; x_0 RMSE after one step, all voxels / background")
+    print(f"{len(scans)} scans from {args.scans}; x_0 RMSE after one step, all voxels / background")
     print("t      sigma  " + "  ".join(f"{n:>34}" for n in names))
     models = [c.build_model().eval() for c in checkpoints]
     for t in TIMESTEPS:

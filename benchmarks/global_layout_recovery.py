@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from engine.checkpoint import load_checkpoint
-from engine.preprocessing import prepare_scan
 from engine.resources import default_checkpoint
-from engine.volumes import find_volumes, load_volume
+
+from heldout_scans import prepared_scans, principal_components
 
 TIMESTEPS = (500, 700, 800, 900, 950, 999)
 COMPONENTS = 3
@@ -40,20 +40,17 @@ def main() -> None:
     ckpt = load_checkpoint(default_checkpoint(args.checkpoint))
     spec = ckpt.spec
     model = ckpt.build_model().eval()
-    paths = find_volumes([args.scans])[: args.count]
-    if len(paths) <= COMPONENTS + 1:
-        raise SystemExit(f"need more than {COMPONENTS + 1} scans, found {len(paths)} in {args.scans}")
-    x0 = np.stack([spec.intensity.standard_to_model(prepare_scan(load_volume(p), spec).data) for p in paths])
+    x0 = spec.intensity.standard_to_model(prepared_scans(args.scans, spec, args.count))
+    if len(x0) <= COMPONENTS + 1:
+        raise SystemExit(f"need more than {COMPONENTS + 1} scans, found {len(x0)} in {args.scans}")
     flat = x0.reshape(len(x0), -1).astype(np.float64)
-    mean = flat.mean(0)
-    _, singular, axes = np.linalg.svd(flat - mean, full_matrices=False)
-    variance = singular[:COMPONENTS] ** 2 / (len(flat) - 1)
-    true_scores = (flat - mean) @ axes[:COMPONENTS].T
+    mean, axes, variance = principal_components(flat, COMPONENTS)
+    true_scores = (flat - mean) @ axes.T
 
     abar = spec.schedule.alphas_cumprod()
     generator = torch.Generator().manual_seed(0)
     clean = torch.from_numpy(x0[:, None]).float()
-    print(f"{len(paths)} scans from {args.scans}, {ckpt.path.name}; slope of predicted on true component score")
+    print(f"{len(x0)} scans from {args.scans}, {ckpt.path.name}; slope of predicted on true component score")
     print(f"{'t':>4}  {'abar':>9}  " + "  ".join(f"PC{k + 1} slope (linear bound)" for k in range(COMPONENTS)))
     for t in TIMESTEPS:
         a = float(abar[t])
@@ -63,7 +60,7 @@ def main() -> None:
             for batch in torch.split(x_t, 8):
                 output = model(batch, timesteps=torch.full((len(batch),), float(t)))
                 predicted.append(spec.schedule.split_prediction(output, batch, a)[0].clamp(-1, 1))
-        scores = (torch.cat(predicted).reshape(len(flat), -1).double().numpy() - mean) @ axes[:COMPONENTS].T
+        scores = (torch.cat(predicted).reshape(len(flat), -1).double().numpy() - mean) @ axes.T
         cells = []
         for k in range(COMPONENTS):
             slope = np.cov(true_scores[:, k], scores[:, k])[0, 1] / true_scores[:, k].var(ddof=1)

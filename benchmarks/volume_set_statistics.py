@@ -19,9 +19,9 @@ import numpy as np
 from scipy import ndimage
 
 from engine.checkpoint import load_checkpoint
-from engine.preprocessing import prepare_scan
 from engine.resources import default_checkpoint
-from engine.volumes import find_volumes, load_volume
+
+from heldout_scans import prepared_scans, principal_components
 
 BRAIN_THRESHOLD = 0.05
 COMPONENTS = 3
@@ -48,13 +48,10 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = load_checkpoint(default_checkpoint(args.checkpoint)).spec
-    paths = find_volumes([args.heldout])
-    heldout = np.stack([prepare_scan(load_volume(p), spec).data for p in paths]) / spec.intensity.scale
-    flat = heldout.reshape(len(heldout), -1).astype(np.float64)
-    mean = flat.mean(0)
-    axes = np.linalg.svd(flat - mean, full_matrices=False)[2][:COMPONENTS]
+    heldout = prepared_scans(args.heldout, spec).astype(np.float64) / spec.intensity.scale
+    mean, axes, _ = principal_components(heldout.reshape(len(heldout), -1), COMPONENTS)
 
-    rows = [(f"held-out ({len(paths)})", heldout.astype(np.float64))]
+    rows = [(f"held-out ({len(heldout)})", heldout)]
     for name in args.generated:
         volumes = np.load(name).astype(np.float64).reshape(-1, *spec.grid.shape)
         rows.append((f"{Path(name).parent.name or name} ({len(volumes)})", volumes))
