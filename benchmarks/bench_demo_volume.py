@@ -17,8 +17,9 @@ import time
 import torch
 
 from engine.checkpoint import load_checkpoint
-from engine.generation import generate
+from engine.generation import GenerationRequest, generate
 from engine.resources import bundled_checkpoint
+from engine.sampler_registry import SAMPLER_NAMES
 from engine.samplers import default_settings
 from engine.specs import PRESETS
 
@@ -26,7 +27,7 @@ from engine.specs import PRESETS
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp-2m"), help="default: the model's default sampler")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: the model's default sampler")
     parser.add_argument("--steps", type=int, help="default: the model's steps for the sampler")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -46,7 +47,9 @@ def main() -> None:
 
     def one_volume(seed: int) -> float:
         start = time.perf_counter()
-        for _ in generate(model, spec, seeds=[seed], settings=settings, device="cpu", preview_every=0):
+        for _ in generate(
+            model, GenerationRequest(spec=spec, seeds=[seed], settings=settings, device="cpu", preview_every=0)
+        ):
             pass
         return time.perf_counter() - start
 

@@ -55,7 +55,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from engine.generation import generate
+from engine.generation import GenerationRequest, generate
 from engine.samplers import SamplerSettings, denoise, initial_noise
 from engine.specs import PRESETS, ModelSpec, ScheduleSpec
 
@@ -78,7 +78,10 @@ def load_model(preset: str, checkpoint: str | None) -> tuple[ModelSpec, torch.nn
 def run_ours(model, spec: ModelSpec, steps: int, frames: int) -> torch.Tensor:
     settings = SamplerSettings("ddpm", steps)
     for event in generate(
-        model, spec, seeds=[SEED], settings=settings, device="cpu", trajectory_frames=frames, preview_every=0
+        model,
+        GenerationRequest(
+            spec=spec, seeds=[SEED], settings=settings, device="cpu", trajectory_frames=frames, preview_every=0
+        ),
     ):
         if event.finished:
             volume = event.finished[0]

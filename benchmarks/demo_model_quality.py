@@ -29,9 +29,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from engine.checkpoint import load_checkpoint
-from engine.generation import generate, seeds_from
+from engine.generation import GenerationRequest, generate, seeds_from
 from engine.metrics.mmd import unbiased_mmd_from_kernels
 from engine.resources import default_checkpoint
+from engine.sampler_registry import SAMPLER_NAMES
 from engine.samplers import default_settings
 
 from heldout_scans import prepared_scans
@@ -85,7 +86,7 @@ def main() -> None:
         "--heldout", required=True, help="folder of held-out demo scans (1 mm, brainsynth-cli demo-data)"
     )
     parser.add_argument("--count", type=int, default=32)
-    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp-2m"), help="default: the model's default sampler")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: the model's default sampler")
     parser.add_argument("--steps", type=int, help="default: the model's steps for the sampler")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--out", default="quality")
@@ -108,12 +109,14 @@ def main() -> None:
     generated = []
     for event in generate(
         ckpt.build_model(),
-        spec,
-        seeds=seeds_from(args.seed, args.count),
-        settings=settings,
-        device="cpu",
-        batch_size=4,
-        preview_every=0,
+        GenerationRequest(
+            spec=spec,
+            seeds=seeds_from(args.seed, args.count),
+            settings=settings,
+            device="cpu",
+            batch_size=4,
+            preview_every=0,
+        ),
     ):
         generated += [np.asarray(spec.intensity.model_to_standard(v.array)) for v in event.finished]
     seconds = time.perf_counter() - start

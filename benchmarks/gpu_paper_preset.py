@@ -56,7 +56,7 @@ def forward_flops(spec: ModelSpec, *, batch: int = 1, use_flash_attention: bool 
 
 
 def run_configuration(spec: ModelSpec, *, precision: str, flash: bool, steps: int) -> dict:
-    from engine.generation import generate
+    from engine.generation import GenerationRequest, generate
     from engine.samplers import SamplerSettings
 
     torch.manual_seed(0)
@@ -66,7 +66,10 @@ def run_configuration(spec: ModelSpec, *, precision: str, flash: bool, steps: in
     def one_run(net: torch.nn.Module, seed: int) -> float:
         start = time.perf_counter()
         for event in generate(
-            net, spec, seeds=[seed], settings=settings, device="cuda", preview_every=0, precision=precision
+            net,
+            GenerationRequest(
+                spec=spec, seeds=[seed], settings=settings, device="cuda", preview_every=0, precision=precision
+            ),
         ):
             if event.finished:
                 _ = event.finished[0].array  # already copied to the host: the GPU is done

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine import __version__
+from engine.sampler_registry import SAMPLER_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--real", type=Path, action="append", metavar="FILE_OR_DIR", help="real scan(s) to compare with (repeatable)"
     )
     parser.add_argument("--generate", type=int, metavar="N", help="generate N volumes on start")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim", "dpmpp-2m"), help="sampler for --generate")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, help="sampler for --generate")
     parser.add_argument("--steps", type=int, help="denoising steps for --generate")
     parser.add_argument("--seed", type=int, help="first seed for --generate")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in ("steps", "seed", "device"):
             if getattr(args, key) is not None:
                 changes[key] = getattr(args, key)
-        panel.set_request(replace(panel.request(), **changes))
+        panel.set_choices(replace(panel.choices(), **changes))
         window.start_generation()
 
     if args.screenshot:

@@ -20,8 +20,6 @@ from PySide6.QtWidgets import (
 from brainsynth_gui.animation import VIEW_CHOICES, AnimationOptions
 from brainsynth_gui.rendering import PLANES
 from brainsynth_gui.volume_library import SyntheticEntry
-from engine import __version__
-from engine.checkpoint import Checkpoint
 from engine.errors import CancelledError
 
 
@@ -39,8 +37,6 @@ def export_nifti(
     parent: QWidget | None,
     entries: list[SyntheticEntry],
     *,
-    checkpoint: Checkpoint,
-    checkpoint_sha256: str | None,
     out_dir: Path,
     prefix: str = "synthetic",
     overwrite: bool = False,
@@ -49,52 +45,37 @@ def export_nifti(
 
     File names carry the session number and seed (``synthetic_0003_seed42.nii.gz``). All
     targets are checked first; cancelling removes the files this export already wrote, so the
-    batch is complete or absent.
+    batch is complete or absent (:func:`engine.export.export_batch`).
 
     Raises:
         ExportError: a target exists (without ``overwrite``) or cannot be written.
         CancelledError: the user cancelled (nothing is left behind).
     """
-    from engine.export import export_batch, sidecar_path
+    from engine.export import ExportVolume, export_batch
 
-    nifti_targets(entries, out_dir, prefix=prefix, overwrite=overwrite)
     dialog = QProgressDialog("Exporting NIfTI volumes…", "Cancel", 0, len(entries), parent)
     dialog.setWindowTitle("Export NIfTI")
     dialog.setWindowModality(Qt.WindowModality.WindowModal)
     dialog.setMinimumDuration(0)
     dialog.setValue(0)
-    written: list[Path] = []
+
+    def progress(done: int, _total: int) -> None:
+        dialog.setValue(done)
+        QApplication.processEvents()
+        if dialog.wasCanceled():
+            raise CancelledError("export cancelled; no files were kept")
+
     try:
-        for done, entry in enumerate(entries):
-            QApplication.processEvents()
-            if dialog.wasCanceled():
-                raise CancelledError("export cancelled; no files were kept")
-            s = entry.volume.settings
-            written += export_batch(
-                [(entry.volume.seed, entry.volume.array)],
-                spec=entry.spec,
-                out_dir=out_dir,
-                checkpoint_sha256=checkpoint_sha256,
-                sampler_info={
-                    "sampler": s.name,
-                    "steps": s.steps,
-                    "eta": s.eta,
-                    "weights": "ema" if checkpoint.has_ema else "raw",
-                },
-                software_version=__version__,
-                prefix=prefix,
-                start_index=entry.number,
-                overwrite=overwrite,
-            )
-            dialog.setValue(done + 1)
-    except BaseException:
-        for nii in written:
-            nii.unlink(missing_ok=True)
-            sidecar_path(nii).unlink(missing_ok=True)
-        raise
+        return export_batch(
+            [ExportVolume(number=e.number, array=e.volume.array, provenance=e.provenance) for e in entries],
+            spec=entries[0].spec,
+            out_dir=out_dir,
+            prefix=prefix,
+            overwrite=overwrite,
+            progress=progress,
+        )
     finally:
         dialog.close()
-    return written
 
 
 class AnimationDialog(QDialog):

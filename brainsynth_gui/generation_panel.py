@@ -18,12 +18,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from brainsynth_gui.generation_request import GenerationRequest, format_seconds
+from brainsynth_gui.generation_request import GenerationChoices, format_seconds
 from brainsynth_gui.generation_worker import ProgressReport
-from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, default_settings, default_steps
-from engine.specs import SAMPLERS, ModelSpec
+from engine.sampler_registry import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS, sampler_info
+from engine.samplers import default_settings, default_steps
+from engine.specs import ModelSpec
 
-SAMPLER_LABELS = {"ddpm": "DDPM (ancestral)", "ddim": "DDIM", "dpmpp-2m": "DPM-Solver++ 2M"}
 MAX_VOLUMES = 500
 # The engine takes seeds in [0, 2**63); the last volume of a run gets seed + count - 1.
 MAX_SEED = 2**63 - MAX_VOLUMES
@@ -54,7 +54,7 @@ class GenerationPanel(QWidget):
         auto_label: what "auto" resolves to here, shown in the list.
     """
 
-    generate_requested = Signal(object)  # GenerationRequest
+    generate_requested = Signal(object)  # GenerationChoices
     cancel_requested = Signal()
 
     def __init__(self, devices: list[str], auto_label: str = "", parent: QWidget | None = None) -> None:
@@ -68,12 +68,12 @@ class GenerationPanel(QWidget):
             self.device.addItem(name, name)
         self.device.setToolTip("auto: CUDA GPU, then Apple MPS, then CPU")
         self.sampler = QComboBox()
-        for name in SAMPLERS:
-            self.sampler.addItem(SAMPLER_LABELS.get(name, name), name)
-        self.sampler.setCurrentIndex(SAMPLERS.index(DEFAULT_SAMPLER))
+        for name, info in SAMPLERS.items():
+            self.sampler.addItem(info.label, name)
+        self.sampler.setCurrentIndex(SAMPLER_NAMES.index(DEFAULT_SAMPLER))
         self.steps = QSpinBox()
         self.steps.setRange(1, 1000)
-        self.steps.setValue(DEFAULT_STEPS[DEFAULT_SAMPLER])
+        self.steps.setValue(sampler_info(DEFAULT_SAMPLER).default_steps)
         self.steps.setToolTip("Denoising steps per volume: more is slower and usually cleaner")
         self.sampler.currentIndexChanged.connect(self._sampler_changed)
         self.count = QSpinBox()
@@ -102,7 +102,7 @@ class GenerationPanel(QWidget):
 
         self.generate_button = QPushButton("Generate")
         self.generate_button.setDefault(True)
-        self.generate_button.clicked.connect(lambda: self.generate_requested.emit(self.request()))
+        self.generate_button.clicked.connect(lambda: self.generate_requested.emit(self.choices()))
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel_requested.emit)
@@ -124,7 +124,7 @@ class GenerationPanel(QWidget):
 
     def _sampler_changed(self) -> None:
         name = self.sampler.currentData()
-        self.steps.setValue(default_steps(self._spec, name) if self._spec else DEFAULT_STEPS[name])
+        self.steps.setValue(default_steps(self._spec, name) if self._spec else sampler_info(name).default_steps)
 
     def select_sampler(self, name: str) -> None:
         """Choose a sampler; the steps become the model's count for it."""
@@ -137,9 +137,9 @@ class GenerationPanel(QWidget):
         self.steps.setMaximum(spec.schedule.num_train_timesteps)
         self.select_sampler(default_settings(spec).name)
 
-    def request(self) -> GenerationRequest:
+    def choices(self) -> GenerationChoices:
         """The settings as entered."""
-        return GenerationRequest(
+        return GenerationChoices(
             device=self.device.currentData(),
             sampler=self.sampler.currentData(),
             steps=self.steps.value(),
@@ -150,18 +150,18 @@ class GenerationPanel(QWidget):
             batch_size=self.batch.value(),
         )
 
-    def set_request(self, request: GenerationRequest) -> None:
-        """Fill the controls from ``request`` (the command line uses this)."""
-        index = self.device.findData(request.device)
+    def set_choices(self, choices: GenerationChoices) -> None:
+        """Fill the controls from ``choices`` (the command line uses this)."""
+        index = self.device.findData(choices.device)
         if index >= 0:
             self.device.setCurrentIndex(index)
-        self.sampler.setCurrentIndex(max(self.sampler.findData(request.sampler), 0))
-        self.steps.setValue(request.steps)
-        self.count.setValue(request.count)
-        self.seed.setValue(request.seed)
-        self.random_seed.setChecked(request.random_seed)
-        self.frames.setValue(request.trajectory_frames)
-        self.batch.setValue(request.batch_size)
+        self.sampler.setCurrentIndex(max(self.sampler.findData(choices.sampler), 0))
+        self.steps.setValue(choices.steps)
+        self.count.setValue(choices.count)
+        self.seed.setValue(choices.seed)
+        self.random_seed.setChecked(choices.random_seed)
+        self.frames.setValue(choices.trajectory_frames)
+        self.batch.setValue(choices.batch_size)
 
     def set_running(self, running: bool) -> None:
         self.generate_button.setEnabled(not running)

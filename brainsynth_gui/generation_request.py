@@ -1,22 +1,26 @@
-"""What the user asked to generate, and the time-left estimate, without Qt."""
+"""The Generate panel's choices, turned into the engine's request, and the time-left estimate; no Qt."""
 
 from __future__ import annotations
 
 import random
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from engine.generation import seeds_from
-from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SamplerSettings
+from engine.generation import GenerationRequest, seeds_from
+from engine.sampler_registry import DEFAULT_SAMPLER, sampler_info
+
+if TYPE_CHECKING:
+    from engine.checkpoint import Checkpoint
 
 
 @dataclass(frozen=True)
-class GenerationRequest:
-    """The Generate panel's settings.
+class GenerationChoices:
+    """What the user set in the Generate panel (or on the command line).
 
     Attributes:
         device: "auto", "cpu", "cuda:N" or "mps".
-        sampler: "ddpm", "ddim" or "dpmpp-2m".
+        sampler: a sampler name of :data:`engine.sampler_registry.SAMPLERS`.
         steps: denoising steps per volume.
         count: number of volumes.
         seed: first seed (volume k gets seed + k), ignored when ``random_seed``.
@@ -27,21 +31,35 @@ class GenerationRequest:
 
     device: str = "auto"
     sampler: str = DEFAULT_SAMPLER
-    steps: int = DEFAULT_STEPS[DEFAULT_SAMPLER]
+    steps: int = sampler_info(DEFAULT_SAMPLER).default_steps
     count: int = 1
     seed: int = 0
     random_seed: bool = False
     trajectory_frames: int = 20
     batch_size: int = 1
 
-    def settings(self) -> SamplerSettings:
-        """The engine's sampler settings (raises SamplingError for bad values)."""
-        return SamplerSettings(name=self.sampler, steps=self.steps)
-
     def resolve_seeds(self, rng: random.Random | None = None) -> list[int]:
         """One seed per volume; a random first seed is drawn below 2**31 so it is easy to type back."""
         first = (rng or random.SystemRandom()).randrange(2**31) if self.random_seed else self.seed
         return seeds_from(first, self.count)
+
+    def to_request(self, checkpoint: Checkpoint, rng: random.Random | None = None) -> GenerationRequest:
+        """The engine's request for ``checkpoint`` (EMA weights when it has them), seeds
+        resolved; previews on every step for the live view.
+
+        Raises:
+            BrainSynthError: for settings the model or this machine cannot run.
+        """
+        return GenerationRequest.for_checkpoint(
+            checkpoint,
+            seeds=self.resolve_seeds(rng),
+            sampler=self.sampler,
+            steps=self.steps,
+            device=self.device,
+            batch_size=self.batch_size,
+            trajectory_frames=self.trajectory_frames,
+            preview_every=1,
+        )
 
 
 class RemainingTime:

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 from PySide6.QtCore import QThread, Signal
 
-from brainsynth_gui.generation_request import GenerationRequest, RemainingTime
+from brainsynth_gui.generation_request import RemainingTime
 from engine.checkpoint import Checkpoint
 from engine.errors import BrainSynthError
+from engine.generation import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,8 @@ class GenerationWorker(QThread):
 
     Args:
         checkpoint: the model to sample from.
-        request: what to generate.
-        seeds: one seed per volume (resolved by the caller so "random" is known up front).
+        request: what to generate (made from ``checkpoint``; its seeds are resolved, so
+            "random" is known up front).
         model_cache: a dict shared between workers holding built models per (checkpoint, device).
     """
 
@@ -94,11 +95,11 @@ class GenerationWorker(QThread):
     failed = Signal(str)
     done = Signal(bool)
 
-    def __init__(self, checkpoint: Checkpoint, request: GenerationRequest, seeds: list[int], model_cache: dict) -> None:
+    def __init__(self, checkpoint: Checkpoint, request: GenerationRequest, model_cache: dict) -> None:
         super().__init__()
         self.checkpoint = checkpoint
         self.request = request
-        self.seeds = seeds
+        self.seeds = list(request.seeds)
         self._cache = model_cache
         self._cancel = threading.Event()
 
@@ -111,39 +112,28 @@ class GenerationWorker(QThread):
         return self._cancel.is_set()
 
     def _model(self, device):
-        key = (id(self.checkpoint), str(device))
+        key = (id(self.checkpoint), self.request.weights, str(device))
         model = self._cache.get(key)
         if model is None:
             self._cache.clear()  # keep at most one model in (GPU) memory
-            model = self.checkpoint.build_model(use_ema=True, device=device)
+            model = self.checkpoint.build_model(use_ema=self.request.weights == "ema", device=device)
             self._cache[key] = model
         return model
 
     def run(self) -> None:
         import torch
 
-        from engine.device import resolve_device
         from engine.generation import generate
 
         threads = torch.get_num_threads()
         try:
-            settings = self.request.settings()
-            device = resolve_device(self.request.device)
+            device = self.request.torch_device
             if device.type == "cpu":
                 torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) - 1)))
             model = self._model(device)
             if self._cancel.is_set():
                 return
-            events = generate(
-                model,
-                self.checkpoint.spec,
-                seeds=self.seeds,
-                settings=settings,
-                device=device,
-                batch_size=self.request.batch_size,
-                trajectory_frames=self.request.trajectory_frames,
-                preview_every=1,
-            )
+            events = generate(model, self.request)
             clock = RemainingTime()
             try:
                 for event in events:

@@ -42,7 +42,7 @@ from brainsynth_gui.display_panel import DisplayPanel
 from brainsynth_gui.error_reporting import ErrorReportingWindow
 from brainsynth_gui.export_dialogs import AnimationDialog, export_nifti
 from brainsynth_gui.generation_panel import GenerationPanel
-from brainsynth_gui.generation_request import GenerationRequest
+from brainsynth_gui.generation_request import GenerationChoices
 from brainsynth_gui.generation_worker import GenerationWorker, ProgressReport
 from brainsynth_gui.recent_files import RecentFiles
 from brainsynth_gui.state import ViewerState
@@ -51,7 +51,7 @@ from brainsynth_gui.viewer import OrthoViewer
 from brainsynth_gui.volume_library import RealScans, SyntheticEntry, SyntheticLibrary, model_to_display
 from engine import __version__
 from engine.checkpoint import TORCH_SUFFIXES, Checkpoint
-from engine.errors import BrainSynthError, CancelledError, ExportError
+from engine.errors import BrainSynthError, CancelledError, ExportError, TargetExistsError
 from engine.specs import PRESETS, ModelSpec
 
 CHECKPOINT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
@@ -80,7 +80,6 @@ class MainWindow(ErrorReportingWindow):
         self.setAcceptDrops(True)
         self.recent = recent or RecentFiles()
         self.checkpoint: Checkpoint | None = None
-        self._checkpoint_sha: str | None = None
         self.spec: ModelSpec = PRESETS["demo"]  # the grid real scans use until a model is open
         self.state = ViewerState.for_grid(self.spec.grid)
         self.library = SyntheticLibrary()
@@ -290,7 +289,6 @@ class MainWindow(ErrorReportingWindow):
             self.report_error("Cannot open checkpoint", str(exc))
             return False
         self.checkpoint = checkpoint
-        self._checkpoint_sha = None
         self._model_cache.clear()
         self.recent.add("checkpoints", path)
         self.model_info.setText(describe_checkpoint(checkpoint))
@@ -392,21 +390,20 @@ class MainWindow(ErrorReportingWindow):
     def generating(self) -> bool:
         return self.worker is not None
 
-    def start_generation(self, request: GenerationRequest | None = None) -> bool:
-        """Start generating in the background with ``request`` (default: the panel's settings)."""
+    def start_generation(self, choices: GenerationChoices | None = None) -> bool:
+        """Start generating in the background with ``choices`` (default: the panel's settings)."""
         if self.worker is not None:
             return False
         if self.checkpoint is None:
             self.report_error("No model", "open a checkpoint first (File ▸ Open checkpoint…, Ctrl+O)")
             return False
-        request = request or self.generation_panel.request()
+        choices = choices or self.generation_panel.choices()
         try:
-            request.settings().validate(self.checkpoint.spec.schedule)
-            seeds = request.resolve_seeds()
+            request = choices.to_request(self.checkpoint)
         except BrainSynthError as exc:
             self.report_error("Cannot generate", str(exc))
             return False
-        worker = GenerationWorker(self.checkpoint, request, seeds, self._model_cache)
+        worker = GenerationWorker(self.checkpoint, request, self._model_cache)
         worker.progress.connect(self._on_progress)
         worker.preview.connect(self._on_preview)
         worker.volume_ready.connect(self._on_volume)
@@ -521,14 +518,10 @@ class MainWindow(ErrorReportingWindow):
         When files of the same names exist the user is asked before anything is replaced
         (``overwrite=None``); pass True or False to decide without asking.
         """
-        from engine.export import sha256_file
-
         entries = self.selected_entries()
-        if not entries or self.checkpoint is None:
+        if not entries:
             self.report_error("Nothing to export", "generate a volume first")
             return []
-        if self._checkpoint_sha is None and self.checkpoint.path is not None:
-            self._checkpoint_sha = sha256_file(self.checkpoint.path)
         try:
             if overwrite is None:
                 from brainsynth_gui.export_dialogs import nifti_targets
@@ -536,23 +529,14 @@ class MainWindow(ErrorReportingWindow):
                 try:
                     nifti_targets(entries, out_dir, prefix="synthetic", overwrite=False)
                     overwrite = False
-                except ExportError as exc:
-                    if "already exists" not in str(exc):
-                        raise
+                except TargetExistsError as exc:
                     answer = QMessageBox.question(
                         self, "Replace files?", f"{exc}.\n\nReplace the existing files of the same names?"
                     )
                     if answer != QMessageBox.StandardButton.Yes:
                         return []
                     overwrite = True
-            written = export_nifti(
-                self,
-                entries,
-                checkpoint=self.checkpoint,
-                checkpoint_sha256=self._checkpoint_sha,
-                out_dir=out_dir,
-                overwrite=overwrite,
-            )
+            written = export_nifti(self, entries, out_dir=out_dir, overwrite=overwrite)
         except CancelledError as exc:
             self.statusBar().showMessage(str(exc), 8000)
             return []
@@ -709,19 +693,11 @@ class MainWindow(ErrorReportingWindow):
 
     def ask_create_study(self):
         """Study ▸ Create study…: the dialog, offering this session's scans and generated volumes."""
-        from brainsynth_gui.study_dialogs import CreateStudyDialog, SessionVolume
+        from brainsynth_gui.study_dialogs import CreateStudyDialog
+        from engine.export import ExportVolume
 
         volumes = [
-            SessionVolume(
-                number=e.number,
-                seed=e.volume.seed,
-                array=np.asarray(e.volume.array, dtype=np.float32),
-                sampler_info={
-                    "sampler": e.volume.settings.name,
-                    "steps": e.volume.settings.steps,
-                    "eta": e.volume.settings.eta,
-                },
-            )
+            ExportVolume(number=e.number, array=np.asarray(e.volume.array, dtype=np.float32), provenance=e.provenance)
             for e in self.library.entries
         ]
         dialog = CreateStudyDialog(
@@ -730,7 +706,6 @@ class MainWindow(ErrorReportingWindow):
             session_scans=list(self.scans.paths),
             session_volumes=volumes,
             spec=self.spec,
-            checkpoint_path=self.checkpoint.path if self.checkpoint is not None else None,
         )
         if dialog.exec() == CreateStudyDialog.DialogCode.Accepted and dialog.created is not None:
             self.study_db_path = dialog.db_path

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from brainsynth_gui.background import BackgroundCall
 from engine.errors import BrainSynthError
+from engine.export import ExportVolume
 from engine.study import StudyDatabase, StudyError, default_database_path
 
 DB_FILTER = "Study databases (*.sqlite *.sqlite3 *.db);;All files (*)"
@@ -198,10 +199,9 @@ class StudyRequest:
         synthetic: synthetic volumes (files or folders), besides the session's volumes.
         readers: reader names.
         allow_changes: readers may change saved answers.
-        session_volumes: volumes generated in this session, exported first.
+        session_volumes: volumes generated in this session (with their provenance), exported first.
         export_dir: where the session volumes are exported (they must stay there for the study).
         spec: the model spec of the session volumes.
-        checkpoint_path: the checkpoint file, hashed for the export sidecars (None: no hash).
     """
 
     name: str
@@ -209,27 +209,9 @@ class StudyRequest:
     synthetic: list[Path]
     readers: list[str]
     allow_changes: bool = False
-    session_volumes: list[SessionVolume] = field(default_factory=list)
+    session_volumes: list[ExportVolume] = field(default_factory=list)
     export_dir: Path | None = None
     spec: object = None
-    checkpoint_path: Path | None = None
-
-
-@dataclass(frozen=True)
-class SessionVolume:
-    """A volume generated in the app, as the export needs it.
-
-    Attributes:
-        number: its number in the session (used in the file name, as in File ▸ Export).
-        seed: its seed.
-        array: model-space float32 array on the model grid.
-        sampler_info: sampler settings for the sidecar.
-    """
-
-    number: int
-    seed: int
-    array: object
-    sampler_info: dict
 
 
 def safe_folder_name(name: str) -> str:
@@ -245,9 +227,8 @@ def create_study(db_path: Path, request: StudyRequest, progress=None):
     Raises:
         BrainSynthError: from the export or from :meth:`StudyDatabase.create_study`.
     """
-    from engine import __version__
     from engine.errors import ExportError
-    from engine.export import export_batch, export_targets, sha256_file
+    from engine.export import export_batch
 
     if not request.name.strip():
         raise StudyError("a study needs a name")
@@ -261,26 +242,8 @@ def create_study(db_path: Path, request: StudyRequest, progress=None):
     if volumes:
         if request.export_dir is None or request.spec is None:
             raise ExportError("choose a folder for the generated volumes of this session")
-        # Every target checked before anything is written: a clash writes nothing.
-        export_targets(
-            request.export_dir, prefix="synthetic", items=[(v.number, v.seed) for v in volumes], overwrite=False
-        )
-        digest = sha256_file(request.checkpoint_path) if request.checkpoint_path is not None else None
-        try:
-            for volume in volumes:
-                exported += export_batch(
-                    [(volume.seed, volume.array)],
-                    spec=request.spec,
-                    out_dir=request.export_dir,
-                    checkpoint_sha256=digest,
-                    sampler_info=volume.sampler_info,
-                    software_version=__version__,
-                    prefix="synthetic",
-                    start_index=volume.number,
-                )
-        except BaseException:
-            _remove_exports(exported)
-            raise
+        # All or nothing: a clash writes nothing, a failure midway removes what was written.
+        exported = export_batch(volumes, spec=request.spec, out_dir=request.export_dir, prefix="synthetic")
     try:
         with StudyDatabase(db_path) as db:
             return db.create_study(
@@ -358,7 +321,6 @@ class CreateStudyDialog(QDialog):
         session_scans: real scans open in the app (offered with one click).
         session_volumes: the volumes generated in this session.
         spec: the model spec of those volumes.
-        checkpoint_path: the checkpoint they came from (hashed for the export sidecars).
     """
 
     _progress_signal = Signal(int, int)
@@ -369,9 +331,8 @@ class CreateStudyDialog(QDialog):
         *,
         db_path: Path | None = None,
         session_scans: list[Path] | None = None,
-        session_volumes: list[SessionVolume] | None = None,
+        session_volumes: list[ExportVolume] | None = None,
         spec=None,
-        checkpoint_path: Path | None = None,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Create a reader study")
@@ -380,7 +341,6 @@ class CreateStudyDialog(QDialog):
         self.session_scans = list(session_scans or [])
         self.session_volumes = list(session_volumes or [])
         self.spec = spec
-        self.checkpoint_path = checkpoint_path
         self.created = None
         self.errors: list[str] = []
         self._job: BackgroundCall | None = None
@@ -462,7 +422,6 @@ class CreateStudyDialog(QDialog):
             session_volumes=self.session_volumes if use_session else [],
             export_dir=Path(self.export_dir.text()) if use_session else None,
             spec=self.spec,
-            checkpoint_path=self.checkpoint_path,
         )
 
     def create(self) -> None:

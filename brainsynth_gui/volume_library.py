@@ -44,15 +44,23 @@ class SyntheticEntry:
     _standard: np.ndarray | None = field(default=None, repr=False)
 
     @property
+    def provenance(self) -> dict:
+        """How it was made, as its export sidecar records it."""
+        return self.volume.provenance
+
+    @property
     def label(self) -> str:
-        s = self.volume.settings
+        p = self.provenance
         frames = len(self.volume.trajectory) if self.volume.trajectory is not None else 0
-        return f"#{self.number}  seed {self.volume.seed}  ·  {s.name} {s.steps} steps  ·  {frames} frames"
+        return (
+            f"#{self.number}  seed {p['seed']}  ·  {p['sampler']} {p['steps']} steps  ·  {p['weights']} weights"
+            f"  ·  {frames} frames"
+        )
 
     @property
     def title(self) -> str:
-        s = self.volume.settings
-        return f"#{self.number}, seed {self.volume.seed} ({s.name}, {s.steps} steps)"
+        p = self.provenance
+        return f"#{self.number}, seed {p['seed']} ({p['sampler']}, {p['steps']} steps)"
 
     def standard(self) -> np.ndarray:
         """The final volume in standard units (clipped to [0, scale] exactly as on export)."""

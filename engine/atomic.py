@@ -8,13 +8,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.errors import ExportError
+from engine.errors import ExportError, TargetExistsError
 
 
 def check_writable(path: Path, *, overwrite: bool) -> None:
     """Refuse to replace an existing file unless told to."""
     if path.exists() and not overwrite:
-        raise ExportError(f"{path} already exists; choose another output folder or pass --overwrite")
+        raise TargetExistsError(f"{path} already exists; choose another output folder or pass --overwrite")
 
 
 @contextlib.contextmanager

@@ -51,6 +51,7 @@ class Checkpoint:
         ema_weights: exponential moving average of the weights, if the trainer kept one.
         provenance: where the weights came from (JSON-serialisable).
         path: the file it was loaded from, if any.
+        sha256: SHA-256 of that file (hex), or None for a checkpoint made in memory.
     """
 
     spec: ModelSpec
@@ -58,10 +59,18 @@ class Checkpoint:
     ema_weights: dict[str, torch.Tensor] | None = None
     provenance: dict = field(default_factory=dict)
     path: Path | None = None
+    sha256: str | None = None
 
     @property
     def has_ema(self) -> bool:
         return self.ema_weights is not None
+
+    def select_weights(self, *, prefer_ema: bool = True) -> tuple[str, dict[str, torch.Tensor]]:
+        """The weights to run: ``("ema", ...)`` when preferred and present (they sample
+        better), else ``("raw", ...)``. The one place this choice is made."""
+        if prefer_ema and self.ema_weights is not None:
+            return "ema", self.ema_weights
+        return "raw", self.weights
 
     def build_model(
         self, *, use_ema: bool = True, device: torch.device | str = "cpu", use_flash_attention: bool = False
@@ -74,7 +83,7 @@ class Checkpoint:
             use_flash_attention: MONAI's fused attention (GPU only).
         """
         model = self.spec.build_model(use_flash_attention=use_flash_attention)
-        weights = self.ema_weights if (use_ema and self.ema_weights is not None) else self.weights
+        _, weights = self.select_weights(prefer_ema=use_ema)
         check_state_dict(model, weights, source=self.describe_source())
         model.load_state_dict(weights, strict=True)
         return model.to(device).eval()
@@ -184,21 +193,26 @@ def load_checkpoint(path: str | Path, *, preset: str | ModelSpec | None = None) 
         CheckpointError: missing, truncated, unsafe or mismatching files, with a message
             that says what to do.
     """
+    from engine.export import sha256_file
+
     path = _existing_file(path)
     suffix = path.suffix.lower()
     if suffix in NATIVE_SUFFIXES:
-        return _load_safetensors(path, preset)
-    if suffix in TORCH_SUFFIXES:
+        checkpoint = _load_safetensors(path, preset)
+    elif suffix in TORCH_SUFFIXES:
         if preset is None:
             raise CheckpointError(
                 f"{path.name} is a plain PyTorch state_dict with no model description; "
                 f"say which architecture it is with --preset ({', '.join(PRESETS)})"
             )
-        return import_state_dict(path, spec=_as_spec(preset))
-    raise CheckpointError(
-        f"{path.name} is not a checkpoint: expected a BrainSynth .safetensors file "
-        f"or a MONAI state_dict ({', '.join(TORCH_SUFFIXES)})"
-    )
+        checkpoint = import_state_dict(path, spec=_as_spec(preset))
+    else:
+        raise CheckpointError(
+            f"{path.name} is not a checkpoint: expected a BrainSynth .safetensors file "
+            f"or a MONAI state_dict ({', '.join(TORCH_SUFFIXES)})"
+        )
+    checkpoint.sha256 = sha256_file(path)
+    return checkpoint
 
 
 def import_state_dict(path: str | Path, *, spec: ModelSpec) -> Checkpoint:

@@ -23,6 +23,10 @@ class ExportError(BrainSynthError):
     """An export would overwrite data or cannot be written."""
 
 
+class TargetExistsError(ExportError):
+    """A file to be written exists already (and replacing it was not asked for)."""
+
+
 class SamplingError(BrainSynthError):
     """Sampling was asked for with impossible settings (steps, device, sampler)."""
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +29,8 @@ if TYPE_CHECKING:  # engine.specs imports torch; not needed at run time here
 #: NIfTI xform code for MNI152 space (nibabel's name "mni").
 NIFTI_XFORM_MNI = 4
 SIDECAR_FORMAT = "brainsynth-export"
-SIDECAR_FORMAT_VERSION = 1
+# 2: flat provenance keys (GenerationRequest.provenance) instead of a nested "sampler" record.
+SIDECAR_FORMAT_VERSION = 2
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -142,7 +144,7 @@ def save_nifti(
     return path
 
 
-def _now_iso() -> str:
+def now_iso() -> str:
     """Local time with its UTC offset, e.g. ``2025-01-31T14:02:11+01:00``."""
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
@@ -150,14 +152,14 @@ def _now_iso() -> str:
 def export_targets(
     out_dir: str | os.PathLike, *, prefix: str, items: Sequence[tuple[int, int]], overwrite: bool
 ) -> list[tuple[Path, Path]]:
-    """The (NIfTI, sidecar) paths :func:`export_batch` writes for (index, seed) pairs, checked.
+    """The (NIfTI, sidecar) paths :func:`export_batch` writes for (file number, seed) pairs, checked.
 
     Front ends call this before a long sampling run so that a name clash is reported at
     once rather than after hours of work.
 
     Raises:
-        ExportError: a bad prefix, ``out_dir`` is a file, or a target exists (without
-            ``overwrite``) or is a folder.
+        TargetExistsError: a target exists (without ``overwrite``).
+        ExportError: a bad prefix, ``out_dir`` is a file, or a target is a folder.
     """
     if not prefix or any(sep in prefix for sep in ("/", "\\", os.sep)) or prefix.startswith("."):
         raise ExportError(f"file name prefix {prefix!r} must be a plain name without folders")
@@ -165,8 +167,8 @@ def export_targets(
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} is a file; choose a folder to export into")
     targets = []
-    for index, seed in items:
-        stem = f"{prefix}_{int(index):04d}_seed{int(seed)}"
+    for number, seed in items:
+        stem = f"{prefix}_{int(number):04d}_seed{int(seed)}"
         targets.append((out_dir / f"{stem}.nii.gz", out_dir / f"{stem}.json"))
     for nii, js in targets:
         _check_target(nii, overwrite=overwrite)
@@ -174,54 +176,69 @@ def export_targets(
     return targets
 
 
+@dataclass(frozen=True)
+class ExportVolume:
+    """One synthetic volume to write.
+
+    Attributes:
+        number: its number in the file name (``<prefix>_<number:04d>_seed<seed>``): the index
+            in a CLI run (global across shards) or the volume's number in an app session.
+        array: model-space float32 array on the model grid.
+        provenance: how it was made, :meth:`engine.generation.GenerationRequest.provenance`
+            (holds ``"seed"``); written into the sidecar as it is.
+    """
+
+    number: int
+    array: np.ndarray = field(repr=False)
+    provenance: dict
+
+    @property
+    def seed(self) -> int:
+        return int(self.provenance["seed"])
+
+
 def export_batch(
-    volumes: Sequence[tuple[int, np.ndarray]],
+    volumes: Sequence[ExportVolume],
     *,
     spec: ModelSpec,
     out_dir: str | os.PathLike,
-    checkpoint_sha256: str | None,
-    sampler_info: dict,
-    software_version: str,
     prefix: str = "synthetic",
-    start_index: int = 0,
     resample_to_1mm: bool = False,
     resample_order: int = 1,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> list[Path]:
-    """Write synthetic volumes as NIfTI files with JSON sidecars.
+    """Write synthetic volumes as NIfTI files with JSON sidecars, all or none.
 
-    Each volume becomes ``<prefix>_<index:04d>_seed<seed>.nii.gz`` (index counts from
-    ``start_index``) in standard intensity space (``spec.intensity.model_to_standard``), on
-    the model grid's affine or, with ``resample_to_1mm``, on the 181 x 217 x 181 1 mm MNI box.
-    Beside it ``<same stem>.json`` records provenance: checkpoint SHA-256, model spec,
-    sampler settings and steps, seed, software version, time, intensity mapping and grid.
+    Each volume becomes ``<prefix>_<number:04d>_seed<seed>.nii.gz`` in standard intensity
+    space (``spec.intensity.model_to_standard``), on the model grid's affine or, with
+    ``resample_to_1mm``, on the 181 x 217 x 181 1 mm MNI box. Beside it ``<same stem>.json``
+    holds the volume's provenance (checkpoint and its SHA-256, weights, sampler, steps, eta,
+    seed, precision, device, software version, time), the model spec, intensity mapping and grid.
 
     All target paths are checked before anything is written, so a name clash writes nothing.
     Each file is written atomically; if writing fails midway (disk full, a file appearing,
-    a progress callback raising :class:`engine.errors.CancelledError`), the files this call
-    already created are removed again, so a batch is either complete or absent.
+    a progress callback raising :class:`engine.errors.CancelledError` to cancel), the files
+    this call already created are removed again, so a batch is either complete or absent.
 
     Args:
-        volumes: (seed, model-space float32 array of ``spec.grid.shape``) pairs.
+        volumes: the volumes, with their file numbers and provenance.
         spec: the :class:`engine.specs.ModelSpec` the volumes were sampled with.
         out_dir: folder to write into; created if missing.
-        checkpoint_sha256: SHA-256 of the checkpoint file (see :func:`sha256_file`), or None.
-        sampler_info: sampler settings, e.g. ``{"sampler": "ddim", "steps": 50, "eta": 0.0}``.
-        software_version: BrainSynth version string.
         prefix: file name prefix (no path separators).
-        start_index: index of the first volume in the file names.
         resample_to_1mm: also resample onto the 1 mm MNI box (larger files, same positions).
         resample_order: interpolation for that resampling, 1 (trilinear) or 3 (cubic).
         overwrite: replace existing files of the same names.
-        progress: called as ``progress(done, total)`` after each volume.
+        progress: called as ``progress(done, total)`` after each volume; may raise
+            :class:`engine.errors.CancelledError`.
 
     Returns:
         Paths of the NIfTI files written, in order.
 
     Raises:
-        ExportError: a target exists (without ``overwrite``) or is a folder, a volume has the
-            wrong shape or non-finite values, or a file cannot be written.
+        TargetExistsError: a target exists (without ``overwrite``).
+        ExportError: a target is a folder, a volume has the wrong shape or non-finite values,
+            or a file cannot be written.
     """
     from engine.geometry import MNI_BOX_SHAPE, GridGeometry, mni_box_affine
     from engine.preprocessing import resample_grid_to_grid
@@ -230,21 +247,17 @@ def export_batch(
     if not items:
         raise ExportError("nothing to export: the batch is empty")
     grid: GridGeometry = spec.grid
-    for seed, array in items:
-        if tuple(np.shape(array)) != tuple(grid.shape):
+    for volume in items:
+        if tuple(np.shape(volume.array)) != tuple(grid.shape):
             raise ExportError(
-                f"volume with seed {seed} has shape {tuple(np.shape(array))}, but the model grid is {tuple(grid.shape)}"
+                f"volume with seed {volume.seed} has shape {tuple(np.shape(volume.array))}, "
+                f"but the model grid is {tuple(grid.shape)}"
             )
-        if not np.all(np.isfinite(array)):
-            raise ExportError(f"volume with seed {seed} contains NaN or infinite values; sampling diverged")
+        if not np.all(np.isfinite(volume.array)):
+            raise ExportError(f"volume with seed {volume.seed} contains NaN or infinite values; sampling diverged")
 
     out_dir = Path(out_dir)
-    targets = export_targets(
-        out_dir,
-        prefix=prefix,
-        items=[(start_index + offset, seed) for offset, (seed, _) in enumerate(items)],
-        overwrite=overwrite,
-    )
+    targets = export_targets(out_dir, prefix=prefix, items=[(v.number, v.seed) for v in items], overwrite=overwrite)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -260,13 +273,15 @@ def export_batch(
     written: list[Path] = []
     total = len(items)
     try:
-        for offset, ((seed, array), (nii, js)) in enumerate(zip(items, targets, strict=True)):
-            standard = np.asarray(spec.intensity.model_to_standard(np.asarray(array, dtype=np.float32)), np.float32)
+        for done, (volume, (nii, js)) in enumerate(zip(items, targets, strict=True), start=1):
+            standard = np.asarray(
+                spec.intensity.model_to_standard(np.asarray(volume.array, dtype=np.float32)), np.float32
+            )
             if resample_to_1mm:
                 standard = resample_grid_to_grid(
                     standard, grid, target_affine=out_affine, target_shape=out_shape, order=resample_order
                 )
-            img = _build_nifti(standard, out_affine, description=f"BrainSynth synthetic T1, seed {int(seed)}")
+            img = _build_nifti(standard, out_affine, description=f"BrainSynth synthetic T1, seed {volume.seed}")
             for target in (nii, js):
                 if not target.exists():
                     created.append(target)
@@ -276,14 +291,9 @@ def export_batch(
                 "format_version": SIDECAR_FORMAT_VERSION,
                 "kind": "synthetic",
                 "file": nii.name,
-                "index": start_index + offset,
-                "seed": int(seed),
-                "checkpoint_sha256": checkpoint_sha256,
+                "index": int(volume.number),
+                **volume.provenance,
                 "model_spec": spec.to_dict(),
-                "sampler": dict(sampler_info),
-                "steps": sampler_info.get("steps"),
-                "software_version": software_version,
-                "created": _now_iso(),
                 "intensity": {
                     **spec.intensity.to_dict(),
                     "space": "standard",
@@ -304,7 +314,7 @@ def export_batch(
             _write_json(js, sidecar, overwrite=overwrite)
             written.append(nii)
             if progress is not None:
-                progress(offset + 1, total)
+                progress(done, total)
     except BaseException:
         # Roll back what this call created; files it overwrote cannot be restored.
         for path in created:
@@ -367,7 +377,7 @@ def save_trajectory_nifti(
             "file": path.name,
             "frame_axis": 3,
             "steps": steps,
-            "created": _now_iso(),
+            "created": now_iso(),
             **(metadata or {}),
         }
         _write_json(js, payload, overwrite=overwrite)

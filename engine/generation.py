@@ -6,6 +6,11 @@ collects the finished :class:`GeneratedVolume` objects as batches complete, and 
 closing the iterator (``events.close()``, or simply dropping it): no model call runs after
 the event the consumer last received.
 
+A run is described by one :class:`GenerationRequest` (model, sampler settings, seeds,
+device, precision, batch size, trajectory), which both front ends build and which is checked
+once, when it is made; its :meth:`GenerationRequest.provenance` is what every export sidecar
+and the app's list of generated volumes record.
+
 Reproducibility: each volume has its own seed (see :func:`seeds_from`) and every random
 number of volume k is drawn from its own generator, so volume k is the same whatever
 ``batch_size`` it was generated with, and the same seed on the same device gives the same
@@ -18,17 +23,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from engine import __version__
 from engine.device import resolve_device
 from engine.errors import SamplingError
-from engine.samplers import SamplerSettings, denoise, initial_noise
+from engine.export import now_iso
+from engine.samplers import SamplerSettings, default_settings, denoise, initial_noise
 from engine.specs import ModelSpec
 from engine.trajectory import Trajectory, TrajectoryRecorder
 
+if TYPE_CHECKING:
+    from engine.checkpoint import Checkpoint
+
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+WEIGHTS: tuple[str, ...] = ("ema", "raw")
 
 
 @dataclass
@@ -43,6 +55,7 @@ class GeneratedVolume:
             standard space with ``spec.intensity.model_to_standard`` and place with
             ``spec.grid.affine``.
         trajectory: the kept denoising frames, or None when none were asked for.
+        provenance: how it was made (:meth:`GenerationRequest.provenance`), for sidecars.
     """
 
     index: int
@@ -50,6 +63,7 @@ class GeneratedVolume:
     settings: SamplerSettings
     array: np.ndarray = field(repr=False)
     trajectory: Trajectory | None = field(default=None, repr=False)
+    provenance: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -80,6 +94,134 @@ class GenerationProgress:
     finished: tuple[GeneratedVolume, ...] = ()
 
 
+def _check_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise SamplingError(f"a seed must be a whole number from 0 to 2**63-1 (got {seed!r})")
+
+
+def _check_count(value: object, what: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if minimum == 0:
+            raise SamplingError(f"the {what} cannot be negative (got {value!r})")
+        raise SamplingError(f"the {what} must be at least {minimum} (got {value!r})")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation run, as the CLI, the app, a study or the trainer asks for it.
+
+    Checked when it is made (every field, the sampler against the model's schedule, the
+    device against this machine), so a bad request fails before any model is built.
+
+    Attributes:
+        spec: the model spec (network, schedule, grid, intensity mapping).
+        seeds: one seed per volume (see :func:`seeds_from`).
+        settings: sampler, steps, eta.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; kept as asked,
+            :attr:`torch_device` is what it resolves to here. The same seed gives different
+            noise on the CPU and on a GPU.
+        precision: ``"fp32"``, or ``"bf16"`` autocast on CUDA (about twice as fast on recent
+            GPUs; not offered on CPU or MPS).
+        batch_size: volumes denoised together; 1 is the safe choice for memory (the paper
+            preset needs several GiB per volume on a GPU). Larger batches only change speed,
+            never the volumes.
+        trajectory_frames: frames of x_t and predicted x_0 to keep per volume (0 = none);
+            memory in :func:`engine.trajectory.estimated_bytes`.
+        trajectory_downsample: block size for averaging trajectory frames (1 = full grid).
+        preview_every: send a preview every this many steps and on the last step (0 = never).
+        weights: which weights of the checkpoint run: ``"ema"`` or ``"raw"``
+            (:meth:`engine.checkpoint.Checkpoint.select_weights` decides).
+        checkpoint_name: file name of the checkpoint, or None (a model in memory).
+        checkpoint_sha256: SHA-256 of the checkpoint file, or None.
+
+    Raises:
+        SamplingError: for no seeds, bad seeds, a batch size, frame count or preview interval
+            below its minimum, steps above the schedule's, an unavailable device or an
+            unsupported precision.
+    """
+
+    spec: ModelSpec
+    seeds: tuple[int, ...]
+    settings: SamplerSettings
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 1
+    trajectory_frames: int = 0
+    trajectory_downsample: int = 1
+    preview_every: int = 0
+    weights: str = "ema"
+    checkpoint_name: str | None = None
+    checkpoint_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        if not self.seeds:
+            raise SamplingError("at least one seed is needed")
+        for seed in self.seeds:
+            _check_seed(seed)
+        self.settings.validate(self.spec.schedule)
+        _check_count(self.batch_size, "batch size", 1)
+        _check_count(self.trajectory_frames, "number of trajectory frames", 0)
+        _check_count(self.preview_every, "preview interval", 0)
+        if self.precision not in PRECISIONS:
+            raise SamplingError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if self.weights not in WEIGHTS:
+            raise SamplingError(f"weights must be one of {', '.join(WEIGHTS)} (got {self.weights!r})")
+        device = self.torch_device
+        if self.precision == "bf16" and device.type != "cuda":
+            raise SamplingError(f"bf16 precision needs a CUDA GPU; {device} runs in fp32")
+        # The recorder checks its own arguments (downsample); fail now, not at the first step.
+        TrajectoryRecorder(self.trajectory_frames, self.settings.steps, downsample=self.trajectory_downsample)
+
+    @classmethod
+    def for_checkpoint(
+        cls,
+        checkpoint: Checkpoint,
+        *,
+        seeds: Sequence[int],
+        sampler: str | None = None,
+        steps: int | None = None,
+        eta: float = 0.0,
+        prefer_ema: bool = True,
+        **options,
+    ) -> GenerationRequest:
+        """A request to sample from ``checkpoint``: the sampler and steps the user named, the
+        model's own default for the rest (:func:`engine.samplers.default_settings`), its EMA
+        weights when it has them and ``prefer_ema``; ``options`` are the other fields."""
+        return cls(
+            spec=checkpoint.spec,
+            seeds=tuple(seeds),
+            settings=default_settings(checkpoint.spec, sampler=sampler, steps=steps, eta=eta),
+            weights=checkpoint.select_weights(prefer_ema=prefer_ema)[0],
+            checkpoint_name=checkpoint.path.name if checkpoint.path is not None else None,
+            checkpoint_sha256=checkpoint.sha256,
+            **options,
+        )
+
+    @property
+    def torch_device(self) -> torch.device:
+        """The device this request runs on here (``"auto"`` resolved)."""
+        return resolve_device(self.device)
+
+    def provenance(self, seed: int) -> dict:
+        """How the volume of ``seed`` is made: the record every sidecar and the app's list of
+        generated volumes share (checkpoint, weights, sampler, steps, eta, seed, precision,
+        device, software version, time)."""
+        return {
+            "checkpoint": self.checkpoint_name,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "weights": self.weights,
+            "sampler": self.settings.name,
+            "steps": self.settings.steps,
+            "eta": self.settings.eta,
+            "seed": int(seed),
+            "precision": self.precision,
+            "device": str(self.torch_device),
+            "software_version": __version__,
+            "created": now_iso(),
+        }
+
+
 def seeds_from(seed: int, n: int) -> list[int]:
     """``n`` consecutive seeds ``[seed, seed + 1, ...]``: what "seed 42, 5 volumes" means.
 
@@ -93,86 +235,23 @@ def seeds_from(seed: int, n: int) -> list[int]:
     return list(range(seed, seed + n))
 
 
-def generate(
-    model: torch.nn.Module,
-    spec: ModelSpec,
-    *,
-    seeds: Sequence[int],
-    settings: SamplerSettings,
-    device: torch.device | str = "auto",
-    batch_size: int | None = None,
-    trajectory_frames: int = 0,
-    trajectory_downsample: int = 1,
-    preview_every: int = 1,
-    precision: str = "fp32",
-) -> Iterator[GenerationProgress]:
-    """Generate one volume per seed, reporting every step; close the iterator to cancel.
+def generate(model: torch.nn.Module, request: GenerationRequest) -> Iterator[GenerationProgress]:
+    """Generate one volume per seed of ``request``, reporting every step; close to cancel.
 
-    The model is moved to ``device`` (in place) and put in eval mode while the iterator runs;
-    its previous train/eval mode comes back when the iterator ends or is closed (the trainer
-    samples from the model it is training). Arguments are checked here, before the first
-    event, so a bad request fails at the call.
+    The model is moved to the request's device (in place) and put in eval mode while the
+    iterator runs; its previous train/eval mode comes back when the iterator ends or is closed
+    (the trainer samples from the model it is training).
 
     Args:
-        model: the UNet built from ``spec`` (predicting what its schedule's ``prediction_type`` names).
-        spec: the model spec (schedule, grid, channels).
-        seeds: one seed per volume (see :func:`seeds_from`).
-        settings: sampler, steps, eta.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``.
-            The same seed gives different noise on the CPU and on a GPU.
-        batch_size: volumes denoised together; None means 1, the safe choice for memory
-            (the paper preset needs several GiB per volume on a GPU). Larger batches only
-            change speed, never the volumes.
-        trajectory_frames: frames of x_t and predicted x_0 to keep per volume (0 = none);
-            memory in :func:`engine.trajectory.estimated_bytes`.
-        trajectory_downsample: block size for averaging trajectory frames (1 = full grid).
-        preview_every: send a preview every this many steps and on the last step (0 = never).
-        precision: ``"fp32"``, or ``"bf16"`` autocast on CUDA (about twice as fast on recent
-            GPUs; not offered on CPU or MPS).
+        model: the UNet built from ``request.spec`` (predicting what its schedule's
+            ``prediction_type`` names), with the weights the request names.
+        request: what to generate (checked when it was made).
 
     Returns:
         An iterator of :class:`GenerationProgress`, ``steps`` events per batch.
-
-    Raises:
-        SamplingError: for no seeds, bad seeds, a batch size, frame count or preview interval
-            below its minimum, an unavailable device or an unsupported precision.
     """
-    settings.validate(spec.schedule)
-    seeds = list(seeds)
-    if not seeds:
-        raise SamplingError("at least one seed is needed")
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise SamplingError(f"a seed must be a whole number from 0 to 2**63-1 (got {seed!r})")
-    if batch_size is None:
-        batch_size = 1
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise SamplingError(f"the batch size must be at least 1 (got {batch_size!r})")
-    if trajectory_frames < 0:
-        raise SamplingError(f"the number of trajectory frames cannot be negative (got {trajectory_frames})")
-    if preview_every < 0:
-        raise SamplingError(f"the preview interval cannot be negative (got {preview_every})")
-    resolved = resolve_device(device)
-    if precision not in PRECISIONS:
-        raise SamplingError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if precision == "bf16" and resolved.type != "cuda":
-        raise SamplingError(f"bf16 precision needs a CUDA GPU; {resolved} runs in fp32")
-    # Fail now, not at the first step, when the recorder's arguments are bad.
-    TrajectoryRecorder(trajectory_frames, settings.steps, downsample=trajectory_downsample)
-
-    model.to(resolved)
-    return _run(
-        model,
-        spec,
-        seeds=seeds,
-        settings=settings,
-        device=resolved,
-        batch_size=batch_size,
-        trajectory_frames=trajectory_frames,
-        trajectory_downsample=trajectory_downsample,
-        preview_every=preview_every,
-        precision=precision,
-    )
+    model.to(request.torch_device)
+    return _run(model, request)
 
 
 def _model_call(model: torch.nn.Module, precision: str) -> Callable[..., torch.Tensor]:
@@ -186,68 +265,34 @@ def _model_call(model: torch.nn.Module, precision: str) -> Callable[..., torch.T
     return model
 
 
-def _run(
-    model: torch.nn.Module,
-    spec: ModelSpec,
-    *,
-    seeds: list[int],
-    settings: SamplerSettings,
-    device: torch.device,
-    batch_size: int,
-    trajectory_frames: int,
-    trajectory_downsample: int,
-    preview_every: int,
-    precision: str,
-) -> Iterator[GenerationProgress]:
-    sample_shape = (spec.unet.in_channels, *spec.grid.shape)
-    dtype = next(model.parameters()).dtype
-    call = _model_call(model, precision)
+def _run(model: torch.nn.Module, request: GenerationRequest) -> Iterator[GenerationProgress]:
     was_training = model.training
     model.eval()
     try:
-        yield from _batches(
-            call,
-            spec,
-            seeds=seeds,
-            settings=settings,
-            device=device,
-            batch_size=batch_size,
-            trajectory_frames=trajectory_frames,
-            trajectory_downsample=trajectory_downsample,
-            preview_every=preview_every,
-            sample_shape=sample_shape,
-            dtype=dtype,
-        )
+        yield from _batches(_model_call(model, request.precision), request, dtype=next(model.parameters()).dtype)
     finally:
         model.train(was_training)
 
 
 def _batches(
-    call: Callable[..., torch.Tensor],
-    spec: ModelSpec,
-    *,
-    seeds: list[int],
-    settings: SamplerSettings,
-    device: torch.device,
-    batch_size: int,
-    trajectory_frames: int,
-    trajectory_downsample: int,
-    preview_every: int,
-    sample_shape: tuple[int, ...],
-    dtype: torch.dtype,
+    call: Callable[..., torch.Tensor], request: GenerationRequest, *, dtype: torch.dtype
 ) -> Iterator[GenerationProgress]:
+    spec, settings, seeds = request.spec, request.settings, request.seeds
+    device = request.torch_device
+    sample_shape = (spec.unet.in_channels, *spec.grid.shape)
     total = len(seeds)
     steps = settings.steps
     done = 0
 
     def is_preview(index: int) -> bool:
-        return preview_every > 0 and (index % preview_every == 0 or index == steps - 1)
+        every = request.preview_every
+        return every > 0 and (index % every == 0 or index == steps - 1)
 
-    for start in range(0, total, batch_size):
-        batch_indices = tuple(range(start, min(start + batch_size, total)))
+    for start in range(0, total, request.batch_size):
+        batch_indices = tuple(range(start, min(start + request.batch_size, total)))
         batch_seeds = [seeds[i] for i in batch_indices]
         noise, generators = initial_noise(sample_shape, batch_seeds, device, dtype)
-        recorder = TrajectoryRecorder(trajectory_frames, steps, downsample=trajectory_downsample)
+        recorder = TrajectoryRecorder(request.trajectory_frames, steps, downsample=request.trajectory_downsample)
 
         def want(index: int, recorder: TrajectoryRecorder = recorder) -> bool:
             return recorder.want_frame(index) or is_preview(index)
@@ -270,6 +315,7 @@ def _batches(
                             settings=settings,
                             array=final[k, 0].copy(),  # not a view that keeps the whole batch alive
                             trajectory=trajectories[k],
+                            provenance=request.provenance(seeds[i]),
                         )
                         for k, i in enumerate(batch_indices)
                     )

@@ -49,24 +49,19 @@ from dataclasses import dataclass
 import torch
 
 from engine.errors import SamplingError
-from engine.specs import ModelSpec, SamplerSettings, ScheduleSpec
-
-# What the front ends offer for a model that names no default sampler of its own
-# (ModelSpec.default_sampler): DPM-Solver++(2M) reaches DDIM-quality volumes in fewer steps
-# (benchmarks/bench_sampling.py); DDPM as the reference study ran it needs every training step.
-DEFAULT_SAMPLER = "dpmpp-2m"
-DEFAULT_STEPS: dict[str, int] = {"ddpm": 1000, "ddim": 50, "dpmpp-2m": 25}
+from engine.sampler_registry import DEFAULT_SAMPLER, SamplerSettings, sampler_info
+from engine.specs import ModelSpec, ScheduleSpec
 
 FramePredicate = Callable[[int], bool]
 
 
 def default_steps(spec: ModelSpec, sampler: str) -> int:
     """Steps to offer for ``sampler`` with this model: the model's own count for its default
-    sampler, otherwise the sampler's usual count (:data:`DEFAULT_STEPS`)."""
+    sampler, otherwise the sampler's usual count (:attr:`SamplerInfo.default_steps`)."""
     choice = spec.default_sampler
     if choice is not None and choice.name == sampler:
         return choice.steps
-    return DEFAULT_STEPS[sampler]
+    return sampler_info(sampler).default_steps
 
 
 def default_settings(
@@ -212,6 +207,145 @@ def _frames_wanted(want_frames: bool | FramePredicate, index: int) -> bool:
     return want_frames(index) if callable(want_frames) else bool(want_frames)
 
 
+@dataclass
+class StepOutput:
+    """One step's result, as diffusers' schedulers return it from ``step``.
+
+    Attributes:
+        prev_sample: x at the next timestep of the layout (the final sample after the last step).
+        pred_original_sample: the predicted clean x_0 the step used (clamped to [-1, 1] when
+            the schedule's ``clip_sample`` is set, as MONAI does).
+    """
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+class Stepper:
+    """The step math of one sampler over one run's timesteps: ``step(model_output, index, x)``.
+
+    The contract of diffusers' schedulers, on our trailing layout: a stepper is made for one
+    batch and one run (it may keep history, as DPM-Solver++ does), is given the network's raw
+    output at ``timesteps[index]`` and the current x, and returns the next x. Coefficients are
+    float64 Python floats from the float64 schedule; tensors stay in the dtype of ``x``.
+
+    Args:
+        schedule: the model's noise schedule (what the network predicts, clipping, alpha-bar).
+        timesteps: the run's timesteps, from :func:`trailing_timesteps`.
+        generators: one generator per sample, for samplers that draw noise at each step.
+        settings: the sampler settings (``eta`` for DDIM).
+    """
+
+    def __init__(
+        self,
+        schedule: ScheduleSpec,
+        timesteps: Sequence[int],
+        generators: Sequence[torch.Generator],
+        settings: SamplerSettings,
+    ) -> None:
+        self.schedule = schedule
+        self.timesteps = list(timesteps)
+        self.generators = generators
+        self.settings = settings
+        self._abar = schedule.alphas_cumprod().tolist()  # float64 Python floats
+
+    def step(self, model_output: torch.Tensor, index: int, x: torch.Tensor) -> StepOutput:
+        """The update from ``timesteps[index]`` to the next timestep (abar = 1 after the last)."""
+        last = index == len(self.timesteps) - 1
+        a_t = self._abar[self.timesteps[index]]
+        a_prev = 1.0 if last else self._abar[self.timesteps[index + 1]]
+        x0, eps = self.schedule.split_prediction(model_output.to(x.dtype), x, a_t)
+        if self.schedule.clip_sample:
+            x0 = x0.clamp(-1.0, 1.0)
+        return StepOutput(self.update(x, x0, eps, a_t=a_t, a_prev=a_prev, last=last), x0)
+
+    def update(
+        self, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, *, a_t: float, a_prev: float, last: bool
+    ) -> torch.Tensor:
+        """x at the next timestep from x, the predicted x_0 and eps; alpha-bar now and next."""
+        raise NotImplementedError
+
+
+class DDPMStepper(Stepper):
+    """Ancestral DDPM with the respaced posterior of :func:`ddpm_coefficients`.
+
+    ``x_prev = c0 * x0 + ct * x + sqrt(var) * z`` with fresh per-sample noise z (none on the
+    last step). With ``steps == T`` it reproduces MONAI's ``DDPMScheduler`` +
+    ``DiffusionInferer.sample`` (same noise stream when ``generators[0]`` is seeded like the
+    global RNG).
+    """
+
+    def update(self, x, x0, eps, *, a_t, a_prev, last):
+        x0_coef, xt_coef, variance = ddpm_coefficients(a_t, a_prev)
+        x_next = x0_coef * x0 + xt_coef * x
+        if not last and variance > 0.0:
+            x_next = x_next + math.sqrt(variance) * _per_sample_noise(x, self.generators)
+        return x_next
+
+
+class DDIMStepper(Stepper):
+    """DDIM, Song et al. 2021, eq. 12 and 16.
+
+    ``x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z`` with
+    ``sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))``; as MONAI,
+    ``eps`` is the one predicted from the raw network output even when ``x0`` was clamped.
+    Equals MONAI's ``DDIMScheduler.step`` over the same timesteps (N dividing T; otherwise
+    MONAI's own layout is inconsistent, see the module docstring).
+    """
+
+    def update(self, x, x0, eps, *, a_t, a_prev, last):
+        sigma = self.settings.eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
+        direction = math.sqrt(max(1.0 - a_prev - sigma * sigma, 0.0))
+        x_next = math.sqrt(a_prev) * x0 + direction * eps
+        if sigma > 0.0:
+            x_next = x_next + sigma * _per_sample_noise(x, self.generators)
+        return x_next
+
+
+class DPMSolverPP2MStepper(Stepper):
+    """DPM-Solver++(2M), Lu et al. 2022 (arXiv 2211.01095), Algorithm 2, data-prediction form.
+
+    With ``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)``, ``lambda_t = log(alpha_t /
+    sigma_t)`` and ``h_i = lambda_{t_i} - lambda_{t_{i-1}}``: the first step is first-order
+    (``x = sigma_i/sigma_{i-1} x - alpha_i (e^{-h_i} - 1) x0``), later ones second order with
+    ``r = h_{i-1} / h_i`` and ``D = (1 + 1/(2r)) x0_{i-1} - 1/(2r) x0_{i-2}``. The last step goes
+    to sigma = 0 (lambda = +inf), where only the first-order update is defined: the result is
+    the last predicted x0. Keeps the previous x0 and h between steps.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._previous_x0: torch.Tensor | None = None
+        self._previous_h: float | None = None
+
+    def update(self, x, x0, eps, *, a_t, a_prev, last):
+        if last:
+            # sigma_next = 0: the exponential integrator's first-order step is x0 itself.
+            x_next = x0
+        else:
+            alpha_t, sigma_t = math.sqrt(a_t), math.sqrt(1.0 - a_t)
+            alpha_n, sigma_n = math.sqrt(a_prev), math.sqrt(1.0 - a_prev)
+            h = (math.log(alpha_n) - math.log(sigma_n)) - (math.log(alpha_t) - math.log(sigma_t))
+            if self._previous_x0 is None:
+                d = x0
+            else:
+                r = self._previous_h / h
+                d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * self._previous_x0
+            # -(e^{-h} - 1) via expm1: h is small for many steps and e^{-h} - 1 would cancel.
+            x_next = (sigma_n / sigma_t) * x + (alpha_n * -math.expm1(-h)) * d
+            self._previous_h = h
+        self._previous_x0 = x0
+        return x_next
+
+
+STEPPERS: dict[str, type[Stepper]] = {
+    "ddpm": DDPMStepper,
+    "ddim": DDIMStepper,
+    "dpmpp-2m": DPMSolverPP2MStepper,
+}
+"""The stepper of each sampler in :data:`engine.sampler_registry.SAMPLERS` (same keys)."""
+
+
 def denoise(
     model: Callable[..., torch.Tensor],
     schedule: ScheduleSpec,
@@ -227,26 +361,8 @@ def denoise(
     ``model(x, timesteps=torch.full((B,), float(t)))``; it should be in eval mode (the caller's
     job: :func:`engine.generation.generate` does it). Inference mode is entered per step and
     left before each ``yield``, so the consumer's own code between steps never runs in it.
-
-    Samplers (all on the trailing timesteps of :func:`trailing_timesteps`):
-
-    * ``ddpm`` — ancestral sampling with the respaced posterior of :func:`ddpm_coefficients`;
-      with ``steps == T`` it reproduces MONAI's ``DDPMScheduler`` + ``DiffusionInferer.sample``
-      (same noise stream when ``generators[0]`` is seeded like the global RNG).
-    * ``ddim`` — Song et al. 2021, eq. 12 and 16: ``x_prev = sqrt(abar_prev) x0 +
-      sqrt(1 - abar_prev - sigma^2) eps + sigma z`` with ``sigma = eta * sqrt((1 - abar_prev) /
-      (1 - abar_t) * (1 - abar_t / abar_prev))``; as MONAI, ``eps`` is the one predicted from
-      the raw network output even when ``x0`` was clamped. Equals MONAI's
-      ``DDIMScheduler.step`` over the same timesteps (N dividing T; otherwise MONAI's own
-      layout is inconsistent, see the module docstring).
-    * ``dpmpp-2m`` — DPM-Solver++(2M), Lu et al. 2022 (arXiv 2211.01095), Algorithm 2, in
-      data-prediction form with ``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)``,
-      ``lambda_t = log(alpha_t / sigma_t)``, ``h_i = lambda_{t_i} - lambda_{t_{i-1}}``:
-      first step first-order (``x = sigma_i/sigma_{i-1} x - alpha_i (e^{-h_i} - 1) x0``),
-      then second order with ``r = h_{i-1} / h_i`` and
-      ``D = (1 + 1/(2r)) x0_{i-1} - 1/(2r) x0_{i-2}``; the last step goes to sigma = 0
-      (lambda = +inf), where only the first-order update is defined: the result is the last
-      predicted x0. The predicted x0 is clamped when ``clip_sample`` is set.
+    The step math is the sampler's :class:`Stepper` (:data:`STEPPERS`), all on the trailing
+    timesteps of :func:`trailing_timesteps`.
 
     Args:
         model: the network (or any callable with that signature), predicting what
@@ -269,61 +385,22 @@ def denoise(
     if noise.shape[0] != len(generators):
         raise SamplingError(f"{noise.shape[0]} noise volumes but {len(generators)} generators; give one per sample")
 
-    abar = schedule.alphas_cumprod().tolist()  # float64 Python floats
     timesteps = trailing_timesteps(schedule.num_train_timesteps, settings.steps)
+    stepper = STEPPERS[settings.name](schedule, timesteps, generators, settings)
     total = len(timesteps)
-    clip = schedule.clip_sample
     batch = noise.shape[0]
-
     x = noise
-    previous_x0: torch.Tensor | None = None  # DPM-Solver++ history
-    previous_h: float | None = None
-
     for index, t in enumerate(timesteps):
-        last = index == total - 1
-        a_t = abar[t]
-        a_prev = 1.0 if last else abar[timesteps[index + 1]]
         with torch.inference_mode():
             t_vec = torch.full((batch,), float(t), device=x.device)
-            x0, eps = schedule.split_prediction(model(x, timesteps=t_vec).to(x.dtype), x, a_t)
-            if clip:
-                x0 = x0.clamp(-1.0, 1.0)
-
-            if settings.name == "ddpm":
-                x0_coef, xt_coef, variance = ddpm_coefficients(a_t, a_prev)
-                x_next = x0_coef * x0 + xt_coef * x
-                if not last and variance > 0.0:
-                    x_next = x_next + math.sqrt(variance) * _per_sample_noise(x, generators)
-            elif settings.name == "ddim":
-                sigma = settings.eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
-                direction = math.sqrt(max(1.0 - a_prev - sigma * sigma, 0.0))
-                x_next = math.sqrt(a_prev) * x0 + direction * eps
-                if sigma > 0.0:
-                    x_next = x_next + sigma * _per_sample_noise(x, generators)
-            else:  # dpmpp-2m
-                if last:
-                    # sigma_next = 0: the exponential integrator's first-order step is x0 itself.
-                    x_next = x0
-                else:
-                    alpha_t, sigma_t = math.sqrt(a_t), math.sqrt(1.0 - a_t)
-                    alpha_n, sigma_n = math.sqrt(a_prev), math.sqrt(1.0 - a_prev)
-                    h = (math.log(alpha_n) - math.log(sigma_n)) - (math.log(alpha_t) - math.log(sigma_t))
-                    if previous_x0 is None:
-                        d = x0
-                    else:
-                        r = previous_h / h
-                        d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * previous_x0
-                    # -(e^{-h} - 1) via expm1: h is small for many steps and e^{-h} - 1 would cancel.
-                    x_next = (sigma_n / sigma_t) * x + (alpha_n * -math.expm1(-h)) * d
-                    previous_h = h
-                previous_x0 = x0
-        x = x_next
-
+            out = stepper.step(model(x, timesteps=t_vec), index, x)
+        x = out.prev_sample
+        last = index == total - 1
         frames = _frames_wanted(want_frames, index)
         yield SamplingStep(
             index=index,
             total=total,
             timestep=t,
             x_t=x if (frames or last) else None,
-            x0_pred=x0 if frames else None,
+            x0_pred=out.pred_original_sample if frames else None,
         )

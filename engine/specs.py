@@ -11,15 +11,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from engine.errors import BrainSynthError, SamplingError
+from engine.errors import BrainSynthError
 from engine.geometry import GridGeometry
 from engine.intensity import IntensityMapping
+from engine.sampler_registry import SamplerSettings
 
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 """What a network may be trained to output (MONAI's ``DDPMPredictionType`` values)."""
-
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp-2m")
-"""The samplers of :mod:`engine.samplers`, by name."""
 
 
 @dataclass(frozen=True)
@@ -150,55 +148,6 @@ class UNetSpec:
     def downsampling_factor(self) -> int:
         """Grid sizes must be divisible by this (one halving between levels)."""
         return 2 ** (len(self.channels) - 1)
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    """Which sampler to run and how many model evaluations it may use.
-
-    Defined here, beside the model spec, because a model may name its own default
-    (:attr:`ModelSpec.default_sampler`); the samplers themselves are in :mod:`engine.samplers`.
-
-    Attributes:
-        name: ``"ddpm"`` (ancestral, stochastic), ``"ddim"`` (deterministic when ``eta`` is 0)
-            or ``"dpmpp-2m"`` (DPM-Solver++(2M), deterministic).
-        steps: number of denoising steps = model evaluations per volume, 1 .. T.
-        eta: DDIM's noise scale (0 = deterministic DDIM, 1 = DDPM-like posterior noise);
-            only meaningful for ``"ddim"``.
-
-    Raises:
-        SamplingError: for an unknown name, steps < 1, a negative eta or eta on a sampler
-            that has none. The upper bound (steps <= T) is checked by :meth:`validate`,
-            which knows the schedule.
-    """
-
-    name: str = "ddpm"
-    steps: int = 1000
-    eta: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise SamplingError(f"unknown sampler {self.name!r}; choose one of: {', '.join(SAMPLERS)}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int):
-            raise SamplingError(f"the number of sampling steps must be a whole number, not {self.steps!r}")
-        if self.steps < 1:
-            raise SamplingError(f"the number of sampling steps must be at least 1 (got {self.steps})")
-        if not math.isfinite(float(self.eta)) or self.eta < 0:
-            raise SamplingError(f"eta must be 0 or positive (got {self.eta})")
-        if self.eta != 0 and self.name != "ddim":
-            raise SamplingError(f"eta applies to the 'ddim' sampler only; the {self.name!r} sampler has none")
-
-    def validate(self, schedule: ScheduleSpec) -> None:
-        """Check the settings against the model's schedule.
-
-        Raises:
-            SamplingError: when more steps are asked for than the model was trained with.
-        """
-        if self.steps > schedule.num_train_timesteps:
-            raise SamplingError(
-                f"{self.steps} sampling steps asked for, but the model was trained with "
-                f"{schedule.num_train_timesteps} diffusion steps; use at most {schedule.num_train_timesteps}"
-            )
 
 
 @dataclass(frozen=True)

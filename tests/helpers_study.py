@@ -33,8 +33,10 @@ def write_weird_real(path: Path, *, shift_mm=(0.0, 0.0, 0.0)) -> Path:
 def make_pools(root: Path, *, n_real: int = 3, n_synthetic: int = 3) -> tuple[Path, Path]:
     """``root/real`` (one weird-header LPS scan, the rest plain RAS phantoms) and ``root/synthetic``
     (``export_batch`` output of the tiny preset: standard space on the model grid, with sidecars)."""
-    from engine.export import export_batch
+    from engine.export import ExportVolume, export_batch
+    from engine.generation import GenerationRequest
     from engine.preprocessing import prepare_scan
+    from engine.sampler_registry import SamplerSettings
     from engine.specs import PRESETS
     from engine.volumes import Volume
 
@@ -50,17 +52,22 @@ def make_pools(root: Path, *, n_real: int = 3, n_synthetic: int = 3) -> tuple[Pa
     base_data, base_affine = phantom()
     base = prepare_scan(Volume(base_data, base_affine), spec).to_model()
     rng = np.random.default_rng(0)
-    volumes = [
-        (seed, np.clip(base + rng.normal(0, 0.05, base.shape), -1, 1).astype(np.float32)) for seed in range(n_synthetic)
-    ]
-    export_batch(
-        volumes,
+    request = GenerationRequest(
         spec=spec,
-        out_dir=synthetic,
+        seeds=range(n_synthetic),
+        settings=SamplerSettings("ddim", 2),
+        device="cpu",
         checkpoint_sha256="0" * 64,
-        sampler_info={"steps": 2},
-        software_version="test",
     )
+    volumes = [
+        ExportVolume(
+            number=seed,
+            array=np.clip(base + rng.normal(0, 0.05, base.shape), -1, 1).astype(np.float32),
+            provenance=request.provenance(seed),
+        )
+        for seed in request.seeds
+    ]
+    export_batch(volumes, spec=spec, out_dir=synthetic)
     return real, synthetic
 
 

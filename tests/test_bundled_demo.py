@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.checkpoint import load_checkpoint
-from engine.generation import generate
+from engine.generation import GenerationRequest, generate
 from engine.resources import bundled_checkpoint, bundled_demo_scans
 from engine.samplers import SamplerSettings
 from engine.specs import PRESETS
@@ -21,7 +21,9 @@ def test_bundled_checkpoint_generates_a_finite_volume_on_the_demo_grid():
     assert ckpt.spec == PRESETS["demo"], "the bundled model is the current demo preset (network, schedule, grid)"
     assert ckpt.provenance.get("training"), "the demo model records how it was trained"
     model = ckpt.build_model()
-    events = generate(model, ckpt.spec, seeds=[0], settings=SamplerSettings("dpmpp-2m", 4), device="cpu")
+    events = generate(
+        model, GenerationRequest(spec=ckpt.spec, seeds=[0], settings=SamplerSettings("dpmpp-2m", 4), device="cpu")
+    )
     (volume,) = [v for e in events for v in e.finished]
     assert volume.array.shape == ckpt.spec.grid.shape == (40, 48, 40)
     assert np.isfinite(volume.array).all()

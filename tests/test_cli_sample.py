@@ -33,9 +33,9 @@ def test_sample_writes_volumes_with_affine_sidecar_and_trajectory(tmp_path, tiny
     data = np.asarray(image.dataobj)
     assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= spec.intensity.scale
     sidecar = json.loads(volumes[0].with_suffix("").with_suffix(".json").read_text())
-    assert sidecar["seed"] == 5 and sidecar["sampler"]["sampler"] == "dpmpp-2m" and sidecar["steps"] == 3
+    assert sidecar["seed"] == 5 and sidecar["sampler"] == "dpmpp-2m" and sidecar["steps"] == 3
     assert sidecar["checkpoint_sha256"] == sha256_file(tiny_checkpoint)
-    assert sidecar["sampler"]["weights"] == "ema"
+    assert sidecar["weights"] == "ema"
     trajectory = nib.load(out / "synthetic_0000_seed5_trajectory_x0.nii.gz")
     assert trajectory.shape == (*spec.grid.shape, 2)
 
@@ -114,6 +114,6 @@ def test_sample_uses_the_models_default_sampler_unless_told(tmp_path, tiny_check
         return json.loads((out / "synthetic_0000_seed0.json").read_text())
 
     assert cli(["sample", "--checkpoint", str(own), "--out", str(tmp_path / "a")]) == 0
-    assert (sidecar(tmp_path / "a")["sampler"]["sampler"], sidecar(tmp_path / "a")["steps"]) == ("ddim", 2)
+    assert (sidecar(tmp_path / "a")["sampler"], sidecar(tmp_path / "a")["steps"]) == ("ddim", 2)
     assert cli(["sample", "--checkpoint", str(own), "--out", str(tmp_path / "b"), "--sampler", "dpmpp-2m"]) == 0
-    assert (sidecar(tmp_path / "b")["sampler"]["sampler"], sidecar(tmp_path / "b")["steps"]) == ("dpmpp-2m", 25)
+    assert (sidecar(tmp_path / "b")["sampler"], sidecar(tmp_path / "b")["steps"]) == ("dpmpp-2m", 25)

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from engine import __version__
 from engine.errors import CancelledError, ExportError
-from engine.export import export_batch, save_nifti, save_trajectory_nifti, sha256_file, sidecar_path
+from engine.export import ExportVolume, export_batch, save_nifti, save_trajectory_nifti, sha256_file, sidecar_path
+from engine.generation import GenerationRequest
 from engine.geometry import MNI_BOX_SHAPE, mni_box_affine
+from engine.sampler_registry import SamplerSettings
 from engine.specs import get_preset
 from tests.helpers_volumes import BLOB_MM
 
@@ -26,14 +29,22 @@ def _model_volume(spec, seed: int) -> np.ndarray:
     return rng.uniform(-1.0, 1.0, spec.grid.shape).astype(np.float32)
 
 
-def _batch(spec, tmp_path, volumes, **kwargs):
+def _provenance(spec, seed: int) -> dict:
+    request = GenerationRequest(
+        spec=spec, seeds=[seed], settings=SamplerSettings("ddim", 50), device="cpu", checkpoint_sha256="ab" * 32
+    )
+    return request.provenance(seed)
+
+
+def _batch(spec, tmp_path, volumes, *, start_index: int = 0, **kwargs):
+    """Export (seed, array) pairs numbered from ``start_index``."""
     return export_batch(
-        volumes,
+        [
+            ExportVolume(number=start_index + k, array=array, provenance=_provenance(spec, seed))
+            for k, (seed, array) in enumerate(volumes)
+        ],
         spec=spec,
         out_dir=tmp_path / "out",
-        checkpoint_sha256="ab" * 32,
-        sampler_info={"sampler": "ddim", "steps": 50, "eta": 0.0},
-        software_version="0.1.0",
         **kwargs,
     )
 
@@ -119,8 +130,9 @@ def test_export_batch_files_and_sidecars(tmp_path):
         assert meta["seed"] == seed and meta["file"] == path.name
         assert meta["checkpoint_sha256"] == "ab" * 32
         assert meta["model_spec"] == json.loads(json.dumps(TINY.to_dict()))
-        assert meta["sampler"] == {"sampler": "ddim", "steps": 50, "eta": 0.0} and meta["steps"] == 50
-        assert meta["software_version"] == "0.1.0"
+        assert (meta["sampler"], meta["steps"], meta["eta"]) == ("ddim", 50, 0.0)
+        assert (meta["weights"], meta["precision"], meta["device"]) == ("ema", "fp32", "cpu")
+        assert meta["software_version"] == __version__
         assert datetime.fromisoformat(meta["created"]).tzinfo is not None
         assert meta["intensity"]["scale"] == TINY.intensity.scale and meta["intensity"]["space"] == "standard"
         assert meta["grid"]["shape"] == list(TINY.grid.shape) and meta["resampled_to_1mm"] is False

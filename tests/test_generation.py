@@ -8,7 +8,7 @@ import torch
 
 from engine.device import available_devices, describe_device, resolve_device
 from engine.errors import SamplingError
-from engine.generation import GeneratedVolume, GenerationProgress, generate, seeds_from
+from engine.generation import GeneratedVolume, GenerationProgress, GenerationRequest, generate, seeds_from
 from engine.samplers import SamplerSettings
 from engine.specs import PRESETS
 
@@ -45,9 +45,15 @@ def test_volume_k_is_exactly_the_same_in_any_batch(name):
     settings = SamplerSettings(name, 5, eta=0.5 if name == "ddim" else 0.0)
     seeds = [3, 4, 5]
     net = VoxelwiseEpsilon()
-    singles = _volumes(generate(net, SPEC, seeds=seeds, settings=settings, device="cpu", batch_size=1))
-    batched = _volumes(generate(net, SPEC, seeds=seeds, settings=settings, device="cpu", batch_size=3))
-    pairs = _volumes(generate(net, SPEC, seeds=seeds, settings=settings, device="cpu", batch_size=2))
+    singles = _volumes(
+        generate(net, GenerationRequest(spec=SPEC, seeds=seeds, settings=settings, device="cpu", batch_size=1))
+    )
+    batched = _volumes(
+        generate(net, GenerationRequest(spec=SPEC, seeds=seeds, settings=settings, device="cpu", batch_size=3))
+    )
+    pairs = _volumes(
+        generate(net, GenerationRequest(spec=SPEC, seeds=seeds, settings=settings, device="cpu", batch_size=2))
+    )
     for a, b, c in zip(singles, batched, pairs, strict=True):
         assert np.array_equal(a.array, b.array) and np.array_equal(a.array, c.array)
 
@@ -55,8 +61,12 @@ def test_volume_k_is_exactly_the_same_in_any_batch(name):
 @pytest.mark.parametrize("settings", [SamplerSettings("ddpm", 4), SamplerSettings("dpmpp-2m", 4)])
 def test_volume_k_does_not_depend_on_batch_size_with_a_unet(model, settings):
     seeds = [3, 4, 5]
-    singles = _volumes(generate(model, SPEC, seeds=seeds, settings=settings, device="cpu", batch_size=1))
-    batched = _volumes(generate(model, SPEC, seeds=seeds, settings=settings, device="cpu", batch_size=3))
+    singles = _volumes(
+        generate(model, GenerationRequest(spec=SPEC, seeds=seeds, settings=settings, device="cpu", batch_size=1))
+    )
+    batched = _volumes(
+        generate(model, GenerationRequest(spec=SPEC, seeds=seeds, settings=settings, device="cpu", batch_size=3))
+    )
     assert [v.seed for v in singles] == [v.seed for v in batched] == seeds
     assert [v.index for v in batched] == [0, 1, 2]
     for a, b in zip(singles, batched, strict=True):
@@ -72,8 +82,8 @@ def test_volume_k_does_not_depend_on_batch_size_with_a_unet(model, settings):
 
 def test_same_seed_same_volume(model):
     settings = SamplerSettings("ddpm", 3)
-    first = _volumes(generate(model, SPEC, seeds=[42], settings=settings, device="cpu"))
-    second = _volumes(generate(model, SPEC, seeds=[42], settings=settings, device="cpu"))
+    first = _volumes(generate(model, GenerationRequest(spec=SPEC, seeds=[42], settings=settings, device="cpu")))
+    second = _volumes(generate(model, GenerationRequest(spec=SPEC, seeds=[42], settings=settings, device="cpu")))
     assert np.array_equal(first[0].array, second[0].array)
     assert first[0].settings == settings
 
@@ -83,7 +93,9 @@ def test_closing_the_iterator_stops_model_calls(model):
     handle = model.register_forward_hook(lambda *_: calls.append(1))
     try:
         model.train()
-        events = generate(model, SPEC, seeds=[0, 1], settings=SamplerSettings("ddim", 10), device="cpu")
+        events = generate(
+            model, GenerationRequest(spec=SPEC, seeds=[0, 1], settings=SamplerSettings("ddim", 10), device="cpu")
+        )
         assert model.training  # nothing runs before the first event is asked for
         for event in events:
             assert not model.training
@@ -101,12 +113,14 @@ def test_progress_events(model):
     events = list(
         generate(
             model,
-            SPEC,
-            seeds=seeds_from(7, 3),
-            settings=SamplerSettings("ddim", 5),
-            device="cpu",
-            batch_size=2,
-            preview_every=2,
+            GenerationRequest(
+                spec=SPEC,
+                seeds=seeds_from(7, 3),
+                settings=SamplerSettings("ddim", 5),
+                device="cpu",
+                batch_size=2,
+                preview_every=2,
+            ),
         )
     )
     assert all(isinstance(e, GenerationProgress) for e in events)
@@ -128,7 +142,12 @@ def test_progress_events(model):
 
 
 def test_no_previews_when_not_asked(model):
-    events = list(generate(model, SPEC, seeds=[0], settings=SamplerSettings("ddim", 3), device="cpu", preview_every=0))
+    events = list(
+        generate(
+            model,
+            GenerationRequest(spec=SPEC, seeds=[0], settings=SamplerSettings("ddim", 3), device="cpu", preview_every=0),
+        )
+    )
     assert all(e.preview is None for e in events)
 
 
@@ -137,13 +156,15 @@ def test_trajectory_frames(model, downsample, shape):
     volumes = _volumes(
         generate(
             model,
-            SPEC,
-            seeds=[1, 2],
-            settings=SamplerSettings("ddpm", 6),
-            device="cpu",
-            batch_size=2,
-            trajectory_frames=3,
-            trajectory_downsample=downsample,
+            GenerationRequest(
+                spec=SPEC,
+                seeds=[1, 2],
+                settings=SamplerSettings("ddpm", 6),
+                device="cpu",
+                batch_size=2,
+                trajectory_frames=3,
+                trajectory_downsample=downsample,
+            ),
         )
     )
     for volume in volumes:
@@ -156,7 +177,9 @@ def test_trajectory_frames(model, downsample, shape):
 
 
 def test_no_trajectory_by_default(model):
-    volumes = _volumes(generate(model, SPEC, seeds=[1], settings=SamplerSettings("ddim", 2), device="cpu"))
+    volumes = _volumes(
+        generate(model, GenerationRequest(spec=SPEC, seeds=[1], settings=SamplerSettings("ddim", 2), device="cpu"))
+    )
     assert volumes[0].trajectory is None
 
 
@@ -185,13 +208,18 @@ def test_seeds_from():
 def test_bad_requests_fail_at_the_call(model, kwargs, message):
     arguments = {"seeds": [0], "settings": SamplerSettings("ddim", 2), "device": "cpu", **kwargs}
     with pytest.raises(SamplingError, match=message):
-        generate(model, SPEC, **arguments)
+        generate(model, GenerationRequest(spec=SPEC, **arguments))
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only message")
 def test_bf16_needs_cuda(model):
     with pytest.raises(SamplingError, match="bf16 precision needs a CUDA GPU"):
-        generate(model, SPEC, seeds=[0], settings=SamplerSettings("ddim", 2), device="cpu", precision="bf16")
+        generate(
+            model,
+            GenerationRequest(
+                spec=SPEC, seeds=[0], settings=SamplerSettings("ddim", 2), device="cpu", precision="bf16"
+            ),
+        )
 
 
 # --- devices ---------------------------------------------------------------------------------

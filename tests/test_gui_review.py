@@ -248,16 +248,19 @@ def test_results_view_shows_pooled_figures_and_exports(main_window, db_path, tmp
 
 
 def test_create_study_from_the_app_with_session_volumes(qapp, db_path, pools, tmp_path, tiny_spec):
-    from brainsynth_gui.study_dialogs import CreateStudyDialog, SessionVolume
+    from brainsynth_gui.study_dialogs import CreateStudyDialog
+    from engine.export import ExportVolume
+    from engine.generation import GenerationRequest
+    from engine.sampler_registry import SamplerSettings
 
     real, _ = pools
     rng = np.random.default_rng(1)
+    request = GenerationRequest(spec=tiny_spec, seeds=[11, 12], settings=SamplerSettings("ddim", 3), device="cpu")
     volumes = [
-        SessionVolume(
+        ExportVolume(
             number=n,
-            seed=10 + n,
             array=rng.uniform(-1, 1, tiny_spec.grid.shape).astype(np.float32),
-            sampler_info={"sampler": "ddim", "steps": 3},
+            provenance=request.provenance(10 + n),
         )
         for n in (1, 2)
     ]

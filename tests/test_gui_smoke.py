@@ -60,24 +60,24 @@ def test_seed_field_takes_any_engine_seed(qtbot):
     from PySide6.QtCore import Qt
 
     from brainsynth_gui.generation_panel import MAX_SEED, GenerationPanel
-    from brainsynth_gui.generation_request import GenerationRequest
+    from brainsynth_gui.generation_request import GenerationChoices
 
     panel = GenerationPanel(["cpu"])
     qtbot.addWidget(panel)
     big = 2**40 + 3  # beyond a QSpinBox's 2**31 - 1, as seeds from the command line may be
-    panel.set_request(GenerationRequest(seed=big, count=2))
-    assert panel.request().seed == big
-    assert panel.request().resolve_seeds() == [big, big + 1]
+    panel.set_choices(GenerationChoices(seed=big, count=2))
+    assert panel.choices().seed == big
+    assert panel.choices().resolve_seeds() == [big, big + 1]
     panel.seed.clear()
     qtbot.keyClicks(panel.seed, "12x-3")  # the validator lets only digits through
     assert panel.seed.text() == "123"
     panel.seed.setText("9" * 19)
     panel.seed.editingFinished.emit()
     assert panel.seed.text() == str(MAX_SEED)
-    panel.set_request(GenerationRequest(seed=MAX_SEED, count=500))
-    assert panel.request().resolve_seeds()[-1] == 2**63 - 1
+    panel.set_choices(GenerationChoices(seed=MAX_SEED, count=500))
+    assert panel.choices().resolve_seeds()[-1] == 2**63 - 1
     qtbot.keyClick(panel.seed, Qt.Key.Key_Backspace)
-    assert panel.request().seed == MAX_SEED // 10
+    assert panel.choices().seed == MAX_SEED // 10
 
 
 def test_generate_panel_starts_from_the_models_default_sampler(qtbot):
@@ -88,13 +88,13 @@ def test_generate_panel_starts_from_the_models_default_sampler(qtbot):
 
     panel = GenerationPanel(["cpu"])
     qtbot.addWidget(panel)
-    assert (panel.request().sampler, panel.request().steps) == ("dpmpp-2m", 25)  # no model yet
+    assert (panel.choices().sampler, panel.choices().steps) == ("dpmpp-2m", 25)  # no model yet
     panel.set_model(replace(PRESETS["tiny"], default_sampler=SamplerSettings("ddim", 7)))
-    assert (panel.request().sampler, panel.request().steps) == ("ddim", 7)
+    assert (panel.choices().sampler, panel.choices().steps) == ("ddim", 7)
     panel.select_sampler("dpmpp-2m")
-    assert panel.request().steps == 25
+    assert panel.choices().steps == 25
     panel.sampler.setCurrentIndex(panel.sampler.findData("ddim"))  # as a user picks it
-    assert panel.request().steps == 7
+    assert panel.choices().steps == 7
     panel.set_model(PRESETS["demo"])
-    assert (panel.request().sampler, panel.request().steps) == ("ddpm", 100)
+    assert (panel.choices().sampler, panel.choices().steps) == ("ddpm", 100)
     assert panel.steps.maximum() == 1000

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from brainsynth_gui.generation_request import GenerationRequest, RemainingTime, format_seconds
+from brainsynth_gui.generation_request import GenerationChoices, RemainingTime, format_seconds
 from brainsynth_gui.recent_files import RecentFiles
 from brainsynth_gui.rendering import (
     PLANES,
@@ -28,8 +28,10 @@ from brainsynth_gui.state import (
     WindowLevelState,
     ZoomState,
 )
+from engine.checkpoint import Checkpoint
 from engine.errors import ExportError, SamplingError
 from engine.geometry import GridGeometry
+from engine.specs import PRESETS
 
 GRID = GridGeometry.over_mni_box((16, 24, 16))
 
@@ -269,15 +271,16 @@ def test_recent_files(tmp_path):
     assert RecentFiles(store).get("scans") == []
 
 
-def test_generation_request_and_time_left():
+def test_generation_choices_and_time_left():
     import random
 
-    request = GenerationRequest(sampler="ddim", steps=3, count=2, seed=7)
-    assert request.resolve_seeds() == [7, 8]
-    seeds = GenerationRequest(count=3, random_seed=True).resolve_seeds(random.Random(1))
+    choices = GenerationChoices(sampler="ddim", steps=3, count=2, seed=7)
+    assert choices.resolve_seeds() == [7, 8]
+    seeds = GenerationChoices(count=3, random_seed=True).resolve_seeds(random.Random(1))
     assert len(seeds) == 3 and seeds[1] == seeds[0] + 1
+    checkpoint = Checkpoint(spec=PRESETS["tiny"], weights={})
     with pytest.raises(SamplingError):
-        GenerationRequest(sampler="euler").settings()
+        GenerationChoices(sampler="euler").to_request(checkpoint)
     ticks = iter([0.0, 10.0])
     clock = RemainingTime(clock=lambda: next(ticks))
     assert clock.update(0.1) is None

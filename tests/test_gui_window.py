@@ -16,7 +16,7 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
 from PySide6.QtGui import QDropEvent, QWheelEvent
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from brainsynth_gui.generation_request import GenerationRequest
+from brainsynth_gui.generation_request import GenerationChoices
 from brainsynth_gui.main_window import MainWindow
 from brainsynth_gui.recent_files import RecentFiles
 from brainsynth_gui.rendering import PLANES, oriented_slice
@@ -24,7 +24,7 @@ from engine.checkpoint import save_checkpoint
 from tests.helpers_qt import wait_until
 from tests.helpers_volumes import write_phantom
 
-REQUEST = GenerationRequest(device="cpu", sampler="ddim", steps=3, count=2, seed=11, trajectory_frames=3)
+REQUEST = GenerationChoices(device="cpu", sampler="ddim", steps=3, count=2, seed=11, trajectory_frames=3)
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +372,7 @@ def test_cancel_stops_within_one_step(qapp, tmp_path, checkpoint_path):
             at_cancel.append(len(calls))
             win.cancel_generation()
 
-    win.start_generation(GenerationRequest(device="cpu", sampler="ddim", steps=200, count=2, trajectory_frames=0))
+    win.start_generation(GenerationChoices(device="cpu", sampler="ddim", steps=200, count=2, trajectory_frames=0))
     win.worker.progress.connect(on_progress)
     finished = []
     win.generation_finished.connect(finished.append)
@@ -404,7 +404,7 @@ def test_event_loop_never_stalls_during_generation(qapp, tmp_path, checkpoint_pa
     timer.start()
     last[0] = time.perf_counter()
     assert win.start_generation(
-        GenerationRequest(device="cpu", sampler="ddim", steps=25, count=2, trajectory_frames=10)
+        GenerationChoices(device="cpu", sampler="ddim", steps=25, count=2, trajectory_frames=10)
     )
     wait_until(lambda: finished)
     timer.stop()

@@ -11,6 +11,7 @@ from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from engine.errors import SamplingError
+from engine.sampler_registry import SAMPLER_NAMES
 from engine.samplers import (
     SamplerSettings,
     SamplingStep,
@@ -19,7 +20,7 @@ from engine.samplers import (
     initial_noise,
     trailing_timesteps,
 )
-from engine.specs import PREDICTION_TYPES, PRESETS, SAMPLERS, ScheduleSpec, reinitialise_zero_layers
+from engine.specs import PREDICTION_TYPES, PRESETS, ScheduleSpec, reinitialise_zero_layers
 
 SHAPE = (1, 16, 16, 16)  # (C, D, H, W)
 TINY_UNET = PRESETS["tiny"].unet  # any grid divisible by 4 fits it
@@ -380,7 +381,7 @@ def test_initial_noise_matches_global_rng():
 def test_unknown_sampler_lists_valid_names():
     with pytest.raises(SamplingError, match="choose one of: ddpm, ddim, dpmpp-2m"):
         SamplerSettings("euler", 10)
-    assert SAMPLERS == ("ddpm", "ddim", "dpmpp-2m")
+    assert SAMPLER_NAMES == ("ddpm", "ddim", "dpmpp-2m")
 
 
 @pytest.mark.parametrize("steps", [0, -3])

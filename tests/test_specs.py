@@ -127,7 +127,10 @@ def test_unknown_prediction_type_is_refused_with_the_valid_ones():
 def test_default_sampler_travels_with_the_spec_and_older_specs_have_none():
     from dataclasses import replace
 
-    from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, default_settings, default_steps
+    from engine.sampler_registry import DEFAULT_SAMPLER, SAMPLERS
+    from engine.samplers import default_settings, default_steps
+
+    DEFAULT_STEPS = {name: info.default_steps for name, info in SAMPLERS.items()}
 
     spec = replace(PRESETS["tiny"], default_sampler=SamplerSettings("ddim", 7))
     assert ModelSpec.from_dict(spec.to_dict()) == spec

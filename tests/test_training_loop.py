@@ -179,7 +179,7 @@ def test_a_v_prediction_preset_trains_from_epsilon_weights_and_samples(
 
     import numpy as np
 
-    from engine.generation import generate
+    from engine.generation import GenerationRequest, generate
     from engine.samplers import SamplerSettings
     from engine.specs import PRESETS, ScheduleSpec
 
@@ -191,6 +191,9 @@ def test_a_v_prediction_preset_trains_from_epsilon_weights_and_samples(
     assert "predicted epsilon; this run trains them to predict v_prediction" in messages
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
     assert ckpt.spec.schedule.prediction_type == "v_prediction"
-    run = generate(ckpt.build_model(), ckpt.spec, seeds=[0], settings=SamplerSettings("dpmpp-2m", 3), device="cpu")
+    run = generate(
+        ckpt.build_model(),
+        GenerationRequest(spec=ckpt.spec, seeds=[0], settings=SamplerSettings("dpmpp-2m", 3), device="cpu"),
+    )
     (volume,) = [v for e in run for v in e.finished]
     assert np.isfinite(volume.array).all()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.sampler_registry import SAMPLER_NAMES
 from engine.training.errors import TrainingError
 
 try:
@@ -32,7 +33,6 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     tomllib = None  # type: ignore[assignment]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SAMPLE_SAMPLERS = ("ddim", "dpmpp-2m", "ddpm")
 
 #: Keys a ``--resume`` may change: they alter how long or how loudly the run goes on, not what
 #: it computes per step. Everything else must match the saved run or resuming is not "exact".
@@ -186,10 +186,10 @@ class TrainConfig:
             raise TrainingError(f"max-failed-fraction must be in [0, 1] (got {self.max_failed_fraction!r})")
         if self.precision not in PRECISIONS:
             raise TrainingError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-        if self.sample_sampler not in SAMPLE_SAMPLERS:
+        if self.sample_sampler not in SAMPLER_NAMES:
             raise TrainingError(
                 f"unknown sampler {self.sample_sampler!r} for training samples; choose one of: "
-                f"{', '.join(SAMPLE_SAMPLERS)}"
+                f"{', '.join(SAMPLER_NAMES)}"
             )
         levels = len(PRESETS[self.preset].unet.channels)
         if self.freeze_encoder_levels > levels:

@@ -451,7 +451,6 @@ class _Trainer:
 
     def _load_init(self, model: torch.nn.Module) -> torch.nn.Module:
         from engine.checkpoint import check_state_dict, load_checkpoint
-        from engine.export import sha256_file
 
         ckpt = load_checkpoint(self.config.init_from)
         if ckpt.spec.unet != self.spec.unet:
@@ -459,13 +458,13 @@ class _Trainer:
                 f"--init-from {Path(self.config.init_from).name} holds a {ckpt.spec.name!r} network, which does not "
                 f"match preset {self.spec.name!r}; use --preset {ckpt.spec.name}"
             )
-        use_ema = self.config.init_use_ema and ckpt.has_ema
-        weights = ckpt.ema_weights if use_ema else ckpt.weights
+        kind, weights = ckpt.select_weights(prefer_ema=self.config.init_use_ema)
+        use_ema = kind == "ema"
         check_state_dict(model, weights, source=ckpt.describe_source())
         model.load_state_dict(weights, strict=True)
         self.init_info = {
             "init_from": str(Path(self.config.init_from).resolve()),
-            "init_from_sha256": sha256_file(self.config.init_from),
+            "init_from_sha256": ckpt.sha256,
             "init_from_weights": "ema" if use_ema else "model",
         }
         self.emit("info", f"starting from {Path(self.config.init_from).name} ({'EMA' if use_ema else 'raw'} weights)")
@@ -708,7 +707,7 @@ class _Trainer:
         return summed / count
 
     def _sample_png(self, epoch: int) -> Path | None:
-        from engine.generation import generate
+        from engine.generation import GenerationRequest, generate
         from engine.samplers import SamplerSettings
 
         cfg = self.config
@@ -716,17 +715,16 @@ class _Trainer:
         steps = min(cfg.sample_steps, self.spec.schedule.num_train_timesteps)
         settings = SamplerSettings(name=cfg.sample_sampler, steps=steps)
         volumes = []
-        precision = "bf16" if self.precision == "bf16" else "fp32"
-        events = generate(
-            model,
-            self.spec,
-            seeds=list(range(cfg.sample_count)),
+        request = GenerationRequest(
+            spec=self.spec,
+            seeds=tuple(range(cfg.sample_count)),
             settings=settings,
-            device=self.device,
+            device=str(self.device),
+            precision="bf16" if self.precision == "bf16" else "fp32",
             batch_size=cfg.sample_count,
-            preview_every=0,
-            precision=precision,
+            weights="ema" if self.ema else "raw",
         )
+        events = generate(model, request)
         for event in events:
             volumes.extend(v.array for v in event.finished)
         standard = [self.spec.intensity.model_to_standard(v) for v in volumes]

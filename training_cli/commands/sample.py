@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine.sampler_registry import SAMPLER_NAMES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="volumes to generate (default 1)")
     parser.add_argument(
         "--sampler",
-        choices=("ddpm", "ddim", "dpmpp-2m"),
+        choices=SAMPLER_NAMES,
         help="sampling method (default: the model's own, which 'info' shows; dpmpp-2m for a model that names none)",
     )
     parser.add_argument(
@@ -74,13 +76,11 @@ def parse_shard(text: str) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from engine import __version__
     from engine.checkpoint import load_checkpoint
-    from engine.device import describe_device, resolve_device
-    from engine.export import export_batch, export_targets, save_trajectory_nifti, sha256_file
-    from engine.generation import generate, seeds_from
+    from engine.device import describe_device
+    from engine.export import ExportVolume, export_batch, export_targets, save_trajectory_nifti
+    from engine.generation import GenerationRequest, generate, seeds_from
     from engine.resources import default_checkpoint
-    from engine.samplers import default_settings
 
     shard, shards = parse_shard(args.shard)
     all_seeds = seeds_from(args.seed, args.num_samples)
@@ -95,60 +95,48 @@ def run(args: argparse.Namespace) -> int:
 
     ckpt_path = default_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path, preset=args.preset)
-    settings = default_settings(ckpt.spec, sampler=args.sampler, steps=args.steps, eta=args.eta)
-    settings.validate(ckpt.spec.schedule)
-    device = resolve_device(args.device)
-    model = ckpt.build_model(use_ema=not args.raw_weights, device=device)
-    checkpoint_sha = sha256_file(ckpt_path)
-    sampler_info = {
-        "sampler": settings.name,
-        "steps": settings.steps,
-        "eta": settings.eta,
-        "weights": "raw" if args.raw_weights or not ckpt.has_ema else "ema",
-        "device": str(device),
-        "precision": args.precision,
-        "checkpoint": str(ckpt_path),
-    }
+    request = GenerationRequest.for_checkpoint(
+        ckpt,
+        seeds=seeds,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        prefer_ema=not args.raw_weights,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        trajectory_frames=args.trajectory_frames,
+    )
+    settings = request.settings
+    model = ckpt.build_model(use_ema=request.weights == "ema", device=request.torch_device)
     print(
         f"sampling {len(seeds)} volume(s) with {settings.name}, {settings.steps} steps, "
-        f"on {describe_device(device)} from {ckpt_path.name}",
+        f"on {describe_device(request.torch_device)} from {ckpt_path.name}",
         file=sys.stderr,
     )
 
-    events = generate(
-        model,
-        ckpt.spec,
-        seeds=seeds,
-        settings=settings,
-        device=device,
-        batch_size=args.batch_size,
-        trajectory_frames=args.trajectory_frames,
-        preview_every=0,
-        precision=args.precision,
-    )
+    events = generate(model, request)
     bar = _progress_bar(total=len(seeds) * settings.steps)
     written: list[Path] = []
     try:
         for event in events:
             bar.update(1)
-            for volume in event.finished:
-                global_index = indices[volume.index]
-                written += export_batch(
-                    [(volume.seed, volume.array)],
-                    spec=ckpt.spec,
-                    out_dir=out_dir,
-                    checkpoint_sha256=checkpoint_sha,
-                    sampler_info=sampler_info,
-                    software_version=__version__,
-                    prefix=args.prefix,
-                    start_index=global_index,
-                    resample_to_1mm=args.resample_1mm,
-                    overwrite=args.overwrite,
-                )
+            if not event.finished:
+                continue
+            # Each batch is written as soon as it is done: an interrupted run keeps it.
+            batch = list(event.finished)
+            paths = export_batch(
+                [ExportVolume(number=indices[v.index], array=v.array, provenance=v.provenance) for v in batch],
+                spec=ckpt.spec,
+                out_dir=out_dir,
+                prefix=args.prefix,
+                resample_to_1mm=args.resample_1mm,
+                overwrite=args.overwrite,
+            )
+            written += paths
+            for volume, path in zip(batch, paths, strict=True):
                 if volume.trajectory is not None:
-                    _write_trajectory(
-                        save_trajectory_nifti, written[-1], volume, ckpt.spec, sampler_info, overwrite=args.overwrite
-                    )
+                    _write_trajectory(save_trajectory_nifti, path, volume, ckpt.spec, overwrite=args.overwrite)
     finally:
         bar.close()
         events.close()
@@ -156,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_trajectory(save, volume_path, volume, spec, sampler_info: dict, *, overwrite: bool) -> None:
+def _write_trajectory(save, volume_path, volume, spec, *, overwrite: bool) -> None:
     import numpy as np
 
     trajectory = volume.trajectory
@@ -177,7 +165,7 @@ def _write_trajectory(save, volume_path, volume, spec, sampler_info: dict, *, ov
                 "frames": "x_t after each kept step" if kind == "xt" else "predicted x_0 at each kept step",
                 "step_indices": list(trajectory.steps),
                 "seed": volume.seed,
-                "sampler": sampler_info,
+                "generation": volume.provenance,
             },
         )
 

@@ -18,6 +18,8 @@ import argparse
 import signal
 import sys
 
+from engine.sampler_registry import SAMPLER_NAMES
+
 _SUPPRESS = argparse.SUPPRESS
 
 
@@ -70,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ck.add_argument("--sample-every", type=int, metavar="N", help="PNG of EMA samples every N epochs, 0 = off (25)")
     ck.add_argument("--sample-count", type=int, metavar="N", help="volumes in that PNG (3)")
     ck.add_argument("--sample-steps", type=int, metavar="N", help="sampler steps for them (50)")
-    ck.add_argument("--sample-sampler", choices=("ddim", "dpmpp-2m", "ddpm"), help="sampler for them (ddim)")
+    ck.add_argument("--sample-sampler", choices=SAMPLER_NAMES, help="sampler for them (ddim)")
     ck.add_argument(
         "--no-tensorboard", dest="tensorboard", action="store_false", help="do not write TensorBoard events"
     )
