@@ -40,16 +40,17 @@ def test_sample_writes_volumes_with_affine_sidecar_and_trajectory(tmp_path, tiny
     assert trajectory.shape == (*spec.grid.shape, 2)
 
 
-def test_same_seed_same_volume_whatever_the_batch_or_shard(tmp_path, tiny_checkpoint):
-    assert _sample(tiny_checkpoint, tmp_path / "a", "--num-samples", "3", "--batch-size", "3") == 0
+def test_same_seed_same_volume_whatever_the_batch_or_shard(tmp_path, damping_checkpoint):
+    assert _sample(damping_checkpoint, tmp_path / "a", "--num-samples", "3", "--batch-size", "3") == 0
     for shard in ("0/2", "1/2"):
-        assert _sample(tiny_checkpoint, tmp_path / "b", "--num-samples", "3", "--shard", shard) == 0
+        assert _sample(damping_checkpoint, tmp_path / "b", "--num-samples", "3", "--shard", shard) == 0
     names = sorted(p.name for p in (tmp_path / "a").glob("*.nii.gz"))
     assert names == sorted(p.name for p in (tmp_path / "b").glob("*.nii.gz"))
     for name in names:
         a = np.asarray(nib.load(tmp_path / "a" / name).dataobj)
         b = np.asarray(nib.load(tmp_path / "b" / name).dataobj)
-        # Batched convolutions round differently (~1e-6 per call); 0.1 of 1000 standard units is far below noise.
+        # Batched convolutions round differently (~1e-6 per call, in model units [-1, 1]); the damping
+        # model keeps that near 2e-6 (1e-3 standard units), so 0.1 of 1000 standard units holds by construction.
         np.testing.assert_allclose(a, b, atol=0.1)
 
 

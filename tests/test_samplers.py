@@ -448,3 +448,28 @@ def test_the_same_predictor_gives_the_same_samples_whatever_it_outputs(predictio
     ours = _run(ReparametrisedPredictor(eps_model, schedule), schedule, noise, generators, settings)
     assert expected.abs().max() > 0.1
     torch.testing.assert_close(ours, expected, atol=1e-9, rtol=1e-9)
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+
+def test_every_registered_sampler_has_a_stepper_and_nothing_else_does():
+    from engine.sampler_registry import SAMPLERS
+    from engine.samplers import STEPPERS
+
+    assert tuple(STEPPERS) == SAMPLER_NAMES == tuple(SAMPLERS)
+    assert all(info.default_steps >= 1 and info.label for info in SAMPLERS.values())
+
+
+def test_the_registry_and_training_config_import_without_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import engine.sampler_registry, engine.training.config\n"
+        "engine.sampler_registry.SamplerSettings('ddim', 5)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
