@@ -15,7 +15,8 @@ import pytest
 
 from engine.errors import BrainSynthError
 from engine.study import DEFAULT_QUESTIONS, StudyDatabase, StudyError, reader_order
-from engine.study import storage as storage_module
+from engine.study import database as database_module
+from engine.study import reader_session as reader_session_module
 from tests.helpers_study import GOOD, dummy_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,7 +193,7 @@ def test_answers_are_validated(db, tmp_path):
 
 def test_time_per_case_sums_visits_including_before_a_skip(db, tmp_path, monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr(storage_module, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(reader_session_module, "time", types.SimpleNamespace(time=lambda: clock[0]))
     _create(db, tmp_path)
     session = db.session("pilot", "ana")
     a, b = session.order()[:2]
@@ -217,7 +218,7 @@ def test_time_per_case_sums_visits_including_before_a_skip(db, tmp_path, monkeyp
     # a visit left open for hours is unknown time, not hours of reading
     e = session.next_case()
     session.open_case(e)
-    clock[0] += 2 * storage_module.STALE_VISIT_S
+    clock[0] += 2 * reader_session_module.STALE_VISIT_S
     assert session.answer(e, GOOD).seconds is None
     with pytest.raises(StudyError, match="non-negative"):
         session.answer(session.next_case(), GOOD, seconds=-1)
@@ -228,18 +229,18 @@ def test_database_is_wal_and_versioned(db, tmp_path):
     conn = sqlite3.connect(db.path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == storage_module.SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == database_module.SCHEMA_VERSION
     finally:
         conn.close()
 
 
 def test_default_database_path(monkeypatch, tmp_path):
-    monkeypatch.setenv(storage_module.DB_ENV_VAR, str(tmp_path / "mine.sqlite"))
-    assert storage_module.default_database_path() == tmp_path / "mine.sqlite"
-    monkeypatch.delenv(storage_module.DB_ENV_VAR)
+    monkeypatch.setenv(database_module.DB_ENV_VAR, str(tmp_path / "mine.sqlite"))
+    assert database_module.default_database_path() == tmp_path / "mine.sqlite"
+    monkeypatch.delenv(database_module.DB_ENV_VAR)
     import platformdirs
 
-    path = storage_module.default_database_path()
+    path = database_module.default_database_path()
     assert path.parent == Path(platformdirs.user_data_dir("brainsynth", appauthor=False))
     assert path.name == "reader-studies.sqlite"
 
@@ -248,7 +249,7 @@ def test_default_database_path(monkeypatch, tmp_path):
 
 _CHILD = r"""
 import sys, time
-from engine.study.storage import StudyDatabase
+from engine.study.organiser import StudyDatabase
 
 db = StudyDatabase(sys.argv[1])
 session = db.session(sys.argv[2], sys.argv[3])
@@ -393,7 +394,7 @@ def test_corrupt_foreign_and_newer_databases_are_refused(tmp_path):
     newer = tmp_path / "newer.sqlite"
     StudyDatabase(newer).close()
     conn = sqlite3.connect(newer)
-    conn.execute(f"PRAGMA user_version = {storage_module.SCHEMA_VERSION + 1}")
+    conn.execute(f"PRAGMA user_version = {database_module.SCHEMA_VERSION + 1}")
     conn.commit()
     conn.close()
     with pytest.raises(StudyError, match="written by a newer BrainSynth"):
