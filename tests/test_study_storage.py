@@ -234,6 +234,56 @@ def test_database_is_wal_and_versioned(db, tmp_path):
         conn.close()
 
 
+def _schema_sql(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return sorted(r[0] for r in conn.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
+    finally:
+        conn.close()
+
+
+def test_a_schema_1_file_written_without_brainsynth_opens_and_resumes(db, tmp_path):
+    """The on-disk format: the frozen version-1 layout is what a new file gets, and a file made from
+    that text alone (no BrainSynth code) opens, resumes where its reader stopped and exports."""
+    import json
+
+    from engine.specs import get_preset
+    from engine.study.display import DisplaySettings
+
+    frozen = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(frozen)
+    conn.executescript((ROOT / "tests" / "data" / "study_schema_v1.sql").read_text(encoding="utf-8"))
+    display = json.dumps(DisplaySettings.from_spec(get_preset("tiny")).to_dict())
+    questions = json.dumps([q.to_dict() for q in DEFAULT_QUESTIONS])
+    t = "2025-01-31T14:02:11.123+01:00"
+    conn.executescript(
+        f"""
+        INSERT INTO meta VALUES ('format', 'brainsynth-reader-studies'), ('created_at', '{t}');
+        INSERT INTO studies VALUES (1, 'old', '{t}', 7, 0, '{display}', '{questions}', '0.1');
+        INSERT INTO cases VALUES (1, 1, 2, 'real', '/gone/r.nii.gz', '{"a" * 64}'),
+                                 (2, 1, 1, 'synthetic', '/gone/s.nii.gz', '{"b" * 64}');
+        INSERT INTO readers VALUES (1, 1, 'ana', '{t}');
+        INSERT INTO reader_cases VALUES (1, 1, 1, 1, 0), (1, 2, 2, 2, 0);
+        INSERT INTO answers VALUES (1, 1, '{json.dumps(GOOD)}', 12.5, '{t}', '{t}', 1);
+        INSERT INTO answer_history VALUES (1, 1, 1, 1, 'answer', '{json.dumps(GOOD)}', 12.5, '{t}');
+        PRAGMA user_version = 1;
+        """
+    )
+    conn.close()
+    assert _schema_sql(frozen) == _schema_sql(db.path)  # a new file is laid out exactly so
+
+    with StudyDatabase(frozen) as old:
+        session = old.session("old", "ana")
+        assert session.order() == [2, 1]
+        assert session.answer_of(2).values == GOOD and session.answer_of(2).seconds == 12.5
+        assert session.next_case() == 1
+        session.answer(1, GOOD)
+        records = old.answer_records("old")
+        assert [(r.case_number, r.truth, r.position) for r in records] == [(1, "synthetic", 2), (2, "real", 1)]
+        assert [h.action for h in old.history_records("old")] == ["answer", "answer"]
+        assert old.check_cases("old") == ["case 1: /gone/s.nii.gz is missing", "case 2: /gone/r.nii.gz is missing"]
+
+
 def test_default_database_path(monkeypatch, tmp_path):
     monkeypatch.setenv(database_module.DB_ENV_VAR, str(tmp_path / "mine.sqlite"))
     assert database_module.default_database_path() == tmp_path / "mine.sqlite"
