@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from engine.evaluation import EvaluationOptions, evaluate_volumes, write_report
+from engine.evaluation import evaluate_volumes, write_report
 from engine.metrics.errors import EvaluationError
+from engine.metrics.results import EvaluationOptions
 from tests.helpers_metrics import brain, brains
 
 FAST = EvaluationOptions(n_pairs=3, memory_budget_mb=1.0)
