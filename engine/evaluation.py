@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.atomic import atomic_path, atomic_write_text, check_writable
+from engine.errors import DeviceError
 from engine.metrics.errors import EvaluationError
 from engine.metrics.fid import FIDResult, fid_2d, frechet_distance
 from engine.metrics.gram import gram_statistics
@@ -249,7 +250,7 @@ def _fid_3d(
 
     try:
         device = resolve_device(options.device)
-    except Exception as exc:  # SamplingError from the device module: re-word for this command
+    except DeviceError as exc:  # the same message, as this command's error type
         raise EvaluationError(str(exc)) from exc
     network = load_medicalnet(options.fid_weights, device=device)
     total = len(real) + len(synth)
