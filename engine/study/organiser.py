@@ -208,6 +208,16 @@ class StudyDatabase(DatabaseConnection):
             raise StudyError(f"no study named {study!r} in {self.path} ({known})")
         return tuple(row)
 
+    def _rows_of_study(self, study: str, sql: str) -> list[tuple]:
+        """The rows of ``sql``, whose one parameter is the study's id.
+
+        Raises:
+            StudyError: no such study (the message lists the existing ones).
+        """
+        with self.read() as conn:
+            (study_id,) = self._study_row(conn, study, "id")
+            return conn.execute(sql, (study_id,)).fetchall()
+
     def study(self, name: str) -> StudyInfo:
         """The study of that name (what its readers may know).
 
@@ -293,11 +303,9 @@ class StudyDatabase(DatabaseConnection):
     def check_cases(self, study: str) -> list[str]:
         """Problems with the study's case files (missing or changed since creation), for the organiser."""
         problems = []
-        with self.read() as conn:
-            (study_id,) = self._study_row(conn, study, "id")
-            rows = conn.execute(
-                "SELECT number, source_path, source_sha256 FROM cases WHERE study_id = ? ORDER BY number", (study_id,)
-            ).fetchall()
+        rows = self._rows_of_study(
+            study, "SELECT number, source_path, source_sha256 FROM cases WHERE study_id = ? ORDER BY number"
+        )
         for number, source, digest in rows:
             path = Path(source)
             problem = case_file_problem(path, digest)
@@ -316,16 +324,14 @@ class StudyDatabase(DatabaseConnection):
             study: study name.
             include_sources: also give each case's file path (for the organiser's own analysis).
         """
-        with self.read() as conn:
-            (study_id,) = self._study_row(conn, study, "id")
-            rows = conn.execute(
-                "SELECT r.name, c.number, c.truth, rc.position, rc.skips, a.values_json, a.seconds, "
-                "a.answered_at, a.updated_at, a.revision, c.source_path "
-                "FROM answers a JOIN readers r ON r.id = a.reader_id JOIN cases c ON c.id = a.case_id "
-                "JOIN reader_cases rc ON rc.reader_id = a.reader_id AND rc.case_id = a.case_id "
-                "WHERE r.study_id = ? ORDER BY r.id, c.number",
-                (study_id,),
-            ).fetchall()
+        rows = self._rows_of_study(
+            study,
+            "SELECT r.name, c.number, c.truth, rc.position, rc.skips, a.values_json, a.seconds, "
+            "a.answered_at, a.updated_at, a.revision, c.source_path "
+            "FROM answers a JOIN readers r ON r.id = a.reader_id JOIN cases c ON c.id = a.case_id "
+            "JOIN reader_cases rc ON rc.reader_id = a.reader_id AND rc.case_id = a.case_id "
+            "WHERE r.study_id = ? ORDER BY r.id, c.number",
+        )
         return [
             AnswerRecord(
                 study=study,
@@ -346,14 +352,12 @@ class StudyDatabase(DatabaseConnection):
 
     def history_records(self, study: str) -> list[HistoryRecord]:
         """Every saved answer and change of the study, oldest first, with the truth joined."""
-        with self.read() as conn:
-            (study_id,) = self._study_row(conn, study, "id")
-            rows = conn.execute(
-                "SELECT r.name, c.number, c.truth, h.revision, h.action, h.values_json, h.seconds, h.recorded_at "
-                "FROM answer_history h JOIN readers r ON r.id = h.reader_id JOIN cases c ON c.id = h.case_id "
-                "WHERE r.study_id = ? ORDER BY h.id",
-                (study_id,),
-            ).fetchall()
+        rows = self._rows_of_study(
+            study,
+            "SELECT r.name, c.number, c.truth, h.revision, h.action, h.values_json, h.seconds, h.recorded_at "
+            "FROM answer_history h JOIN readers r ON r.id = h.reader_id JOIN cases c ON c.id = h.case_id "
+            "WHERE r.study_id = ? ORDER BY h.id",
+        )
         return [
             HistoryRecord(
                 study=study,
