@@ -63,7 +63,7 @@ class EvaluationWorker(QThread):
 
     Signals:
         progress(str, int, int): stage, done, total.
-        succeeded(object): the :class:`engine.evaluation.EvaluationResult`.
+        succeeded(object): the :class:`engine.metrics.results.EvaluationResult`.
         failed(str): a message for the user (cancelling gives "evaluation cancelled").
     """
 
@@ -264,7 +264,7 @@ class EvaluationDialog(QDialog):
 
     def run(self) -> bool:
         """Start the evaluation in the background."""
-        from engine.evaluation import EvaluationOptions
+        from engine.metrics.results import EvaluationOptions
 
         if self.worker is not None:
             return False

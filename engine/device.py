@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.errors import SamplingError
+from engine.errors import DeviceError
 
 
 def _mps_available() -> bool:
@@ -38,7 +38,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         The device.
 
     Raises:
-        SamplingError: for an unknown name or a device this machine does not have; the
+        DeviceError: for an unknown name or a device this machine does not have; the
             message lists the available devices.
     """
     if isinstance(name, torch.device):
@@ -46,7 +46,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     elif isinstance(name, str):
         text = name.strip().lower()
     else:
-        raise SamplingError(f"a device must be given as text such as 'auto', 'cpu' or 'cuda' (got {name!r})")
+        raise DeviceError(f"a device must be given as text such as 'auto', 'cpu' or 'cuda' (got {name!r})")
     available = ", ".join(available_devices())
     if text == "auto":
         if torch.cuda.is_available():
@@ -57,26 +57,26 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
-        raise SamplingError(
+        raise DeviceError(
             f"unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (available here: {available})"
         ) from None
     if device.type == "cpu":
         return torch.device("cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SamplingError(f"no CUDA GPU is available on this machine; available devices: {available}")
+            raise DeviceError(f"no CUDA GPU is available on this machine; available devices: {available}")
         index = torch.cuda.current_device() if device.index is None else device.index
         if index >= torch.cuda.device_count():
-            raise SamplingError(
+            raise DeviceError(
                 f"there is no GPU {device.index} on this machine ({torch.cuda.device_count()} found); "
                 f"available devices: {available}"
             )
         return torch.device("cuda", index)
     if device.type == "mps":
         if not _mps_available():
-            raise SamplingError(f"Apple MPS is not available on this machine; available devices: {available}")
+            raise DeviceError(f"Apple MPS is not available on this machine; available devices: {available}")
         return torch.device("mps")
-    raise SamplingError(
+    raise DeviceError(
         f"device {name!r} is not supported; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' (available here: {available})"
     )
 

@@ -31,5 +31,13 @@ class SamplingError(BrainSynthError):
     """Sampling was asked for with impossible settings (steps, device, sampler)."""
 
 
+class DeviceError(SamplingError):
+    """The compute device asked for is unknown or not on this machine ("cuda" without a GPU).
+
+    A :class:`SamplingError` too, because sampling is where most device choices are made;
+    other callers (evaluation, training) catch this type to re-word it for their command.
+    """
+
+
 class CancelledError(BrainSynthError):
     """The user cancelled a long-running operation."""

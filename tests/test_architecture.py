@@ -64,3 +64,25 @@ def test_importing_engine_loads_no_qt():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == ""
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every absolute module a file imports, type-checking-only imports included."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_metrics_never_import_the_evaluation_that_runs_them():
+    offenders = {}
+    for path in sorted((ROOT / "engine" / "metrics").rglob("*.py")):
+        bad = sorted(m for m in _imported_modules(path) if m.startswith("engine.evaluation"))
+        if bad:
+            offenders[str(path.relative_to(ROOT))] = bad
+    assert not offenders, f"engine.metrics must not import engine.evaluation: {offenders}"
+    assert "engine.evaluation" in _imported_modules(ROOT / "training_cli" / "commands" / "evaluate.py")  # it can fail

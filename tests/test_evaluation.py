@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from engine.evaluation import EvaluationOptions, evaluate_volumes, write_report
+from engine.errors import DeviceError, SamplingError
+from engine.evaluation import evaluate_volumes, write_report
 from engine.metrics.errors import EvaluationError
+from engine.metrics.results import EvaluationOptions
 from tests.helpers_metrics import brain, brains
 
 FAST = EvaluationOptions(n_pairs=3, memory_budget_mb=1.0)
@@ -73,6 +75,17 @@ def test_pairs_and_seed_are_reported_and_repeatable():
 def test_bad_inputs_give_clear_errors(real, synthetic, message):
     with pytest.raises(EvaluationError, match=message):
         evaluate_volumes(real, synthetic, options=FAST)
+
+
+def test_a_device_this_machine_lacks_is_an_evaluation_error_naming_the_devices(tmp_path):
+    weights = tmp_path / "resnet_10_23dataset.pth"
+    weights.write_bytes(b"never read: the device is checked first")
+    options = EvaluationOptions(n_pairs=3, memory_budget_mb=1.0, fid_weights=weights, device="cuda:99")
+    with pytest.raises(EvaluationError, match=r"GPU.*available devices: .*cpu") as caught:
+        evaluate_volumes(brains(range(2)), brains(range(2, 4)), options=options)
+    # the device module's own type, which sampling callers still catch as a SamplingError
+    assert isinstance(caught.value.__cause__, DeviceError)
+    assert isinstance(caught.value.__cause__, SamplingError)
 
 
 def test_progress_is_reported_through_the_callback():

@@ -15,7 +15,8 @@ import pytest
 
 from engine.errors import BrainSynthError
 from engine.study import DEFAULT_QUESTIONS, StudyDatabase, StudyError, reader_order
-from engine.study import storage as storage_module
+from engine.study import database as database_module
+from engine.study import reader_session as reader_session_module
 from tests.helpers_study import GOOD, dummy_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,7 +193,7 @@ def test_answers_are_validated(db, tmp_path):
 
 def test_time_per_case_sums_visits_including_before_a_skip(db, tmp_path, monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr(storage_module, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(reader_session_module, "time", types.SimpleNamespace(time=lambda: clock[0]))
     _create(db, tmp_path)
     session = db.session("pilot", "ana")
     a, b = session.order()[:2]
@@ -217,7 +218,7 @@ def test_time_per_case_sums_visits_including_before_a_skip(db, tmp_path, monkeyp
     # a visit left open for hours is unknown time, not hours of reading
     e = session.next_case()
     session.open_case(e)
-    clock[0] += 2 * storage_module.STALE_VISIT_S
+    clock[0] += 2 * reader_session_module.STALE_VISIT_S
     assert session.answer(e, GOOD).seconds is None
     with pytest.raises(StudyError, match="non-negative"):
         session.answer(session.next_case(), GOOD, seconds=-1)
@@ -228,18 +229,68 @@ def test_database_is_wal_and_versioned(db, tmp_path):
     conn = sqlite3.connect(db.path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == storage_module.SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == database_module.SCHEMA_VERSION
     finally:
         conn.close()
 
 
+def _schema_sql(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return sorted(r[0] for r in conn.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
+    finally:
+        conn.close()
+
+
+def test_a_schema_1_file_written_without_brainsynth_opens_and_resumes(db, tmp_path):
+    """The on-disk format: the frozen version-1 layout is what a new file gets, and a file made from
+    that text alone (no BrainSynth code) opens, resumes where its reader stopped and exports."""
+    import json
+
+    from engine.specs import get_preset
+    from engine.study.display import DisplaySettings
+
+    frozen = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(frozen)
+    conn.executescript((ROOT / "tests" / "data" / "study_schema_v1.sql").read_text(encoding="utf-8"))
+    display = json.dumps(DisplaySettings.from_spec(get_preset("tiny")).to_dict())
+    questions = json.dumps([q.to_dict() for q in DEFAULT_QUESTIONS])
+    t = "2025-01-31T14:02:11.123+01:00"
+    conn.executescript(
+        f"""
+        INSERT INTO meta VALUES ('format', 'brainsynth-reader-studies'), ('created_at', '{t}');
+        INSERT INTO studies VALUES (1, 'old', '{t}', 7, 0, '{display}', '{questions}', '0.1');
+        INSERT INTO cases VALUES (1, 1, 2, 'real', '/gone/r.nii.gz', '{"a" * 64}'),
+                                 (2, 1, 1, 'synthetic', '/gone/s.nii.gz', '{"b" * 64}');
+        INSERT INTO readers VALUES (1, 1, 'ana', '{t}');
+        INSERT INTO reader_cases VALUES (1, 1, 1, 1, 0), (1, 2, 2, 2, 0);
+        INSERT INTO answers VALUES (1, 1, '{json.dumps(GOOD)}', 12.5, '{t}', '{t}', 1);
+        INSERT INTO answer_history VALUES (1, 1, 1, 1, 'answer', '{json.dumps(GOOD)}', 12.5, '{t}');
+        PRAGMA user_version = 1;
+        """
+    )
+    conn.close()
+    assert _schema_sql(frozen) == _schema_sql(db.path)  # a new file is laid out exactly so
+
+    with StudyDatabase(frozen) as old:
+        session = old.session("old", "ana")
+        assert session.order() == [2, 1]
+        assert session.answer_of(2).values == GOOD and session.answer_of(2).seconds == 12.5
+        assert session.next_case() == 1
+        session.answer(1, GOOD)
+        records = old.answer_records("old")
+        assert [(r.case_number, r.truth, r.position) for r in records] == [(1, "synthetic", 2), (2, "real", 1)]
+        assert [h.action for h in old.history_records("old")] == ["answer", "answer"]
+        assert old.check_cases("old") == ["case 1: /gone/s.nii.gz is missing", "case 2: /gone/r.nii.gz is missing"]
+
+
 def test_default_database_path(monkeypatch, tmp_path):
-    monkeypatch.setenv(storage_module.DB_ENV_VAR, str(tmp_path / "mine.sqlite"))
-    assert storage_module.default_database_path() == tmp_path / "mine.sqlite"
-    monkeypatch.delenv(storage_module.DB_ENV_VAR)
+    monkeypatch.setenv(database_module.DB_ENV_VAR, str(tmp_path / "mine.sqlite"))
+    assert database_module.default_database_path() == tmp_path / "mine.sqlite"
+    monkeypatch.delenv(database_module.DB_ENV_VAR)
     import platformdirs
 
-    path = storage_module.default_database_path()
+    path = database_module.default_database_path()
     assert path.parent == Path(platformdirs.user_data_dir("brainsynth", appauthor=False))
     assert path.name == "reader-studies.sqlite"
 
@@ -248,7 +299,7 @@ def test_default_database_path(monkeypatch, tmp_path):
 
 _CHILD = r"""
 import sys, time
-from engine.study.storage import StudyDatabase
+from engine.study.organiser import StudyDatabase
 
 db = StudyDatabase(sys.argv[1])
 session = db.session(sys.argv[2], sys.argv[3])
@@ -393,7 +444,7 @@ def test_corrupt_foreign_and_newer_databases_are_refused(tmp_path):
     newer = tmp_path / "newer.sqlite"
     StudyDatabase(newer).close()
     conn = sqlite3.connect(newer)
-    conn.execute(f"PRAGMA user_version = {storage_module.SCHEMA_VERSION + 1}")
+    conn.execute(f"PRAGMA user_version = {database_module.SCHEMA_VERSION + 1}")
     conn.commit()
     conn.close()
     with pytest.raises(StudyError, match="written by a newer BrainSynth"):

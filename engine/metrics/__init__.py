@@ -10,9 +10,13 @@ Modules, each small and named for what it holds:
 * :mod:`~engine.metrics.memorisation` – nearest training volume and near-copy flags;
 * :mod:`~engine.metrics.gram` / :mod:`~engine.metrics.volume_sets` – block-wise inner products
   and set validation with bounded memory;
-* :mod:`~engine.metrics.report` / :mod:`~engine.metrics.plots` – Markdown and PNG output.
+* :mod:`~engine.metrics.results` – what an evaluation is asked (``EvaluationOptions``) and what it
+  finds (``EvaluationResult`` and its parts);
+* :mod:`~engine.metrics.report` / :mod:`~engine.metrics.plots` – Markdown and PNG output of a result.
 
-:mod:`engine.evaluation` runs them all; front ends call that, not these modules directly.
+:mod:`engine.evaluation` runs them all; front ends call that, with options and results from
+:mod:`~engine.metrics.results`, not the metric modules directly. Imports point one way:
+``engine.evaluation`` uses ``engine.metrics``, never the reverse.
 """
 
 from engine.metrics.errors import EvaluationError

@@ -14,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from engine.evaluation import EvaluationResult
+    from engine.metrics.results import EvaluationResult
 
 REAL_COLOUR = "#1f77b4"
 SYNTH_COLOUR = "#d62728"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from engine.metrics.memorisation import NearestNeighbour, percentiles
 
 if TYPE_CHECKING:
-    from engine.evaluation import EvaluationResult
+    from engine.metrics.results import EvaluationResult
 
 _FIGURE_CAPTIONS = {
     "intensity_histograms.png": "Brain intensity histograms, whole brain and per tissue class",

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 from engine.atomic import atomic_write_text, check_writable
 from engine.errors import ExportError
 from engine.study.errors import StudyError
+from engine.study.organiser import StudyDatabase
 from engine.study.questions import Question
+from engine.study.records import AnswerRecord, HistoryRecord
 from engine.study.results import POOLED, ReaderResults, StudyResults, study_results
 from engine.study.statistics import Proportion, Summary
-from engine.study.storage import AnswerRecord, HistoryRecord, StudyDatabase
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

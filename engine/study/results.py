@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from engine.study.organiser import StudyDatabase
 from engine.study.questions import CONFIDENCE_KEY, Question, confidence_call
+from engine.study.records import AnswerRecord
 from engine.study.statistics import (
     Detection,
     Summary,
@@ -27,7 +29,6 @@ from engine.study.statistics import (
     ratings_by_class,
     summarise,
 )
-from engine.study.storage import AnswerRecord, StudyDatabase
 
 POOLED = "pooled"
 CALL_CATEGORIES = ("real", "unsure", "synthetic")

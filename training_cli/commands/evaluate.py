@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, write the report, print the Table 1 figures."""
     from pathlib import Path
 
-    from engine.evaluation import EvaluationOptions, check_report_target, evaluate_folders, write_report
+    from engine.evaluation import check_report_target, evaluate_folders, write_report
+    from engine.metrics.results import EvaluationOptions
 
     out_dir = Path(args.out)
     check_report_target(out_dir, overwrite=args.overwrite)  # before minutes of work, not after

@@ -1,0 +1,281 @@
+"""The study database file: its SQLite connection, schema and transactions.
+
+One database file (by default in the user data directory, see :func:`default_database_path`)
+holds any number of studies. :class:`DatabaseConnection` opens it, checks or creates the
+schema, and hands out the two ways of using it, :meth:`~DatabaseConnection.read` and
+:meth:`~DatabaseConnection.transaction`; the organiser's
+:class:`~engine.study.organiser.StudyDatabase` and the reader's
+:class:`~engine.study.reader_session.ReaderSession` both work only through those two.
+
+* **Nothing answered is ever lost.** The database runs in WAL mode with ``synchronous=FULL``
+  and every answer, change or skip is one ``BEGIN IMMEDIATE … COMMIT`` transaction that has
+  finished before the call returns; a crash or ``kill -9`` afterwards cannot take it back.
+  Several processes (two readers on one workstation, the CLI next to the app) may use one
+  file: writers wait up to :data:`BUSY_TIMEOUT_S` for each other. WAL needs a local disk
+  (not a network share).
+* **Versioned schema.** ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`; a database
+  made by a newer BrainSynth is refused instead of being misread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Self
+
+from engine.study.errors import StudyError
+
+#: Version of the database layout; bump it with a migration when tables change.
+SCHEMA_VERSION = 1
+#: Marker stored in the ``meta`` table so that a foreign SQLite file is not mistaken for ours.
+DB_FORMAT = "brainsynth-reader-studies"
+#: Environment variable that overrides the default database path (tests, shared setups).
+DB_ENV_VAR = "BRAINSYNTH_STUDY_DB"
+#: How long a writer waits for another process's transaction, in seconds.
+BUSY_TIMEOUT_S = 10.0
+
+#: The tables, as created in a new file (the on-disk format: change only with a migration).
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE studies (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    allow_changes INTEGER NOT NULL,
+    display_json TEXT NOT NULL,
+    questions_json TEXT NOT NULL,
+    software_version TEXT NOT NULL
+);
+CREATE TABLE cases (
+    id INTEGER PRIMARY KEY,
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    number INTEGER NOT NULL,
+    truth TEXT NOT NULL CHECK (truth IN ('real', 'synthetic')),
+    source_path TEXT NOT NULL,
+    source_sha256 TEXT NOT NULL,
+    UNIQUE (study_id, number)
+);
+CREATE TABLE readers (
+    id INTEGER PRIMARY KEY,
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    name TEXT NOT NULL,
+    added_at TEXT NOT NULL,
+    UNIQUE (study_id, name)
+);
+CREATE TABLE reader_cases (
+    reader_id INTEGER NOT NULL REFERENCES readers(id),
+    case_id INTEGER NOT NULL REFERENCES cases(id),
+    position INTEGER NOT NULL,
+    queue INTEGER NOT NULL,
+    skips INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (reader_id, case_id)
+);
+CREATE INDEX reader_cases_queue ON reader_cases (reader_id, queue);
+CREATE TABLE answers (
+    reader_id INTEGER NOT NULL REFERENCES readers(id),
+    case_id INTEGER NOT NULL REFERENCES cases(id),
+    values_json TEXT NOT NULL,
+    seconds REAL,
+    answered_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    PRIMARY KEY (reader_id, case_id)
+);
+CREATE TABLE answer_history (
+    id INTEGER PRIMARY KEY,
+    reader_id INTEGER NOT NULL REFERENCES readers(id),
+    case_id INTEGER NOT NULL REFERENCES cases(id),
+    revision INTEGER NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('answer', 'change')),
+    values_json TEXT NOT NULL,
+    seconds REAL,
+    recorded_at TEXT NOT NULL
+);
+CREATE TABLE views (
+    id INTEGER PRIMARY KEY,
+    reader_id INTEGER NOT NULL REFERENCES readers(id),
+    case_id INTEGER NOT NULL REFERENCES cases(id),
+    opened_at REAL NOT NULL,
+    closed_at REAL,
+    seconds REAL,
+    outcome TEXT CHECK (outcome IN ('answered', 'changed', 'skipped', 'abandoned'))
+);
+CREATE INDEX views_open ON views (reader_id, closed_at);
+"""
+
+
+def default_database_path() -> Path:
+    """Where studies are kept: ``$BRAINSYNTH_STUDY_DB`` if set, else ``reader-studies.sqlite``
+    in the user data directory (platformdirs, e.g. ``~/.local/share/brainsynth`` on Linux)."""
+    override = os.environ.get(DB_ENV_VAR)
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("brainsynth", appauthor=False)) / "reader-studies.sqlite"
+
+
+def now_iso() -> str:
+    """Local time with milliseconds and UTC offset, e.g. ``2025-01-31T14:02:11.123+01:00``."""
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
+
+
+class DatabaseConnection:
+    """One study database file behind one SQLite connection.
+
+    The object is safe to share between threads (one connection behind a lock), so a front
+    end may load the next case's volume in a worker thread while the reader rates.
+
+    Args:
+        path: the database file; None for :func:`default_database_path`. Created (with its
+            folder) if missing.
+
+    Raises:
+        StudyError: the file is not a BrainSynth study database, is damaged, was made by a
+            newer BrainSynth, or cannot be created or opened.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path) if path is not None else default_database_path()
+        self._lock = threading.RLock()
+        self._closed = False
+        self._conn = self._open()
+
+    # ------------------------------------------------------------------------ using the file
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """The connection for queries, held under the lock for the block.
+
+        SQLite errors inside the block become one :class:`StudyError` (busy, damaged, closed).
+        """
+        with self._lock, self._sql_errors():
+            self._check_open()
+            yield self._conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; committed (and on disk) when the block ends
+        without an exception, rolled back otherwise.
+
+        SQLite errors inside the block become one :class:`StudyError` (busy, damaged, closed).
+        """
+        with self._lock, self._sql_errors():
+            self._check_open()
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection (all answers are already committed)."""
+        with self._lock:
+            self._conn.close()
+            self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------- plumbing
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        if path.is_dir():
+            raise StudyError(f"{path} is a folder; the study database must be a file")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StudyError(f"cannot create the folder for the study database {path}: {exc.strerror or exc}") from exc
+        try:
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StudyError(f"cannot open the study database {path}: {exc}") from exc
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StudyError(
+                    f"the study database {path} cannot use write-ahead logging (journal mode {mode}); "
+                    "keep it on a local disk, not a network share"
+                )
+            # FULL: a committed answer survives a power cut too, not only a killed process.
+            conn.execute("PRAGMA synchronous = FULL")
+            self._check_or_create_schema(conn)
+        except StudyError:
+            conn.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StudyError(
+                f"{path} is not a BrainSynth study database or is damaged ({exc}); "
+                f"restore it from a backup, or point --db at another file"
+            ) from exc
+        return conn
+
+    def _check_or_create_schema(self, conn: sqlite3.Connection) -> None:
+        integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if integrity != "ok":
+            raise StudyError(f"the study database {self.path} is damaged ({integrity}); restore it from a backup")
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version == 0 and not tables:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # executescript would commit first; run the statements one by one instead.
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT INTO meta (key, value) VALUES ('format', ?)", (DB_FORMAT,))
+                conn.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", (now_iso(),))
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return
+        fmt = None
+        if "meta" in tables:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            fmt = row[0] if row else None
+        if fmt != DB_FORMAT:
+            raise StudyError(
+                f"{self.path} is an SQLite file but not a BrainSynth study database; point --db at another file"
+            )
+        if version > SCHEMA_VERSION:
+            raise StudyError(
+                f"the study database {self.path} was written by a newer BrainSynth (schema {version}, "
+                f"this version reads {SCHEMA_VERSION}); update BrainSynth"
+            )
+        if version < SCHEMA_VERSION:  # no older layouts exist yet
+            raise StudyError(f"the study database {self.path} has an unknown schema version {version}")
+
+    @contextlib.contextmanager
+    def _sql_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StudyError(
+                    f"the study database {self.path} is busy (another program kept it locked for "
+                    f"{BUSY_TIMEOUT_S:g} s); try again"
+                ) from exc
+            raise StudyError(f"the study database {self.path} cannot be used: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StudyError(f"the study database {self.path} is damaged ({exc}); restore it from a backup") from exc
+
+    def _check_open(self) -> None:
+        # sqlite3 reports use after close as a DatabaseError, which would read as "damaged".
+        if self._closed:
+            raise StudyError(f"the study database {self.path} was closed; open it again to go on")
