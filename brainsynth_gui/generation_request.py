@@ -20,6 +20,7 @@ class GenerationChoices:
 
     Attributes:
         device: "auto", "cpu", "cuda:N" or "mps".
+        precision: "auto", "fp32" or "bf16" (:mod:`engine.precision`).
         sampler: a sampler name of :data:`engine.sampler_registry.SAMPLERS`.
         steps: denoising steps per volume.
         count: number of volumes.
@@ -30,6 +31,7 @@ class GenerationChoices:
     """
 
     device: str = "auto"
+    precision: str = "auto"
     sampler: str = DEFAULT_SAMPLER
     steps: int = sampler_info(DEFAULT_SAMPLER).default_steps
     count: int = 1
@@ -56,6 +58,7 @@ class GenerationChoices:
             sampler=self.sampler,
             steps=self.steps,
             device=self.device,
+            precision=self.precision,
             batch_size=self.batch_size,
             trajectory_frames=self.trajectory_frames,
             preview_every=1,

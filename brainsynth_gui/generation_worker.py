@@ -48,6 +48,7 @@ class ProgressReport:
         fraction: overall progress, 0..1.
         seconds_left: estimated time left, or None while unknown.
         seed: seed of the volume being previewed.
+        precision: the precision in use and why (:attr:`GenerationRequest.precision_reason`).
     """
 
     step: int
@@ -57,6 +58,7 @@ class ProgressReport:
     fraction: float
     seconds_left: float | None
     seed: int
+    precision: str = ""
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -123,7 +125,7 @@ class GenerationWorker(QThread):
     def run(self) -> None:
         import torch
 
-        from engine.generation import generate
+        from engine.generation import generate, resolve_precision
 
         threads = torch.get_num_threads()
         try:
@@ -133,7 +135,8 @@ class GenerationWorker(QThread):
             model = self._model(device)
             if self._cancel.is_set():
                 return
-            events = generate(model, self.request)
+            request = resolve_precision(model, self.request)
+            events = generate(model, request)
             clock = RemainingTime()
             try:
                 for event in events:
@@ -149,6 +152,7 @@ class GenerationWorker(QThread):
                             fraction=event.fraction,
                             seconds_left=clock.update(event.fraction),
                             seed=self.seeds[first],
+                            precision=request.precision_reason or request.precision,
                         )
                     )
                     if event.preview is not None:

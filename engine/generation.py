@@ -22,7 +22,7 @@ to ~1e-4 over the chain (see tests/test_generation.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +32,7 @@ from engine import __version__
 from engine.device import resolve_device
 from engine.errors import SamplingError
 from engine.export import now_iso
+from engine.precision import autocast, check_precision, choose_precision, model_cache_key
 from engine.samplers import SamplerSettings, default_settings, denoise, initial_noise
 from engine.specs import ModelSpec
 from engine.trajectory import Trajectory, TrajectoryRecorder
@@ -39,7 +40,6 @@ from engine.trajectory import Trajectory, TrajectoryRecorder
 if TYPE_CHECKING:
     from engine.checkpoint import Checkpoint
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 WEIGHTS: tuple[str, ...] = ("ema", "raw")
 
 
@@ -120,8 +120,8 @@ class GenerationRequest:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; kept as asked,
             :attr:`torch_device` is what it resolves to here. The same seed gives different
             noise on the CPU and on a GPU.
-        precision: ``"fp32"``, or ``"bf16"`` autocast on CUDA (about twice as fast on recent
-            GPUs; not offered on CPU or MPS).
+        precision: ``"fp32"``, ``"bf16"`` (autocast, where the device has bf16) or ``"auto"``
+            (:func:`resolve_precision` picks what is faster here; :func:`generate` resolves it).
         batch_size: volumes denoised together; 1 is the safe choice for memory (the paper
             preset needs several GiB per volume on a GPU). Larger batches only change speed,
             never the volumes.
@@ -133,6 +133,7 @@ class GenerationRequest:
             (:meth:`engine.checkpoint.Checkpoint.select_weights` decides).
         checkpoint_name: file name of the checkpoint, or None (a model in memory).
         checkpoint_sha256: SHA-256 of the checkpoint file, or None.
+        precision_reason: why the precision was chosen (set by :func:`resolve_precision`).
 
     Raises:
         SamplingError: for no seeds, bad seeds, a batch size, frame count or preview interval
@@ -152,6 +153,7 @@ class GenerationRequest:
     weights: str = "ema"
     checkpoint_name: str | None = None
     checkpoint_sha256: str | None = None
+    precision_reason: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -163,13 +165,9 @@ class GenerationRequest:
         _check_count(self.batch_size, "batch size", 1)
         _check_count(self.trajectory_frames, "number of trajectory frames", 0)
         _check_count(self.preview_every, "preview interval", 0)
-        if self.precision not in PRECISIONS:
-            raise SamplingError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.weights not in WEIGHTS:
             raise SamplingError(f"weights must be one of {', '.join(WEIGHTS)} (got {self.weights!r})")
-        device = self.torch_device
-        if self.precision == "bf16" and device.type != "cuda":
-            raise SamplingError(f"bf16 precision needs a CUDA GPU; {device} runs in fp32")
+        check_precision(self.precision, self.torch_device)
         # The recorder checks its own arguments (downsample); fail now, not at the first step.
         TrajectoryRecorder(self.trajectory_frames, self.settings.steps, downsample=self.trajectory_downsample)
 
@@ -216,6 +214,7 @@ class GenerationRequest:
             "eta": self.settings.eta,
             "seed": int(seed),
             "precision": self.precision,
+            "precision_reason": self.precision_reason,
             "device": str(self.torch_device),
             "software_version": __version__,
             "created": now_iso(),
@@ -235,6 +234,40 @@ def seeds_from(seed: int, n: int) -> list[int]:
     return list(range(seed, seed + n))
 
 
+def resolve_precision(model: torch.nn.Module, request: GenerationRequest) -> GenerationRequest:
+    """The request with a concrete precision and the reason for it.
+
+    ``"auto"`` times one step of ``model`` in fp32 and bf16 on the request's device the first
+    time this network runs there (cached; :func:`engine.precision.choose_precision`). An explicit
+    choice, or a request resolved already, only gets its reason filled in.
+    """
+    if request.precision != "auto":
+        if request.precision_reason is not None:
+            return request
+        choice = choose_precision(request.precision, device=request.torch_device)
+        return replace(request, precision_reason=choice.reason)
+    device = request.torch_device
+    model.to(device)
+    shape = (1, request.spec.unet.in_channels, *request.spec.grid.shape)
+    x = torch.randn(shape, generator=torch.Generator(device=device).manual_seed(0), device=device)
+    x = x.to(next(model.parameters()).dtype)
+    t = torch.full((1,), float(request.spec.schedule.num_train_timesteps // 2), device=device)
+
+    def step(precision: str) -> None:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode(), autocast(device, precision):
+                model(x, timesteps=t)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        finally:
+            model.train(was_training)
+
+    choice = choose_precision(request.precision, device=device, step=step, cache_key=model_cache_key(model, shape))
+    return replace(request, precision=choice.precision, precision_reason=choice.reason)
+
+
 def generate(model: torch.nn.Module, request: GenerationRequest) -> Iterator[GenerationProgress]:
     """Generate one volume per seed of ``request``, reporting every step; close to cancel.
 
@@ -245,20 +278,22 @@ def generate(model: torch.nn.Module, request: GenerationRequest) -> Iterator[Gen
     Args:
         model: the UNet built from ``request.spec`` (predicting what its schedule's
             ``prediction_type`` names), with the weights the request names.
-        request: what to generate (checked when it was made).
+        request: what to generate (checked when it was made); an ``"auto"`` precision is
+            resolved first (:func:`resolve_precision`), which may time the model for a few seconds.
 
     Returns:
         An iterator of :class:`GenerationProgress`, ``steps`` events per batch.
     """
     model.to(request.torch_device)
-    return _run(model, request)
+    return _run(model, resolve_precision(model, request))
 
 
-def _model_call(model: torch.nn.Module, precision: str) -> Callable[..., torch.Tensor]:
-    if precision == "bf16":
+def _model_call(model: torch.nn.Module, request: GenerationRequest) -> Callable[..., torch.Tensor]:
+    if request.precision == "bf16":
+        device = request.torch_device
 
         def call(x: torch.Tensor, *, timesteps: torch.Tensor) -> torch.Tensor:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with autocast(device, "bf16"):
                 return model(x, timesteps=timesteps)
 
         return call
@@ -269,7 +304,7 @@ def _run(model: torch.nn.Module, request: GenerationRequest) -> Iterator[Generat
     was_training = model.training
     model.eval()
     try:
-        yield from _batches(_model_call(model, request.precision), request, dtype=next(model.parameters()).dtype)
+        yield from _batches(_model_call(model, request), request, dtype=next(model.parameters()).dtype)
     finally:
         model.train(was_training)
 

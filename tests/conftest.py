@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Precision timings and other caches go to a folder of this run, not the user's cache.
+os.environ.setdefault("BRAINSYNTH_CACHE_DIR", tempfile.mkdtemp(prefix="brainsynth-test-cache-"))
 
 import pytest
 import torch

@@ -202,7 +202,7 @@ def test_seeds_from():
         ({"trajectory_frames": -1}, "trajectory frames"),
         ({"trajectory_downsample": 0}, "downsampling"),
         ({"preview_every": -1}, "preview interval"),
-        ({"precision": "fp8"}, "choose one of: fp32, bf16"),
+        ({"precision": "fp8"}, "choose one of: auto, fp32, bf16"),
         ({"device": "tpu"}, "unknown device"),
         ({"settings": SamplerSettings("ddim", 1001)}, "at most 1000"),
     ],
@@ -213,15 +213,17 @@ def test_bad_requests_fail_at_the_call(model, kwargs, message):
         generate(model, GenerationRequest(spec=SPEC, **arguments))
 
 
-@pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only message")
-def test_bf16_needs_cuda(model):
-    with pytest.raises(SamplingError, match="bf16 precision needs a CUDA GPU"):
-        generate(
-            model,
-            GenerationRequest(
-                spec=SPEC, seeds=[0], settings=SamplerSettings("ddim", 2), device="cpu", precision="bf16"
-            ),
-        )
+def test_bf16_is_refused_on_a_cpu_without_bf16_units(model, monkeypatch):
+    for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, check, lambda: False)
+    with pytest.raises(SamplingError, match=r"CPU has no bf16 units \(AVX-512 BF16 or AMX\); use fp32 or auto"):
+        GenerationRequest(spec=SPEC, seeds=[0], settings=SamplerSettings("ddim", 2), device="cpu", precision="bf16")
+    request = GenerationRequest(
+        spec=SPEC, seeds=[0], settings=SamplerSettings("ddim", 2), device="cpu", precision="auto"
+    )
+    events = list(generate(model, request))
+    assert events[-1].finished[0].provenance["precision"] == "fp32"
+    assert events[-1].finished[0].provenance["precision_reason"] == "auto: fp32, no fast bf16 on this device"
 
 
 # --- devices ---------------------------------------------------------------------------------

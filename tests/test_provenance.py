@@ -40,12 +40,14 @@ def test_cli_app_and_study_write_the_same_sidecar(qapp, tmp_path, tiny_checkpoin
     seed = 5
     real, _ = make_pools(tmp_path / "pools", n_real=2, n_synthetic=1)
     assert cli(["sample", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "cli"), "--seed", str(seed),
-                "--sampler", "ddim", "--steps", "3", "--device", "cpu"]) == 0  # fmt: skip
+                "--sampler", "ddim", "--steps", "3", "--device", "cpu", "--precision", "fp32"]) == 0  # fmt: skip
 
     window = MainWindow(recent=RecentFiles(tmp_path / "recent.json"), quiet=True)
     try:
         assert window.open_checkpoint(tiny_checkpoint)
-        choices = GenerationChoices(device="cpu", sampler="ddim", steps=3, count=1, seed=seed, trajectory_frames=0)
+        choices = GenerationChoices(
+            device="cpu", precision="fp32", sampler="ddim", steps=3, count=1, seed=seed, trajectory_frames=0
+        )
         assert window.start_generation(choices)
         wait_until(lambda: not window.busy)
         assert not window.errors, window.errors

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine.precision import PRECISION_CHOICES
 from engine.sampler_registry import SAMPLER_NAMES
 
 
@@ -54,7 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--resample-1mm", action="store_true", help="write volumes on the 1 mm MNI box (181x217x181)")
     parser.add_argument("--raw-weights", action="store_true", help="use the raw weights even if the checkpoint has EMA")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 autocast needs CUDA")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISION_CHOICES,
+        help="auto (bf16 autocast where this device runs it faster, timed once and cached; else fp32), fp32 or bf16",
+    )
     parser.add_argument("--prefix", default="synthetic", help="file name prefix (default 'synthetic')")
     parser.add_argument("--shard", default="0/1", metavar="I/N", help="generate only volumes I, I+N, ... (default 0/1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files of the same names")
@@ -79,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.checkpoint import load_checkpoint
     from engine.device import describe_device
     from engine.export import ExportVolume, export_batch, export_targets, save_trajectory_nifti
-    from engine.generation import GenerationRequest, generate, seeds_from
+    from engine.generation import GenerationRequest, generate, resolve_precision, seeds_from
     from engine.resources import default_checkpoint
 
     shard, shards = parse_shard(args.shard)
@@ -109,9 +115,10 @@ def run(args: argparse.Namespace) -> int:
     )
     settings = request.settings
     model = ckpt.build_model(use_ema=request.weights == "ema", device=request.torch_device)
+    request = resolve_precision(model, request)
     print(
         f"sampling {len(seeds)} volume(s) with {settings.name}, {settings.steps} steps, "
-        f"on {describe_device(request.torch_device)} from {ckpt_path.name}",
+        f"on {describe_device(request.torch_device)} from {ckpt_path.name}; precision {request.precision_reason}",
         file=sys.stderr,
     )
 
