@@ -93,3 +93,41 @@ def describe_device(device: torch.device | str) -> str:
     if device.type == "cpu":
         return f"CPU ({torch.get_num_threads()} threads)"
     return str(device)
+
+
+def physical_cores_available() -> int:
+    """Physical CPU cores this process may run on: its CPU affinity (what a container, ``taskset``
+    or SLURM's ``--cpus-per-task`` allows), counting hyper-threads of one core once.
+
+    Why not ``os.cpu_count()``: it counts every logical CPU of the machine, so a job given 2 cores
+    of a 64-core node would start 64 threads and run slower than with 2.
+    """
+    import os
+    from pathlib import Path
+
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux: no affinity to read, take torch's own choice
+        return torch.get_num_threads()
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))  # no topology: count the logical CPU
+    return max(1, len(cores))
+
+
+def set_cpu_threads(requested: int | None = None) -> str:
+    """Set PyTorch's intra-op threads: ``requested``, or one per available physical core.
+
+    Returns:
+        What was set and why, for the progress output, e.g. ``"2 compute threads (2 physical
+        cores available to this process)"``.
+    """
+    cores = physical_cores_available()
+    threads = requested if requested else cores
+    torch.set_num_threads(threads)
+    why = "asked for" if requested else "one per core"
+    return f"{threads} compute thread(s), {why} ({cores} physical core(s) available to this process)"

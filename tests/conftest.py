@@ -71,3 +71,11 @@ def damping_checkpoint(tmp_path, damping_model):
     path = tmp_path / "damping.safetensors"
     save_checkpoint(path, spec=spec, weights=model.state_dict(), provenance={"source": "test"})
     return path
+
+
+@pytest.fixture(autouse=True)
+def _keep_thread_count():
+    """Commands run in-process set PyTorch's thread count (one per core); give the next test its own."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -288,3 +288,24 @@ def test_gpu_benchmark_flop_count_on_meta_matches_a_real_forward():
     with counter, torch.no_grad():
         net(torch.zeros((1, 1, *GRID)), timesteps=torch.full((1,), 500.0))
     assert bench.forward_flops(SPEC) == counter.get_total_flops() > 0
+
+
+def test_threads_follow_the_cores_this_process_may_use():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, torch\n"
+        "from engine.device import physical_cores_available, set_cpu_threads\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "print(physical_cores_available(), set_cpu_threads(), torch.get_num_threads(), sep='|')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    cores, message, threads = out.split("|")
+    assert (cores, threads) == ("1", "1")
+    assert message == "1 compute thread(s), one per core (1 physical core(s) available to this process)"
+    assert int(subprocess.run(
+        [sys.executable, "-c", "from engine.device import physical_cores_available as p; print(p())"],
+        capture_output=True, text=True, check=True,
+    ).stdout) <= len(os.sched_getaffinity(0))  # fmt: skip

@@ -61,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=PRECISION_CHOICES,
         help="auto (bf16 autocast where this device runs it faster, timed once and cached; else fp32), fp32 or bf16",
     )
+    parser.add_argument(
+        "--cpu-threads", type=int, metavar="N", help="compute threads on the CPU (default: one per physical core)"
+    )
     parser.add_argument("--prefix", default="synthetic", help="file name prefix (default 'synthetic')")
     parser.add_argument("--shard", default="0/1", metavar="I/N", help="generate only volumes I, I+N, ... (default 0/1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files of the same names")
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from engine.checkpoint import load_checkpoint
-    from engine.device import describe_device
+    from engine.device import describe_device, set_cpu_threads
     from engine.export import ExportVolume, export_batch, export_targets, save_trajectory_nifti
     from engine.generation import GenerationRequest, generate, resolve_precision, seeds_from
     from engine.resources import default_checkpoint
@@ -99,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     # Refuse clashes before hours of sampling, not after.
     export_targets(out_dir, prefix=args.prefix, items=list(zip(indices, seeds, strict=True)), overwrite=args.overwrite)
 
+    threads = set_cpu_threads(args.cpu_threads)
     ckpt_path = default_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path, preset=args.preset)
     request = GenerationRequest.for_checkpoint(
@@ -121,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         f"on {describe_device(request.torch_device)} from {ckpt_path.name}; precision {request.precision_reason}",
         file=sys.stderr,
     )
+    if request.torch_device.type == "cpu":
+        print(f"using {threads}", file=sys.stderr)
 
     events = generate(model, request)
     bar = _progress_bar(total=len(seeds) * settings.steps)
