@@ -1,4 +1,4 @@
-"""The rating in progress, as a small Qt-free object (see DESIGN.md, "Layers").
+"""The rating in progress, as a small Qt-free object (see docs/architecture.md, "Layers").
 
 The rating panel's buttons, the number keys and the notes field all write through
 :class:`RatingState`, and the panel redraws from its notifications, so a value set by key and

@@ -1,4 +1,4 @@
-"""The viewer's state in small Qt-free objects (the napari way; see DESIGN.md, "Layers").
+"""The viewer's state in small Qt-free objects (the napari way; see docs/architecture.md, "Layers").
 
 Widgets take these objects in their constructor, subscribe to their changes and write back
 through them, never to each other. A window/level drag and the window/level fields therefore
@@ -7,7 +7,7 @@ cannot disagree: both only ever show what :class:`WindowLevelState` holds.
 Every object here is plain Python (numpy at most) so it is unit-tested without Qt.
 Observers are called synchronously, in subscription order, only when a value really changes.
 
-Geometry follows DESIGN.md: voxel indices are on the model grid, RAS+ (axis 0 left→right,
+Geometry follows docs/architecture.md: voxel indices are on the model grid, RAS+ (axis 0 left→right,
 axis 1 posterior→anterior, axis 2 inferior→superior); millimetres are MNI152 world
 coordinates.
 """

@@ -1,6 +1,6 @@
 """Grid geometry: where the model's voxels sit in MNI space.
 
-Conventions (see DESIGN.md): arrays are RAS+ (axis 0 left→right, axis 1 posterior→anterior,
+Conventions (see docs/architecture.md): arrays are RAS+ (axis 0 left→right, axis 1 posterior→anterior,
 axis 2 inferior→superior); affines map voxel indices to millimetres.
 
 The reference data live in the 1 mm MNI box of 181 x 217 x 181 voxels whose first voxel

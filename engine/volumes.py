@@ -1,6 +1,6 @@
 """Loading 3-D T1 scans: one :class:`Volume` type for every file format BrainSynth reads.
 
-Conventions (see DESIGN.md): ``Volume.data`` is held in RAS+ (nibabel's closest canonical
+Conventions (see docs/architecture.md): ``Volume.data`` is held in RAS+ (nibabel's closest canonical
 orientation: axis 0 runs left→right, axis 1 posterior→anterior, axis 2 inferior→superior)
 and ``Volume.affine`` maps voxel indices to world millimetres. Reorienting only permutes and
 flips axes, and the affine is updated to match, so every voxel keeps its world position.

@@ -1,4 +1,4 @@
-"""The layers of DESIGN.md: engine has no Qt; the two front ends never import each other.
+"""The layers of docs/architecture.md: engine has no Qt; the two front ends never import each other.
 
 Checked twice: statically over every module's imports, and dynamically by importing the
 packages in a fresh interpreter and looking at ``sys.modules``.
