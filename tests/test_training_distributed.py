@@ -19,7 +19,8 @@ import torch
 from engine.checkpoint import load_checkpoint
 from engine.training.distributed import launch_environment, shard_indices
 from engine.training.logging import read_csv
-from engine.training.trainer import RESUME_FILE, steps_per_epoch
+from engine.training.resume import RESUME_FILE
+from engine.training.trainer import steps_per_epoch
 from tests.training_data import write_volumes
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,8 @@ from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.training.config import load_config
 from engine.training.errors import TrainingError
 from engine.training.logging import read_csv
-from engine.training.trainer import diffuse, resume_config, steps_per_epoch, train
+from engine.training.resume import resume_config
+from engine.training.trainer import steps_per_epoch, train
 from tests.training_data import write_volumes
 
 
@@ -142,20 +143,6 @@ def test_init_from_with_frozen_encoder_levels(tmp_path, data_dir, tiny_checkpoin
     save_checkpoint(other, spec=demo, weights=demo.build_model().state_dict())
     with pytest.raises(TrainingError, match="does not match preset 'tiny'"):
         train(_config(tmp_path / "b", data_dir, init_from=str(other)))
-
-
-def test_forward_noising_matches_monai(tiny_spec):
-    from monai.networks.schedulers import DDPMScheduler
-
-    schedule = tiny_spec.schedule
-    monai = DDPMScheduler(**{k: v for k, v in schedule.monai_kwargs().items() if k != "prediction_type"})
-    generator = torch.Generator().manual_seed(0)
-    x0 = torch.rand((4, 1, 6, 8, 6), generator=generator) * 2 - 1
-    eps = torch.randn(x0.shape, generator=generator)
-    t = torch.tensor([0, 10, 500, 999])
-    abar = schedule.alphas_cumprod()
-    ours = diffuse(x0, eps, t, sqrt_abar=abar.sqrt().float(), sqrt_one_minus_abar=(1 - abar).sqrt().float())
-    torch.testing.assert_close(ours, monai.add_noise(x0, eps, t), atol=1e-6, rtol=1e-5)
 
 
 def test_a_stop_request_saves_the_state_and_a_resume_finishes_the_run(tmp_path, data_dir):
