@@ -47,18 +47,27 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(command: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run a command in its own process group; on timeout kill that group (torchrun's workers too)."""
-    proc = subprocess.Popen(
-        command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+def _start(command: list[str], *, stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> subprocess.Popen:
+    """Start a command in its own process group, so that a timeout can kill torchrun's workers too."""
+    return subprocess.Popen(
+        command, cwd=ROOT, env=_env(), stdout=stdout, stderr=stderr, text=True, start_new_session=True
     )
+
+
+def _finish(proc: subprocess.Popen, *, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Wait for a started command; on timeout kill its process group and fail."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         pytest.fail(f"timed out after {timeout} s:\n{out}\n{err}")
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _run(command: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command to its end (see :func:`_start`, :func:`_finish`)."""
+    return _finish(_start(command), timeout=timeout)
 
 
 def _train_args(data_dir: Path, out: Path, cache: Path, **options) -> list[str]:
@@ -128,27 +137,13 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, da
 
     # The uninterrupted reference runs alongside (one thread each, two cores).
     reference = tmp_path / "reference"
-    plain = subprocess.Popen(
-        cli + _train_args(data_dir, reference, tmp_path / "cache-ref", **options),
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    plain = _start(cli + _train_args(data_dir, reference, tmp_path / "cache-ref", **options), stderr=subprocess.STDOUT)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        cli + _train_args(data_dir, killed, tmp_path / "cache", **options),
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = _start(cli + _train_args(data_dir, killed, tmp_path / "cache", **options), stdout=subprocess.DEVNULL)
     state_file = killed / RESUME_FILE
     deadline = time.monotonic() + 240
     while not state_file.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
+        assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline, "no resume state appeared"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -166,12 +161,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, da
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming at epoch 1, step {saved_step} of it" in resumed.stdout
 
-    try:
-        output, _ = plain.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(plain.pid, signal.SIGKILL)
-        raise
-    assert plain.returncode == 0, output
+    done = _finish(plain)
+    assert done.returncode == 0, done.stdout
 
     # Same number of optimizer steps, each logged once, and on the CPU the same final weights.
     for out in (killed, reference):
@@ -234,7 +225,7 @@ def _one_step(data_dir: str, init_from: str, out: str, batch_size: int, grad_acc
     from engine.specs import get_preset
     from engine.training.config import load_config
     from engine.training.distributed import setup
-    from engine.training.trainer import PerSampleNoise, _Trainer
+    from engine.training.trainer import StepNoise, _Trainer
 
     values = {
         "preset": "tiny",
@@ -253,7 +244,7 @@ def _one_step(data_dir: str, init_from: str, out: str, batch_size: int, grad_acc
     config = load_config(None, values)
     ctx = setup(config.device)
     try:
-        noise = PerSampleNoise(config.seed, get_preset(config.preset).schedule.num_train_timesteps)
+        noise = StepNoise(config.seed, get_preset(config.preset).schedule.num_train_timesteps, per_sample=True)
         trainer = _Trainer.create(config, ctx, resume=False, noise=noise)
         model = trainer.nets.model
         before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -287,26 +278,15 @@ def test_two_ranks_average_gradients_like_one_process_on_their_union(tmp_path, d
     save_checkpoint(init, spec=PRESETS["tiny"], weights=PRESETS["tiny"].build_random_model(seed=0).state_dict())
     worker = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     worker += ["-m", "tests.test_training_distributed", str(data_dir), str(init), str(tmp_path / "two"), "1", "1"]
-    two_ranks = subprocess.Popen(
-        worker,
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    two_ranks = _start(worker, stderr=subprocess.STDOUT)
     try:
         # Meanwhile, one process: the union batch at once, and as two accumulated micro-batches.
         # Both are the same step in exact arithmetic; their difference measures float rounding.
         _one_step(str(data_dir), str(init), str(tmp_path / "one"), 2, 1)
         _one_step(str(data_dir), str(init), str(tmp_path / "accum"), 1, 2)
-        output, _ = two_ranks.communicate(timeout=300)
     finally:
-        if two_ranks.poll() is None:
-            os.killpg(two_ranks.pid, signal.SIGKILL)
-            two_ranks.communicate()
-    assert two_ranks.returncode == 0, output
+        done = _finish(two_ranks)
+    assert done.returncode == 0, done.stdout
     rank0, rank1 = (torch.load(tmp_path / "two" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     one = torch.load(tmp_path / "one" / "rank0.pt", weights_only=True)
     accum = torch.load(tmp_path / "accum" / "rank0.pt", weights_only=True)

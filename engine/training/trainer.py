@@ -137,68 +137,51 @@ def steps_per_epoch(n_train: int, *, batch_size: int, grad_accum: int, world_siz
     return -(-batches // grad_accum)
 
 
-class StepNoise(Protocol):
-    """Draws the timesteps and noise of one micro-batch of an optimizer step."""
+@dataclass(frozen=True)
+class StepNoise:
+    """How an optimizer step draws each volume's timestep and noise.
+
+    Timesteps are uniform in 0..T-1 and drawn before the noise, from a generator on the
+    training device seeded with:
+
+    * by default, ``(seed, global step, rank, micro-batch)``: one generator per micro-batch;
+    * with ``per_sample``, ``(seed, global step, training-set index)``: one per volume, so a
+      volume gets the same draws however a step's volumes are split over ranks and
+      micro-batches (a test compares a two-process step with a one-process step this way).
+      Not the default: it would change every run's draws, and a generator per volume is slower.
+
+    Attributes:
+        seed: the run's seed.
+        num_timesteps: T.
+        per_sample: draw per volume instead of per micro-batch.
+    """
+
+    seed: int
+    num_timesteps: int
+    per_sample: bool = False
 
     def __call__(
         self, x0: torch.Tensor, *, step: int, rank: int, micro_batch: int, indices: Sequence[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(t, eps)`` for ``x0``: integer timesteps ``(B,)`` and noise of ``x0``'s shape, on its device.
+        """``(t, eps)`` for a micro-batch: integer timesteps ``(B,)`` and noise of ``x0``'s shape.
 
         Args:
             x0: the micro-batch ``(B, C, D, H, W)``, on the training device.
             step: global optimizer step (0-based) the micro-batch belongs to.
             rank: this process's rank.
             micro_batch: the micro-batch's position within the step on this rank.
-            indices: the training-set indices of the batch's volumes.
+            indices: the training-set indices of the micro-batch's volumes.
         """
-        ...
+        if not self.per_sample:
+            return self._draw(x0, _mix(self.seed, "step", step, rank, micro_batch))
+        draws = [self._draw(x0[i : i + 1], _mix(self.seed, "sample", step, index)) for i, index in enumerate(indices)]
+        return torch.cat([t for t, _ in draws]), torch.cat([eps for _, eps in draws])
 
-
-@dataclass(frozen=True)
-class MicroBatchNoise:
-    """The trainer's draws: one generator per (seed, global step, rank, micro-batch), timesteps first.
-
-    Attributes:
-        seed: the run's seed.
-        num_timesteps: T; timesteps are uniform in 0..T-1.
-    """
-
-    seed: int
-    num_timesteps: int
-
-    def __call__(
-        self, x0: torch.Tensor, *, step: int, rank: int, micro_batch: int, indices: Sequence[int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = torch.Generator(device=x0.device).manual_seed(_mix(self.seed, "step", step, rank, micro_batch))
+    def _draw(self, x0: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator(device=x0.device).manual_seed(seed)
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
         eps = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
         return t, eps
-
-
-@dataclass(frozen=True)
-class PerSampleNoise:
-    """Draws keyed by (seed, global step, training-set index): the same for a volume however a
-    step's volumes are split over ranks and micro-batches (a test uses it to compare a
-    two-process step with a one-process step); slower, as each volume has its own generator.
-
-    Attributes:
-        seed: the run's seed.
-        num_timesteps: T; timesteps are uniform in 0..T-1.
-    """
-
-    seed: int
-    num_timesteps: int
-
-    def __call__(
-        self, x0: torch.Tensor, *, step: int, rank: int, micro_batch: int, indices: Sequence[int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        ts, noises = [], []
-        for index in indices:
-            generator = torch.Generator(device=x0.device).manual_seed(_mix(self.seed, "sample", step, index))
-            ts.append(torch.randint(0, self.num_timesteps, (1,), device=x0.device, generator=generator))
-            noises.append(torch.randn(x0.shape[1:], device=x0.device, generator=generator, dtype=x0.dtype))
-        return torch.cat(ts), torch.stack(noises)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -595,8 +578,8 @@ class _Trainer:
             resume: continue the run in ``config.out``.
             callback: receives events (rank 0 only).
             stop_requested: polled once per optimizer step; see :func:`train`.
-            noise: how a step draws its timesteps and noise; :class:`MicroBatchNoise` (what
-                training always does) when None.
+            noise: how a step draws its timesteps and noise; per micro-batch (what training
+                always does) when None.
         """
         from engine.specs import get_preset
 
@@ -617,7 +600,7 @@ class _Trainer:
             data=data,
             nets=nets,
             progress=progress,
-            noise=noise or MicroBatchNoise(config.seed, spec.schedule.num_train_timesteps),
+            noise=noise or StepNoise(config.seed, spec.schedule.num_train_timesteps),
             emit=emit,
             stop_requested=stop_requested or (lambda: False),
         )
