@@ -129,7 +129,8 @@ def test_forward_noising_matches_monai():
     torch.testing.assert_close(ours, monai.add_noise(x0, eps, t), atol=1e-6, rtol=1e-5)
     # The coefficients the trainer scales the training target with are the same ones.
     sqrt_abar, sqrt_one_minus_abar = schedule.noise_coefficients(t, ndim=x0.ndim)
-    assert sqrt_abar.shape == (4, 1, 1, 1, 1) and sqrt_abar.dtype == torch.float32
+    assert sqrt_abar.shape == (4, 1, 1, 1, 1)
+    assert sqrt_abar.dtype == torch.float32
     torch.testing.assert_close(sqrt_abar**2 + sqrt_one_minus_abar**2, torch.ones_like(sqrt_abar))
     assert torch.equal(ours, sqrt_abar * x0 + sqrt_one_minus_abar * eps)
     # An equal schedule (as read back from a checkpoint) gives the same result.

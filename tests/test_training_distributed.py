@@ -292,10 +292,12 @@ def test_two_ranks_average_gradients_like_one_process_on_their_union(tmp_path, d
     accum = torch.load(tmp_path / "accum" / "rank0.pt", weights_only=True)
 
     # Each rank had one volume of its own; together they are the one-process batch.
-    assert len(rank0["indices"]) == len(rank1["indices"]) == 1 and rank0["indices"] != rank1["indices"]
+    assert len(rank0["indices"]) == len(rank1["indices"]) == 1
+    assert rank0["indices"] != rank1["indices"]
     assert sorted(rank0["indices"] + rank1["indices"]) == sorted(one["indices"]) == sorted(accum["indices"])
     assert rank0["loss"] == rank1["loss"] == pytest.approx(one["loss"], rel=1e-5)
-    assert one["grads"].keys() == rank0["grads"].keys() and len(one["grads"]) > 0
+    assert one["grads"].keys() == rank0["grads"].keys()
+    assert len(one["grads"]) > 0
     for key, before in one["before"].items():
         assert torch.equal(rank0["before"][key], before), key  # the same start
         # The ranks stepped with the same gradient and hold the same weights, bit for bit.

@@ -215,3 +215,36 @@ def test_training_learns_the_tiny_set(tmp_path, data_dir):
     # A fresh MONAI UNet outputs zeros, so the start is the mean squared noise, about 1.
     assert start == pytest.approx(float((target**2).mean()), rel=1e-6)
     assert end < 0.7 * start, (start, end)
+
+
+def test_a_damaged_or_foreign_resume_state_is_one_clear_error(tmp_path, data_dir):
+    from engine.training.resume import RESUME_FILE
+
+    train(_config(tmp_path, data_dir))
+    state_file = tmp_path / "run" / RESUME_FILE
+    resume = resume_config(tmp_path / "run", {"epochs": 2})
+    state = torch.load(state_file, weights_only=True)
+    del state["global_step"]
+    torch.save(state, state_file)
+    with pytest.raises(TrainingError, match=r"state\.pt is damaged \('global_step' is missing or invalid\)"):
+        train(resume, resume=True)
+    torch.save({"format": "someone-else's", "version": 1}, state_file)
+    with pytest.raises(TrainingError, match=r"state\.pt is not a resume state this version of BrainSynth can read"):
+        train(resume, resume=True)
+    state_file.write_bytes(b"not a torch file")
+    with pytest.raises(TrainingError, match=r"cannot read the resume state .*state\.pt"):
+        train(resume, resume=True)
+
+
+def test_progress_is_saved_as_one_object_and_older_states_without_cpu_seconds_still_load(tmp_path):
+    from engine.training.resume import TrainingProgress
+
+    progress = TrainingProgress(epoch=3, step_in_epoch=2, global_step=14, best_metric=0.25, elapsed_s=9.5)
+    progress.record_step(loss=0.5, volumes=4.0, seconds=1.0, cpu_seconds=1.5)
+    assert (progress.step_in_epoch, progress.global_step, progress.epoch_mean_loss) == (3, 15, 0.5)
+    saved = progress.to_dict()
+    assert TrainingProgress.from_dict(saved, source=tmp_path) == progress
+    del saved["cpu_s"]  # states written before CPU seconds were counted
+    assert TrainingProgress.from_dict(saved, source=tmp_path).cpu_s == 0.0
+    progress.next_epoch()
+    assert (progress.epoch, progress.step_in_epoch, progress.epoch_volumes, progress.global_step) == (4, 0, 0.0, 15)

@@ -195,7 +195,9 @@ class ResumeState:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged file raises any of several types
-            raise TrainingError(f"cannot read the resume state {path}: {exc}") from None
+            # torch's refusals run to many lines; the first says what is wrong.
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TrainingError(f"cannot read the resume state {path}: {first_line}") from None
         foreign = not isinstance(state, dict) or state.get("format") != RESUME_FORMAT
         if foreign or int(state.get("version", 0)) > RESUME_VERSION:
             raise TrainingError(f"{path} is not a resume state this version of BrainSynth can read")
