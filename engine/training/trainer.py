@@ -16,9 +16,9 @@ restored as well, for anything else (dropout, if a preset ever turns it on). Wha
 and how it is read back is :mod:`engine.training.resume`.
 
 The trainer's state is explicit: :meth:`_Trainer.create` runs the set-up in its order (run
-directory, data, networks, resume state) and hands the results to ``__init__``, which only
-stores them; what changes while training is the networks' own state and one
-:class:`~engine.training.resume.TrainingProgress`.
+directory, data, networks from :mod:`engine.training.networks`, resume state) and hands the
+results to ``__init__``, which only stores them; what changes while training is the
+networks' own state and one :class:`~engine.training.resume.TrainingProgress`.
 
 Files in the run directory (rank 0 writes; see :mod:`engine.training.logging` for logs)::
 
@@ -32,7 +32,6 @@ Files in the run directory (rank 0 writes; see :mod:`engine.training.logging` fo
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import time
@@ -55,6 +54,7 @@ from engine.training.logging import (
     plot_loss_curve,
     plot_sample_slices,
 )
+from engine.training.networks import Networks, build_networks
 from engine.training.resume import (
     CONFIG_FILE,
     RESUME_FILE,
@@ -204,52 +204,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def freeze_encoder(model: torch.nn.Module, levels: int) -> list[str]:
-    """Stop gradients for the input convolution and the first ``levels`` encoder levels.
-
-    The time embedding stays trainable: it conditions every level, including the ones
-    being fine-tuned. Returns the frozen parameter names.
-    """
-    if levels <= 0:
-        return []
-    frozen = []
-    modules = [("conv_in", model.conv_in)] + [(f"down_blocks.{i}", model.down_blocks[i]) for i in range(levels)]
-    for prefix, module in modules:
-        for name, param in module.named_parameters():
-            param.requires_grad_(False)
-            frozen.append(f"{prefix}.{name}")
-    return frozen
-
-
-class _EMA:
-    """Exponential moving average of a model's floating-point state, as a second module.
-
-    Decay warms up as ``min(decay, (1 + n) / (10 + n))`` after n updates (as in diffusers'
-    EMAModel), so the first epochs are not dominated by the random initialisation.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.updates = 0
-        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def _tensor_pairs(self, model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if self._pairs is None:
-            src, dst = model.state_dict(keep_vars=True), self.module.state_dict(keep_vars=True)
-            self._pairs = [(dst[k].data, src[k].data) for k in dst if dst[k].is_floating_point()]
-        return self._pairs
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        pairs = self._tensor_pairs(model)
-        torch._foreach_lerp_([d for d, _ in pairs], [s for _, s in pairs], 1.0 - decay)
-
-
 def train(
     config: TrainConfig,
     *,
@@ -316,30 +270,6 @@ class _TrainingData:
     split: Split
     train_set: VolumeDataset
     val_set: VolumeDataset
-
-
-@dataclass
-class _Networks:
-    """What training updates, on the training device.
-
-    Attributes:
-        model: the network being trained.
-        ddp: the module the forward pass runs through (the DDP wrapper, or ``model`` itself
-            in one process).
-        ema: the exponential moving average of ``model``, or None (``ema_decay`` 0).
-        params: the trainable parameters (frozen encoder levels excluded).
-        optimizer: Adam over ``params``.
-        scaler: the fp16 gradient scaler (disabled in other precisions).
-        init_info: provenance of ``--init-from`` weights, empty without them.
-    """
-
-    model: torch.nn.Module
-    ddp: torch.nn.Module
-    ema: _EMA | None
-    params: list[torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    init_info: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -426,72 +356,7 @@ def _prepare_data(
     )
 
 
-def _build_networks(
-    config: TrainConfig, ctx: DistContext, spec: ModelSpec, *, precision: str, emit: _Emit
-) -> _Networks:
-    device = ctx.device
-    torch.manual_seed(_mix(config.seed, "init"))
-    model = spec.build_model(use_flash_attention=device.type == "cuda")
-    init_info: dict[str, Any] = {}
-    if config.init_from:
-        init_info = _load_init(config, spec, model, emit=emit)
-    frozen = freeze_encoder(model, config.freeze_encoder_levels)
-    if frozen and ctx.is_main:
-        emit("info", f"frozen: input convolution and {config.freeze_encoder_levels} encoder level(s)")
-    model.to(device)
-    ema = _EMA(model, config.ema_decay) if config.ema_decay > 0 else None
-    ddp: torch.nn.Module = model
-    if ctx.distributed:
-        kwargs: dict[str, Any] = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        ddp = torch.nn.parallel.DistributedDataParallel(model, **kwargs)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(
-        params,
-        lr=config.lr,
-        betas=tuple(config.adam_betas),
-        weight_decay=config.weight_decay,
-        fused=device.type in ("cuda", "cpu"),
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed volume shapes: pick the fastest kernels once
-        torch.backends.cuda.matmul.allow_tf32 = True
-    return _Networks(
-        model=model, ddp=ddp, ema=ema, params=params, optimizer=optimizer, scaler=scaler, init_info=init_info
-    )
-
-
-def _load_init(config: TrainConfig, spec: ModelSpec, model: torch.nn.Module, *, emit: _Emit) -> dict[str, Any]:
-    """Load ``--init-from`` weights into ``model``; returns their provenance."""
-    from engine.checkpoint import check_state_dict, load_checkpoint
-    from engine.export import sha256_file
-
-    source = Path(config.init_from)
-    ckpt = load_checkpoint(source)
-    if ckpt.spec.unet != spec.unet:
-        raise TrainingError(
-            f"--init-from {source.name} holds a {ckpt.spec.name!r} network, which does not "
-            f"match preset {spec.name!r}; use --preset {ckpt.spec.name}"
-        )
-    use_ema = config.init_use_ema and ckpt.has_ema
-    weights = ckpt.ema_weights if use_ema else ckpt.weights
-    check_state_dict(model, weights, source=ckpt.describe_source())
-    model.load_state_dict(weights, strict=True)
-    emit("info", f"starting from {source.name} ({'EMA' if use_ema else 'raw'} weights)")
-    if ckpt.spec.schedule.prediction_type != spec.schedule.prediction_type:
-        emit(
-            "info",
-            f"the starting weights predicted {ckpt.spec.schedule.prediction_type}; "
-            f"this run trains them to predict {spec.schedule.prediction_type}",
-        )
-    return {
-        "init_from": str(source.resolve()),
-        "init_from_sha256": sha256_file(config.init_from),
-        "init_from_weights": "ema" if use_ema else "model",
-    }
-
-
-def _restore(nets: _Networks, *, config: TrainConfig, ctx: DistContext, n_train: int, emit: _Emit) -> TrainingProgress:
+def _restore(nets: Networks, *, config: TrainConfig, ctx: DistContext, n_train: int, emit: _Emit) -> TrainingProgress:
     """Put the saved state of ``config.run_dir`` into ``nets`` and the global RNGs; returns the counters."""
     path = config.run_dir / RESUME_FILE
     state = ResumeState.read(path)
@@ -537,7 +402,7 @@ class _Trainer:
         spec: ModelSpec,
         precision: str,
         data: _TrainingData,
-        nets: _Networks,
+        nets: Networks,
         progress: TrainingProgress,
         noise: StepNoise,
         emit: _Emit,
@@ -588,7 +453,7 @@ class _Trainer:
         emit = _emitter(callback if ctx.is_main else None)
         _prepare_run_dir(config, ctx, resume=resume)
         data = _prepare_data(config, ctx, spec, resume=resume, emit=emit)
-        nets = _build_networks(config, ctx, spec, precision=precision, emit=emit)
+        nets = build_networks(config, ctx, spec, precision=precision, init_seed=_mix(config.seed, "init"), report=emit)
         progress = TrainingProgress()
         if resume:
             progress = _restore(nets, config=config, ctx=ctx, n_train=len(data.train_set), emit=emit)
