@@ -32,6 +32,7 @@ Files in the run directory (rank 0 writes; see :mod:`engine.training.logging` fo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -811,16 +812,7 @@ class _Trainer:
             eta_s=(cfg.epochs - epoch) * epoch_s,
         )
         if ctx.is_main and epochs_log is not None:
-            epochs_log.write(
-                {
-                    "epoch": epoch,
-                    **losses,
-                    "epoch_s": epoch_s,
-                    "volumes_per_s": volumes_per_s,
-                    "global_step": p.global_step,
-                    "best": is_best,
-                }
-            )
+            epochs_log.write({**dataclasses.asdict(summary), "best": is_best})  # the log keeps EPOCH_COLUMNS
             tb.scalars(epoch, {"loss/train": train_loss, "loss/val": val_loss, "loss/val_ema": val_ema})
             plot_loss_curve(
                 epochs_log.path,
