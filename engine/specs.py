@@ -103,6 +103,46 @@ class ScheduleSpec:
         """alpha-bar_t = prod_{s<=t} (1 - beta_s), float64."""
         return torch.cumprod(1.0 - self.betas(), dim=0)
 
+    def noise_coefficients(self, timesteps: torch.Tensor, *, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sqrt(abar_t), sqrt(1 - abar_t))`` for each timestep, shaped to scale a batch.
+
+        The tables are computed once per schedule and device, from the float64
+        :meth:`alphas_cumprod` rounded to float32 (as training has always used them).
+
+        Args:
+            timesteps: integer timesteps ``(B,)`` in 0..T-1; the result is on their device.
+            ndim: dimensions of the batch they scale (5 for ``(B, C, D, H, W)``).
+
+        Returns:
+            Two float32 tensors of shape ``(B, 1, ..., 1)`` with ``ndim`` dimensions.
+        """
+        # The frozen dataclass keeps its cache outside the fields (not compared, not serialised).
+        cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = self.__dict__.setdefault("_tables", {})
+        tables = cache.get(timesteps.device)
+        if tables is None:
+            abar = self.alphas_cumprod()
+            tables = (abar.sqrt().float().to(timesteps.device), (1.0 - abar).sqrt().float().to(timesteps.device))
+            cache[timesteps.device] = tables
+        shape = (timesteps.shape[0],) + (1,) * (ndim - 1)
+        return tables[0][timesteps].view(shape), tables[1][timesteps].view(shape)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The forward process q(x_t | x_0): ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
+
+        What MONAI's ``DDPMScheduler.add_noise`` computes (Ho et al. 2020, eq. 4), with the
+        coefficients of :meth:`noise_coefficients`.
+
+        Args:
+            x0: clean volumes ``(B, C, D, H, W)``, model space.
+            noise: standard normal noise eps of the same shape.
+            timesteps: integer timesteps ``(B,)`` in 0..T-1, on the volumes' device.
+
+        Returns:
+            x_t, the same shape as ``x0``.
+        """
+        sqrt_abar, sqrt_one_minus_abar = self.noise_coefficients(timesteps, ndim=x0.ndim)
+        return sqrt_abar * x0 + sqrt_one_minus_abar * noise
+
     def monai_kwargs(self) -> dict:
         """Keyword arguments for MONAI's DDPMScheduler / DDIMScheduler."""
         return {

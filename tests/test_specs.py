@@ -115,6 +115,29 @@ def test_v_target_is_monais_velocity():
     torch.testing.assert_close(ours, monai.get_velocity(x0, eps, t), atol=1e-6, rtol=1e-5)
 
 
+def test_forward_noising_matches_monai():
+    """``add_noise`` is MONAI's ``DDPMScheduler.add_noise``, and its tables follow the timesteps' device."""
+    from monai.networks.schedulers import DDPMScheduler
+
+    schedule = PRESETS["tiny"].schedule
+    monai = DDPMScheduler(**schedule.monai_kwargs())
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand((4, 1, 6, 8, 6), generator=generator) * 2 - 1
+    eps = torch.randn(x0.shape, generator=generator)
+    t = torch.tensor([0, 10, 500, 999])
+    ours = schedule.add_noise(x0, eps, t)
+    torch.testing.assert_close(ours, monai.add_noise(x0, eps, t), atol=1e-6, rtol=1e-5)
+    # The coefficients the trainer scales the training target with are the same ones.
+    sqrt_abar, sqrt_one_minus_abar = schedule.noise_coefficients(t, ndim=x0.ndim)
+    assert sqrt_abar.shape == (4, 1, 1, 1, 1)
+    assert sqrt_abar.dtype == torch.float32
+    torch.testing.assert_close(sqrt_abar**2 + sqrt_one_minus_abar**2, torch.ones_like(sqrt_abar))
+    assert torch.equal(ours, sqrt_abar * x0 + sqrt_one_minus_abar * eps)
+    # An equal schedule (as read back from a checkpoint) gives the same result.
+    assert torch.equal(ScheduleSpec(**schedule.monai_kwargs()).add_noise(x0, eps, t), ours)
+    assert ScheduleSpec(**schedule.monai_kwargs()) == schedule
+
+
 def test_unknown_prediction_type_is_refused_with_the_valid_ones():
     with pytest.raises(BrainSynthError, match="epsilon, v_prediction, sample"):
         ScheduleSpec(prediction_type="velocity")

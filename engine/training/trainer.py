@@ -2,8 +2,9 @@
 
 One step, as in the reference study and MONAI's tutorials: draw a timestep t uniformly in
 0..T-1 and Gaussian noise eps for each volume x_0 (model space), form
-``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` and minimise ``MSE(model(x_t, t), eps)``
-(or the MSE to v or x_0 when the preset's ``prediction_type`` says so).
+``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (:meth:`engine.specs.ScheduleSpec.add_noise`)
+and minimise ``MSE(model(x_t, t), eps)`` (or the MSE to v or x_0 when the preset's
+``prediction_type`` says so).
 
 Exact resume. Everything random in a step (timesteps and noise) comes from a generator
 seeded with ``(seed, global step, rank, micro-batch)``, and each epoch's data order from
@@ -11,7 +12,13 @@ seeded with ``(seed, global step, rank, micro-batch)``, and each epoch's data or
 and restoring the weights, the EMA, the optimizer and scaler state and the counters is
 enough to continue as if never interrupted: on the CPU a killed-and-resumed run ends with
 weights equal to an uninterrupted run's (tested). The global RNG states are saved and
-restored as well, for anything else (dropout, if a preset ever turns it on).
+restored as well, for anything else (dropout, if a preset ever turns it on). What is saved
+and how it is read back is :mod:`engine.training.resume`.
+
+The trainer's state is explicit: :meth:`_Trainer.create` runs the set-up in its order (run
+directory, data, networks from :mod:`engine.training.networks`, resume state) and hands the
+results to ``__init__``, which only stores them; what changes while training is the
+networks' own state and one :class:`~engine.training.resume.TrainingProgress`.
 
 Files in the run directory (rank 0 writes; see :mod:`engine.training.logging` for logs)::
 
@@ -19,28 +26,24 @@ Files in the run directory (rank 0 writes; see :mod:`engine.training.logging` fo
     split.csv                train/validation assignment, written before the first step
     failed_files.csv         inputs that could not be used, with reasons
     checkpoints/last.safetensors, best.safetensors, epoch_NNNN.safetensors
-    resume/state.pt          everything --resume needs (torch.save of tensors and plain
-                             containers; loaded with weights_only=True)
+    resume/state.pt          everything --resume needs (engine.training.resume)
     logs/steps.csv, logs/epochs.csv, logs/tensorboard/, loss_curve.png, samples/
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
 import math
-import os
-import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import torch
 
-from engine.training.config import RESUMABLE_OVERRIDES, TrainConfig, load_config
+from engine.training.config import TrainConfig
 from engine.training.distributed import DistContext, no_sync_if, setup, shard_indices
 from engine.training.errors import TrainingError
 from engine.training.logging import (
@@ -52,11 +55,21 @@ from engine.training.logging import (
     plot_loss_curve,
     plot_sample_slices,
 )
+from engine.training.networks import Networks, build_networks
+from engine.training.resume import (
+    CONFIG_FILE,
+    RESUME_FILE,
+    ResumeState,
+    TrainingProgress,
+    check_run_dir,
+    rng_state,
+    set_rng_state,
+)
 
-RESUME_FORMAT = "brainsynth-resume"
-RESUME_VERSION = 1
-CONFIG_FILE = "config.toml"
-RESUME_FILE = Path("resume") / "state.pt"
+if TYPE_CHECKING:
+    from engine.specs import ModelSpec
+    from engine.training.data import Split, VolumeDataset
+
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -106,20 +119,6 @@ class TrainResult:
     train_seconds: float = 0.0
 
 
-@dataclass
-class _Counters:
-    epoch: int = 0  # index of the epoch in progress (0-based)
-    step_in_epoch: int = 0  # optimizer steps already done in that epoch
-    global_step: int = 0
-    best_metric: float = math.inf
-    elapsed_s: float = 0.0  # training seconds over all invocations
-    cpu_s: float = 0.0  # CPU seconds of this process in training steps
-    epoch_loss_sum: float = 0.0  # sum of per-volume MSE so far in this epoch (all ranks)
-    epoch_volumes: float = 0.0
-    epoch_train_s: float = 0.0
-    history: dict[str, Any] = field(default_factory=dict)
-
-
 def _mix(*parts: int | str) -> int:
     """A 63-bit seed from integers and labels; stable across processes and Python versions."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
@@ -139,28 +138,51 @@ def steps_per_epoch(n_train: int, *, batch_size: int, grad_accum: int, world_siz
     return -(-batches // grad_accum)
 
 
-def diffuse(
-    x0: torch.Tensor,
-    eps: torch.Tensor,
-    t: torch.Tensor,
-    *,
-    sqrt_abar: torch.Tensor,
-    sqrt_one_minus_abar: torch.Tensor,
-) -> torch.Tensor:
-    """The forward process q(x_t | x_0): ``sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` per volume.
+@dataclass(frozen=True)
+class StepNoise:
+    """How an optimizer step draws each volume's timestep and noise.
 
-    What MONAI's ``DDPMScheduler.add_noise`` computes; the tables are precomputed once (on
-    the training device) from the float64 schedule.
+    Timesteps are uniform in 0..T-1 and drawn before the noise, from a generator on the
+    training device seeded with:
 
-    Args:
-        x0: clean volumes ``(B, C, D, H, W)``, model space.
-        eps: standard normal noise of the same shape.
-        t: integer timesteps ``(B,)`` in 0..T-1.
-        sqrt_abar: ``sqrt(alphas_cumprod)`` as a float32 tensor of length T.
-        sqrt_one_minus_abar: ``sqrt(1 - alphas_cumprod)``, same.
+    * by default, ``(seed, global step, rank, micro-batch)``: one generator per micro-batch;
+    * with ``per_sample``, ``(seed, global step, training-set index)``: one per volume, so a
+      volume gets the same draws however a step's volumes are split over ranks and
+      micro-batches (a test compares a two-process step with a one-process step this way).
+      Not the default: it would change every run's draws, and a generator per volume is slower.
+
+    Attributes:
+        seed: the run's seed.
+        num_timesteps: T.
+        per_sample: draw per volume instead of per micro-batch.
     """
-    shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
-    return sqrt_abar[t].view(shape) * x0 + sqrt_one_minus_abar[t].view(shape) * eps
+
+    seed: int
+    num_timesteps: int
+    per_sample: bool = False
+
+    def __call__(
+        self, x0: torch.Tensor, *, step: int, rank: int, micro_batch: int, indices: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(t, eps)`` for a micro-batch: integer timesteps ``(B,)`` and noise of ``x0``'s shape.
+
+        Args:
+            x0: the micro-batch ``(B, C, D, H, W)``, on the training device.
+            step: global optimizer step (0-based) the micro-batch belongs to.
+            rank: this process's rank.
+            micro_batch: the micro-batch's position within the step on this rank.
+            indices: the training-set indices of the micro-batch's volumes.
+        """
+        if not self.per_sample:
+            return self._draw(x0, _mix(self.seed, "step", step, rank, micro_batch))
+        draws = [self._draw(x0[i : i + 1], _mix(self.seed, "sample", step, index)) for i, index in enumerate(indices)]
+        return torch.cat([t for t, _ in draws]), torch.cat([eps for _, eps in draws])
+
+    def _draw(self, x0: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator(device=x0.device).manual_seed(seed)
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        eps = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        return t, eps
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -183,102 +205,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def freeze_encoder(model: torch.nn.Module, levels: int) -> list[str]:
-    """Stop gradients for the input convolution and the first ``levels`` encoder levels.
-
-    The time embedding stays trainable: it conditions every level, including the ones
-    being fine-tuned. Returns the frozen parameter names.
-    """
-    if levels <= 0:
-        return []
-    frozen = []
-    modules = [("conv_in", model.conv_in)] + [(f"down_blocks.{i}", model.down_blocks[i]) for i in range(levels)]
-    for prefix, module in modules:
-        for name, param in module.named_parameters():
-            param.requires_grad_(False)
-            frozen.append(f"{prefix}.{name}")
-    return frozen
-
-
-class _EMA:
-    """Exponential moving average of a model's floating-point state, as a second module.
-
-    Decay warms up as ``min(decay, (1 + n) / (10 + n))`` after n updates (as in diffusers'
-    EMAModel), so the first epochs are not dominated by the random initialisation.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.updates = 0
-        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def _tensor_pairs(self, model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if self._pairs is None:
-            src, dst = model.state_dict(keep_vars=True), self.module.state_dict(keep_vars=True)
-            self._pairs = [(dst[k].data, src[k].data) for k in dst if dst[k].is_floating_point()]
-        return self._pairs
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        pairs = self._tensor_pairs(model)
-        torch._foreach_lerp_([d for d, _ in pairs], [s for _, s in pairs], 1.0 - decay)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
-        "python": list(random.getstate()[1]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    keys = state["numpy"]["keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, state["numpy"]["pos"], 0, 0.0))
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The config of an existing run with the overrides a resume may change.
-
-    Args:
-        run_dir: the run directory to continue.
-        overrides: options given on the command line; None values are ignored.
-
-    Raises:
-        TrainingError: no run there, or an override that would change what each step
-            computes (batch size, preset, seed...), naming the option.
-    """
-    run_dir = Path(run_dir).expanduser()
-    saved = run_dir / CONFIG_FILE
-    if not saved.exists():
-        raise TrainingError(f"{run_dir} holds no training run ({CONFIG_FILE} is missing); nothing to resume")
-    base = load_config(saved, validate=False)
-    given = {k.replace("-", "_"): v for k, v in (overrides or {}).items() if v is not None}
-    for key, value in given.items():
-        current = getattr(base, key, None)
-        same = list(current) == list(value) if isinstance(current, tuple | list) else current == value
-        if key not in RESUMABLE_OVERRIDES and not same:
-            raise TrainingError(
-                f"--{key.replace('_', '-')} cannot change when resuming (the run used {current!r}); "
-                f"a resume may change only: {', '.join(sorted(k.replace('_', '-') for k in RESUMABLE_OVERRIDES))}"
-            )
-    given["out"] = str(run_dir)
-    return load_config(saved, given)
-
-
 def train(
     config: TrainConfig,
     *,
@@ -292,7 +218,8 @@ def train(
     from the environment (see :mod:`engine.training.distributed`).
 
     Args:
-        config: the resolved config; for a resume, use :func:`resume_config`.
+        config: the resolved config; for a resume, use
+            :func:`engine.training.resume.resume_config`.
         resume: continue the run in ``config.out`` from its resume state.
         callback: receives progress events on rank 0 (never called on other ranks).
         stop_requested: polled once per optimizer step on every rank; when it returns True on
@@ -312,249 +239,264 @@ def train(
         torch.set_num_threads(config.cpu_threads)
     ctx = setup(config.device)
     try:
-        return _Trainer(config, ctx, resume=resume, callback=callback, stop_requested=stop_requested).run()
+        return _Trainer.create(config, ctx, resume=resume, callback=callback, stop_requested=stop_requested).run()
     finally:
         ctx.shutdown()
 
 
+class _Emit(Protocol):
+    def __call__(self, kind: str, message: str, summary: EpochSummary | None = None) -> None: ...
+
+
+def _emitter(callback: EventCallback | None) -> _Emit:
+    """A reporting function that forwards to ``callback`` (None: reports go nowhere)."""
+
+    def emit(kind: str, message: str, summary: EpochSummary | None = None) -> None:
+        if callback is not None:
+            callback(TrainEvent(kind, message, summary))
+
+    return emit
+
+
+@dataclass
+class _TrainingData:
+    """The run's scans after preparation and the split.
+
+    Attributes:
+        split: which prepared scans train and which validate.
+        train_set: the training volumes in model space (indexed by training-set index).
+        val_set: the validation volumes.
+    """
+
+    split: Split
+    train_set: VolumeDataset
+    val_set: VolumeDataset
+
+
+@dataclass(frozen=True)
+class _StepOutcome:
+    """One optimizer step, summed over all ranks.
+
+    Attributes:
+        loss: mean per-volume MSE of the step.
+        volumes: volumes in the step.
+        grad_norm: the gradient norm before clipping.
+        stop: some rank was asked to stop.
+    """
+
+    loss: float
+    volumes: float
+    grad_norm: float
+    stop: bool
+
+
+def _prepare_run_dir(config: TrainConfig, ctx: DistContext, *, resume: bool) -> None:
+    from engine.atomic import atomic_write_text
+
+    run_dir = config.run_dir
+    check_run_dir(run_dir, resume=resume)
+    # Every rank has looked before rank 0 writes, or a slow rank would find rank 0's
+    # fresh config.toml and take it for an earlier run.
+    ctx.barrier()
+    if ctx.is_main:
+        for sub in ("", CHECKPOINT_DIR, "logs", RESUME_FILE.parent):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_FILE, config.to_toml(), overwrite=True)
+    ctx.barrier()
+
+
+def _prepare_data(
+    config: TrainConfig, ctx: DistContext, spec: ModelSpec, *, resume: bool, emit: _Emit
+) -> _TrainingData:
+    from engine.training import data
+
+    items = data.discover(config.data)
+    cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else data.default_cache_dir()
+    cache = data.PreparationCache(cache_dir, spec)
+    started = time.perf_counter()
+    mine = {i: cache.prepare(items[i]) for i in range(ctx.rank, len(items), ctx.world_size)}
+    merged: dict[int, data.PreparedItem] = {}
+    for part in ctx.gather_objects(mine):
+        merged.update(part)
+    results = [merged[i] for i in range(len(items))]
+    failed = [r for r in results if not r.ok]
+    run_dir = config.run_dir
+    if ctx.is_main:
+        data.write_failures(run_dir / data.FAILED_FILE, results)
+        cached = sum(r.from_cache for r in results)
+        emit(
+            "info",
+            f"data: {len(results) - len(failed)} of {len(results)} scans usable ({cached} from the cache in "
+            f"{cache.root}, {time.perf_counter() - started:.1f} s)",
+        )
+        for r in failed:
+            emit("warning", f"skipped {r.item.path}: {r.reason}")
+        if failed:
+            emit("warning", f"{len(failed)} file(s) skipped; listed in {run_dir / data.FAILED_FILE}")
+    usable = data.check_failures(results, max_failed_fraction=config.max_failed_fraction)
+    split_file = run_dir / data.SPLIT_FILE
+    if resume and split_file.exists():
+        split = data.read_split(split_file, usable, seed=config.seed)
+    else:
+        split = data.make_split(usable, val_fraction=config.val_fraction, seed=config.seed)
+        if ctx.is_main:
+            data.write_split(split_file, split)
+    ctx.barrier()
+    if ctx.is_main:
+        emit(
+            "info",
+            f"split (seed {config.seed}): {len(split.train)} training, {len(split.val)} validation scans "
+            f"→ {split_file}",
+        )
+        if not split.val:
+            emit("warning", "no validation scans: 'best' is chosen by the training loss")
+    return _TrainingData(
+        split=split,
+        train_set=data.VolumeDataset(split.train, spec.intensity),
+        val_set=data.VolumeDataset(split.val, spec.intensity),
+    )
+
+
+def _restore(nets: Networks, *, config: TrainConfig, ctx: DistContext, n_train: int, emit: _Emit) -> TrainingProgress:
+    """Put the saved state of ``config.run_dir`` into ``nets`` and the global RNGs; returns the counters."""
+    path = config.run_dir / RESUME_FILE
+    state = ResumeState.read(path)
+    progress = state.progress
+    order = epoch_order(n_train, seed=config.seed, epoch=progress.epoch)
+    state.check_fits(world_size=ctx.world_size, epoch_order=order, source=path)
+    if state.world_size != ctx.world_size:
+        emit(
+            "warning",
+            f"resuming with {ctx.world_size} instead of {state.world_size} processes: the effective "
+            "batch size changes from here on",
+        )
+    nets.model.load_state_dict(state.model)
+    if nets.ema is not None and state.ema:
+        nets.ema.module.load_state_dict(state.ema)
+        nets.ema.updates = state.ema_updates
+    nets.optimizer.load_state_dict(state.optimizer)
+    for group in nets.optimizer.param_groups:
+        group["lr"] = config.lr  # the one hyper-parameter a resume may change
+    nets.scaler.load_state_dict(state.scaler)
+    set_rng_state(state.rng)
+    emit(
+        "info",
+        f"resuming at epoch {progress.epoch + 1}, step {progress.step_in_epoch} of it "
+        f"({progress.global_step} in total)",
+    )
+    return progress
+
+
 class _Trainer:
+    """One run of the training loop over prepared data and built networks.
+
+    Build it with :meth:`create`; ``__init__`` only stores what the set-up made. While it
+    runs, what changes is the networks' state (weights, EMA, optimizer, scaler), the
+    counters in :attr:`progress` and :attr:`last_state_save`.
+    """
+
     def __init__(
         self,
+        *,
+        config: TrainConfig,
+        ctx: DistContext,
+        spec: ModelSpec,
+        precision: str,
+        data: _TrainingData,
+        nets: Networks,
+        progress: TrainingProgress,
+        noise: StepNoise,
+        emit: _Emit,
+        stop_requested: Callable[[], bool],
+    ) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.spec = spec
+        self.precision = precision
+        self.data = data
+        self.nets = nets
+        self.progress = progress
+        self.noise = noise
+        self.emit = emit
+        self.stop_requested = stop_requested
+        self.run_dir = config.run_dir
+        self.device = ctx.device
+        self.effective_batch_size = config.batch_size * config.grad_accum * ctx.world_size
+        self.last_state_save = time.monotonic()  # when the resume state was last written (monotonic s)
+
+    @classmethod
+    def create(
+        cls,
         config: TrainConfig,
         ctx: DistContext,
         *,
         resume: bool,
-        callback: EventCallback | None,
-        stop_requested: Callable[[], bool] | None,
-    ) -> None:
+        callback: EventCallback | None = None,
+        stop_requested: Callable[[], bool] | None = None,
+        noise: StepNoise | None = None,
+    ) -> _Trainer:
+        """Set a run up: check and create the run directory, prepare the data, build the
+        networks and, for ``resume``, restore the saved state.
+
+        Args:
+            config: the resolved config.
+            ctx: this process's place in the job.
+            resume: continue the run in ``config.out``.
+            callback: receives events (rank 0 only).
+            stop_requested: polled once per optimizer step; see :func:`train`.
+            noise: how a step draws its timesteps and noise; per micro-batch (what training
+                always does) when None.
+        """
         from engine.specs import get_preset
 
-        self.config = config
-        self.ctx = ctx
-        self.resume = resume
-        self.callback = callback if ctx.is_main else None
-        self.stop_requested = stop_requested or (lambda: False)
-        self.spec = get_preset(config.preset)
-        self.run_dir = config.run_dir
-        self.device = ctx.device
-        self.precision = resolve_precision(config.precision, self.device)
-        self.counters = _Counters()
-        self.init_info: dict[str, Any] = {}
-
-    # ------------------------------------------------------------------ reporting
-    def emit(self, kind: str, message: str, summary: EpochSummary | None = None) -> None:
-        if self.callback is not None:
-            self.callback(TrainEvent(kind, message, summary))
-
-    # ------------------------------------------------------------------ set-up
-    def _prepare_run_dir(self) -> None:
-        from engine.atomic import atomic_write_text
-
-        state = self.run_dir / RESUME_FILE
-        if self.resume and not state.exists():
-            raise TrainingError(
-                f"{self.run_dir} has no resume state ({RESUME_FILE}); it never finished a checkpoint, start it anew"
-            )
-        if not self.resume and ((self.run_dir / CONFIG_FILE).exists() or state.exists()):
-            raise TrainingError(
-                f"{self.run_dir} already holds a training run; continue it with --resume {self.run_dir} "
-                "or choose another --out"
-            )
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise TrainingError(f"{self.run_dir} is a file; --out must be a folder")
-        # Every rank has looked before rank 0 writes, or a slow rank would find rank 0's
-        # fresh config.toml and take it for an earlier run.
-        self.ctx.barrier()
-        if self.ctx.is_main:
-            for sub in ("", CHECKPOINT_DIR, "logs", "resume"):
-                (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / CONFIG_FILE, self.config.to_toml(), overwrite=True)
-        self.ctx.barrier()
-
-    def _prepare_data(self) -> None:
-        from engine.training import data as D
-
-        cfg, ctx = self.config, self.ctx
-        items = D.discover(cfg.data)
-        cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else D.default_cache_dir()
-        cache = D.PreparationCache(cache_dir, self.spec)
-        started = time.perf_counter()
-        mine = {i: cache.prepare(items[i]) for i in range(ctx.rank, len(items), ctx.world_size)}
-        merged: dict[int, D.PreparedItem] = {}
-        for part in ctx.gather_objects(mine):
-            merged.update(part)
-        results = [merged[i] for i in range(len(items))]
-        failed = [r for r in results if not r.ok]
-        if ctx.is_main:
-            D.write_failures(self.run_dir / D.FAILED_FILE, results)
-            cached = sum(r.from_cache for r in results)
-            self.emit(
-                "info",
-                f"data: {len(results) - len(failed)} of {len(results)} scans usable ({cached} from the cache in "
-                f"{cache.root}, {time.perf_counter() - started:.1f} s)",
-            )
-            for r in failed:
-                self.emit("warning", f"skipped {r.item.path}: {r.reason}")
-            if failed:
-                self.emit("warning", f"{len(failed)} file(s) skipped; listed in {self.run_dir / D.FAILED_FILE}")
-        usable = D.check_failures(results, max_failed_fraction=cfg.max_failed_fraction)
-        split_file = self.run_dir / D.SPLIT_FILE
-        if self.resume and split_file.exists():
-            split = D.read_split(split_file, usable, seed=cfg.seed)
-        else:
-            split = D.make_split(usable, val_fraction=cfg.val_fraction, seed=cfg.seed)
-            if ctx.is_main:
-                D.write_split(split_file, split)
-        ctx.barrier()
-        if ctx.is_main:
-            self.emit(
-                "info",
-                f"split (seed {cfg.seed}): {len(split.train)} training, {len(split.val)} validation scans "
-                f"→ {split_file}",
-            )
-            if not split.val:
-                self.emit("warning", "no validation scans: 'best' is chosen by the training loss")
-        self.split = split
-        self.train_set = D.VolumeDataset(split.train, self.spec.intensity)
-        self.val_set = D.VolumeDataset(split.val, self.spec.intensity)
-
-    def _build_model(self) -> None:
-        cfg = self.config
-        torch.manual_seed(_mix(cfg.seed, "init"))
-        use_flash = self.device.type == "cuda"
-        model = self.spec.build_model(use_flash_attention=use_flash)
-        if cfg.init_from:
-            model = self._load_init(model)
-        frozen = freeze_encoder(model, cfg.freeze_encoder_levels)
-        if frozen and self.ctx.is_main:
-            self.emit("info", f"frozen: input convolution and {cfg.freeze_encoder_levels} encoder level(s)")
-        model.to(self.device)
-        self.model = model
-        self.ema = _EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        if self.ctx.distributed:
-            kwargs: dict[str, Any] = {"device_ids": [self.device.index]} if self.device.type == "cuda" else {}
-            self.ddp: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model, **kwargs)
-        else:
-            self.ddp = model
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        fused = self.device.type in ("cuda", "cpu")
-        self.optimizer = torch.optim.Adam(
-            self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay, fused=fused
+        spec = get_preset(config.preset)
+        precision = resolve_precision(config.precision, ctx.device)
+        emit = _emitter(callback if ctx.is_main else None)
+        _prepare_run_dir(config, ctx, resume=resume)
+        data = _prepare_data(config, ctx, spec, resume=resume, emit=emit)
+        nets = build_networks(config, ctx, spec, precision=precision, init_seed=_mix(config.seed, "init"), report=emit)
+        progress = TrainingProgress()
+        if resume:
+            progress = _restore(nets, config=config, ctx=ctx, n_train=len(data.train_set), emit=emit)
+        return cls(
+            config=config,
+            ctx=ctx,
+            spec=spec,
+            precision=precision,
+            data=data,
+            nets=nets,
+            progress=progress,
+            noise=noise or StepNoise(config.seed, spec.schedule.num_train_timesteps),
+            emit=emit,
+            stop_requested=stop_requested or (lambda: False),
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        abar = self.spec.schedule.alphas_cumprod()
-        self.sqrt_abar = abar.sqrt().float().to(self.device)
-        self.sqrt_one_minus_abar = (1.0 - abar).sqrt().float().to(self.device)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed volume shapes: pick the fastest kernels once
-            torch.backends.cuda.matmul.allow_tf32 = True
-
-    def _load_init(self, model: torch.nn.Module) -> torch.nn.Module:
-        from engine.checkpoint import check_state_dict, load_checkpoint
-
-        ckpt = load_checkpoint(self.config.init_from)
-        if ckpt.spec.unet != self.spec.unet:
-            raise TrainingError(
-                f"--init-from {Path(self.config.init_from).name} holds a {ckpt.spec.name!r} network, which does not "
-                f"match preset {self.spec.name!r}; use --preset {ckpt.spec.name}"
-            )
-        kind, weights = ckpt.select_weights(prefer_ema=self.config.init_use_ema)
-        use_ema = kind == "ema"
-        check_state_dict(model, weights, source=ckpt.describe_source())
-        model.load_state_dict(weights, strict=True)
-        self.init_info = {
-            "init_from": str(Path(self.config.init_from).resolve()),
-            "init_from_sha256": ckpt.sha256,
-            "init_from_weights": "ema" if use_ema else "model",
-        }
-        self.emit("info", f"starting from {Path(self.config.init_from).name} ({'EMA' if use_ema else 'raw'} weights)")
-        if ckpt.spec.schedule.prediction_type != self.spec.schedule.prediction_type:
-            self.emit(
-                "info",
-                f"the starting weights predicted {ckpt.spec.schedule.prediction_type}; "
-                f"this run trains them to predict {self.spec.schedule.prediction_type}",
-            )
-        return model
 
     # ------------------------------------------------------------------ resume state
-    def _state_path(self) -> Path:
-        return self.run_dir / RESUME_FILE
-
     def _save_state(self, order: list[int]) -> None:
-        if not self.ctx.is_main:
-            return
-        from engine.atomic import atomic_path
+        if self.ctx.is_main:
+            nets = self.nets
+            ResumeState(
+                model={k: v.detach().cpu() for k, v in nets.model.state_dict().items()},
+                ema={k: v.detach().cpu() for k, v in nets.ema.module.state_dict().items()} if nets.ema else {},
+                ema_updates=nets.ema.updates if nets.ema else 0,
+                optimizer=nets.optimizer.state_dict(),
+                scaler=nets.scaler.state_dict(),
+                progress=self.progress,
+                world_size=self.ctx.world_size,
+                batch_size=self.config.batch_size,
+                grad_accum=self.config.grad_accum,
+                seed=self.config.seed,
+                data_order=order,
+                rng=rng_state(),
+            ).write(self.run_dir / RESUME_FILE)
+        self.last_state_save = time.monotonic()
 
-        c = self.counters
-        state = {
-            "format": RESUME_FORMAT,
-            "version": RESUME_VERSION,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "ema": {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()} if self.ema else {},
-            "ema_updates": self.ema.updates if self.ema else 0,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": c.epoch,
-            "step_in_epoch": c.step_in_epoch,
-            "global_step": c.global_step,
-            "best_metric": c.best_metric,
-            "elapsed_s": c.elapsed_s,
-            "cpu_s": c.cpu_s,
-            "epoch_loss_sum": c.epoch_loss_sum,
-            "epoch_volumes": c.epoch_volumes,
-            "epoch_train_s": c.epoch_train_s,
-            "world_size": self.ctx.world_size,
-            "batch_size": self.config.batch_size,
-            "grad_accum": self.config.grad_accum,
-            "seed": self.config.seed,
-            "data_order": torch.tensor(order, dtype=torch.int64),
-            "rng": _rng_state(),
-        }
-        with atomic_path(self._state_path(), overwrite=True) as tmp:
-            torch.save(state, tmp)
-        self._last_state_save = time.monotonic()
-
-    def _load_state(self) -> None:
-        path = self._state_path()
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a damaged file raises any of several types
-            raise TrainingError(f"cannot read the resume state {path}: {exc}") from None
-        if state.get("format") != RESUME_FORMAT or int(state.get("version", 0)) > RESUME_VERSION:
-            raise TrainingError(f"{path} is not a resume state this version of BrainSynth can read")
-        c = self.counters
-        c.epoch, c.step_in_epoch, c.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        if state["world_size"] != self.ctx.world_size and c.step_in_epoch != 0:
-            raise TrainingError(
-                f"the run was stopped mid-epoch with {state['world_size']} process(es); resume it with the same "
-                f"number of processes (now {self.ctx.world_size}), or from an epoch boundary"
-            )
-        if state["world_size"] != self.ctx.world_size:
-            self.emit(
-                "warning",
-                f"resuming with {self.ctx.world_size} instead of {state['world_size']} processes: the effective "
-                "batch size changes from here on",
-            )
-        self.model.load_state_dict(state["model"])
-        if self.ema is not None and state["ema"]:
-            self.ema.module.load_state_dict(state["ema"])
-            self.ema.updates = int(state["ema_updates"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr  # the one hyper-parameter a resume may change
-        self.scaler.load_state_dict(state["scaler"])
-        c.best_metric = float(state["best_metric"])
-        c.elapsed_s = float(state["elapsed_s"])
-        c.cpu_s = float(state.get("cpu_s", 0.0))
-        c.epoch_loss_sum = float(state["epoch_loss_sum"])
-        c.epoch_volumes = float(state["epoch_volumes"])
-        c.epoch_train_s = float(state["epoch_train_s"])
-        _set_rng_state(state["rng"])
-        if c.step_in_epoch:
-            expected = epoch_order(len(self.train_set), seed=self.config.seed, epoch=c.epoch)
-            if state["data_order"].tolist() != expected:
-                raise TrainingError(f"{path} does not match this run's data (the epoch's order differs); start anew")
-        self.emit("info", f"resuming at epoch {c.epoch + 1}, step {c.step_in_epoch} of it ({c.global_step} in total)")
+    def _state_due(self) -> bool:
+        cfg = self.config
+        if cfg.resume_every_steps and self.progress.global_step % cfg.resume_every_steps == 0:
+            return True
+        minutes = cfg.resume_every_minutes
+        return bool(minutes) and time.monotonic() - self.last_state_save >= minutes * 60
 
     # ------------------------------------------------------------------ checkpoints
     def _provenance(self, **extra: Any) -> dict:
@@ -562,15 +504,15 @@ class _Trainer:
             "source": "brainsynth-cli train",
             "training": {
                 "run_dir": str(self.run_dir.resolve()),
-                "epoch": self.counters.epoch + 1,
-                "global_step": self.counters.global_step,
-                "train_scans": len(self.split.train),
-                "val_scans": len(self.split.val),
+                "epoch": self.progress.epoch + 1,
+                "global_step": self.progress.global_step,
+                "train_scans": len(self.data.split.train),
+                "val_scans": len(self.data.split.val),
                 "effective_batch_size": self.effective_batch_size,
                 "world_size": self.ctx.world_size,
                 "precision": self.precision,
                 "config": self.config.to_dict(),
-                **self.init_info,
+                **self.nets.init_info,
                 **extra,
             },
         }
@@ -582,16 +524,29 @@ class _Trainer:
         save_checkpoint(
             path,
             spec=self.spec,
-            weights=self.model.state_dict(),
-            ema_weights=self.ema.module.state_dict() if self.ema else None,
+            weights=self.nets.model.state_dict(),
+            ema_weights=self.nets.ema.module.state_dict() if self.nets.ema else None,
             provenance=self._provenance(**extra),
             overwrite=True,
         )
         return path
 
     # ------------------------------------------------------------------ one step
+    def epoch_groups(self, epoch: int) -> tuple[list[int], list[list[list[int]]]]:
+        """The epoch's global sample order, and this rank's optimizer steps in it.
+
+        Returns:
+            ``(order, groups)``: ``groups[k]`` is step k's micro-batches, each a list of
+            training-set indices (``batch_size`` at most, ``grad_accum`` per step at most).
+        """
+        cfg = self.config
+        order = epoch_order(len(self.data.train_set), seed=cfg.seed, epoch=epoch)
+        mine = shard_indices(order, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        batches = [mine[i : i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
+        return order, [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+
     def _batch(self, indices: list[int]) -> torch.Tensor:
-        batch = torch.stack([self.train_set[i] for i in indices])
+        batch = torch.stack([self.data.train_set[i] for i in indices])
         return batch.to(self.device, non_blocking=True)
 
     def _autocast(self):
@@ -600,64 +555,57 @@ class _Trainer:
             return torch.autocast(device_type="cuda", dtype=dtype)
         return torch.autocast(device_type=self.device.type, enabled=False)
 
-    def _noisy(self, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, target) for a batch; t and eps drawn from ``generator`` (on the model's device)."""
-        n = x0.shape[0]
-        t = torch.randint(0, self.spec.schedule.num_train_timesteps, (n,), device=self.device, generator=generator)
-        eps = torch.randn(x0.shape, device=self.device, generator=generator, dtype=x0.dtype)
-        xt, target = self._noised_and_target(x0, eps, t)
-        return xt, t, target
-
     def _noised_and_target(
         self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_t, what the network should output there) for the schedule's prediction type."""
-        xt = diffuse(x0, eps, t, sqrt_abar=self.sqrt_abar, sqrt_one_minus_abar=self.sqrt_one_minus_abar)
-        shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
-        target = self.spec.schedule.training_target(
-            x0, eps, self.sqrt_abar[t].view(shape), self.sqrt_one_minus_abar[t].view(shape)
-        )
+        schedule = self.spec.schedule
+        xt = schedule.add_noise(x0, eps, t)
+        target = schedule.training_target(x0, eps, *schedule.noise_coefficients(t, ndim=x0.ndim))
         return xt, target
 
-    def _optimizer_step(self, micro_batches: list[list[int]]) -> tuple[float, float, float]:
-        """One optimizer step over a group of micro-batches; returns (mean loss, volumes, grad norm)."""
-        c = self.counters
+    def optimizer_step(self, micro_batches: list[list[int]]) -> _StepOutcome:
+        """One optimizer step over a group of micro-batches (training-set indices).
+
+        Every rank must call it together (gradients and losses are summed over ranks); it
+        does not touch :attr:`progress`.
+        """
+        step = self.progress.global_step
+        nets = self.nets
         local_volumes = sum(len(b) for b in micro_batches)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.ddp.train()
+        nets.ddp.train()
         for j, indices in enumerate(micro_batches):
             x0 = self._batch(indices)
-            generator = torch.Generator(device=self.device).manual_seed(
-                _mix(self.config.seed, "step", c.global_step, self.ctx.rank, j)
-            )
-            xt, t, target = self._noisy(x0, generator)
+            t, eps = self.noise(x0, step=step, rank=self.ctx.rank, micro_batch=j, indices=indices)
+            xt, target = self._noised_and_target(x0, eps, t)
             last = j == len(micro_batches) - 1
-            with no_sync_if(self.ddp, self.ctx.distributed and not last):
+            with no_sync_if(nets.ddp, self.ctx.distributed and not last):
                 with self._autocast():
-                    pred = self.ddp(x=xt, timesteps=t)
+                    pred = nets.ddp(x=xt, timesteps=t)
                 loss = torch.nn.functional.mse_loss(pred.float(), target.float())
                 # Weight by volumes so the step's gradient is the mean over all its volumes,
                 # whatever the size of the last (short) micro-batch.
-                self.scaler.scale(loss * (len(indices) / local_volumes)).backward()
+                nets.scaler.scale(loss * (len(indices) / local_volumes)).backward()
             loss_sum += loss.detach().double() * len(indices)
         stop = 1.0 if self.stop_requested() else 0.0
         total_loss, total_volumes, stop_votes = self.ctx.all_sum([loss_sum.item(), float(local_volumes), stop])
         mean_loss = total_loss / total_volumes
+        where = f"at epoch {self.progress.epoch + 1}, step {step + 1}"
         if not math.isfinite(mean_loss):
-            self._diverged(f"the training loss became {mean_loss} at epoch {c.epoch + 1}, step {c.global_step + 1}")
-        self.scaler.unscale_(self.optimizer)
+            self._diverged(f"the training loss became {mean_loss} {where}")
+        nets.scaler.unscale_(nets.optimizer)
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(nets.params, max_norm))
         if not math.isfinite(grad_norm) and self.precision != "fp16":
             # fp16's scaler skips such steps by design; elsewhere it means divergence.
-            self._diverged(f"the gradient norm became {grad_norm} at epoch {c.epoch + 1}, step {c.global_step + 1}")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self._stop_votes = stop_votes
-        return mean_loss, total_volumes, grad_norm
+            self._diverged(f"the gradient norm became {grad_norm} {where}")
+        nets.scaler.step(nets.optimizer)
+        nets.scaler.update()
+        nets.optimizer.zero_grad(set_to_none=True)
+        if nets.ema is not None:
+            nets.ema.update(nets.model)
+        return _StepOutcome(loss=mean_loss, volumes=total_volumes, grad_norm=grad_norm, stop=stop_votes > 0)
 
     def _diverged(self, what: str) -> None:
         last = self.run_dir / CHECKPOINT_DIR / "last.safetensors"
@@ -675,7 +623,8 @@ class _Trainer:
     @torch.no_grad()
     def _validate(self, model: torch.nn.Module) -> float | None:
         """Mean MSE over the validation scans at fixed timesteps with fixed noise."""
-        if len(self.val_set) == 0:
+        val_set = self.data.val_set
+        if len(val_set) == 0:
             return None
         model.eval()
         big_t = self.spec.schedule.num_train_timesteps
@@ -687,12 +636,12 @@ class _Trainer:
         def timestep(v: int, i: int) -> int:
             return min(big_t - 1, int((i + (v * golden) % 1.0) * big_t / k))
 
-        pairs = [(v, i) for v in range(len(self.val_set)) for i in range(k)]
+        pairs = [(v, i) for v in range(len(val_set)) for i in range(k)]
         mine = pairs[self.ctx.rank :: self.ctx.world_size]
         total = 0.0
         for start in range(0, len(mine), self.config.batch_size):
             chunk = mine[start : start + self.config.batch_size]
-            x0 = torch.stack([self.val_set[v] for v, _ in chunk]).to(self.device)
+            x0 = torch.stack([val_set[v] for v, _ in chunk]).to(self.device)
             # CPU generators: the same noise on every device and in every epoch.
             seeds = [_mix(self.config.seed, "val", v, i) for v, i in chunk]
             eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
@@ -711,7 +660,8 @@ class _Trainer:
         from engine.samplers import SamplerSettings
 
         cfg = self.config
-        model = self.ema.module if self.ema else self.model
+        ema = self.nets.ema
+        model = ema.module if ema else self.nets.model
         steps = min(cfg.sample_steps, self.spec.schedule.num_train_timesteps)
         settings = SamplerSettings(name=cfg.sample_sampler, steps=steps)
         volumes = []
@@ -722,13 +672,13 @@ class _Trainer:
             device=str(self.device),
             precision="bf16" if self.precision == "bf16" else "fp32",
             batch_size=cfg.sample_count,
-            weights="ema" if self.ema else "raw",
+            weights="ema" if ema else "raw",
         )
         events = generate(model, request)
         for event in events:
             volumes.extend(v.array for v in event.finished)
         standard = [self.spec.intensity.model_to_standard(v) for v in volumes]
-        which = "EMA" if self.ema else "raw"
+        which = "EMA" if ema else "raw"
         return plot_sample_slices(
             standard,
             self.run_dir / "samples" / f"epoch_{epoch:04d}.png",
@@ -737,15 +687,9 @@ class _Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
-        cfg, ctx, c = self.config, self.ctx, self.counters
-        self._prepare_run_dir()
-        self._prepare_data()
-        self._build_model()
-        self.effective_batch_size = cfg.batch_size * cfg.grad_accum * ctx.world_size
-        if self.resume:
-            self._load_state()
+        cfg, ctx, p = self.config, self.ctx, self.progress
         n_steps = steps_per_epoch(
-            len(self.train_set), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, world_size=ctx.world_size
+            len(self.data.train_set), batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, world_size=ctx.world_size
         )
         self.emit(
             "info",
@@ -761,53 +705,46 @@ class _Trainer:
             steps_log = CsvLog(self.run_dir / "logs" / "steps.csv", STEP_COLUMNS)
             epochs_log = CsvLog(self.run_dir / "logs" / "epochs.csv", EPOCH_COLUMNS)
             # Rows logged after the saved state will be redone: drop them so nothing counts twice.
-            steps_log.truncate(key="global_step", keep_through=c.global_step)
-            epochs_log.truncate(key="epoch", keep_through=c.epoch)
-        self._last_state_save = time.monotonic()
-        self._stop_votes = 0.0
+            steps_log.truncate(key="global_step", keep_through=p.global_step)
+            epochs_log.truncate(key="epoch", keep_through=p.epoch)
         invocation_start = time.perf_counter()
         stopped = False
         last_ckpt = best_ckpt = None
         try:
-            while c.epoch < cfg.epochs and not stopped:
-                order = epoch_order(len(self.train_set), seed=cfg.seed, epoch=c.epoch)
-                mine = shard_indices(order, rank=ctx.rank, world_size=ctx.world_size)
-                batches = [mine[i : i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
-                groups = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+            while p.epoch < cfg.epochs and not stopped:
+                order, groups = self.epoch_groups(p.epoch)
                 epoch_start = time.perf_counter()
-                while c.step_in_epoch < len(groups):
+                while p.step_in_epoch < len(groups):
                     t0, cpu0 = time.perf_counter(), time.process_time()
-                    loss, volumes, grad_norm = self._optimizer_step(groups[c.step_in_epoch])
-                    dt = time.perf_counter() - t0
-                    c.cpu_s += time.process_time() - cpu0
-                    c.step_in_epoch += 1
-                    c.global_step += 1
-                    c.epoch_loss_sum += loss * volumes
-                    c.epoch_volumes += volumes
-                    c.epoch_train_s += dt
-                    c.elapsed_s += dt
+                    step = self.optimizer_step(groups[p.step_in_epoch])
+                    p.record_step(
+                        loss=step.loss,
+                        volumes=step.volumes,
+                        seconds=time.perf_counter() - t0,
+                        cpu_seconds=time.process_time() - cpu0,
+                    )
                     if steps_log is not None:
                         steps_log.write(
                             {
-                                "epoch": c.epoch + 1,
-                                "step_in_epoch": c.step_in_epoch,
-                                "global_step": c.global_step,
-                                "loss": loss,
-                                "lr": self.optimizer.param_groups[0]["lr"],
-                                "grad_norm": grad_norm,
-                                "elapsed_s": c.elapsed_s,
-                                "cpu_s": c.cpu_s,
+                                "epoch": p.epoch + 1,
+                                "step_in_epoch": p.step_in_epoch,
+                                "global_step": p.global_step,
+                                "loss": step.loss,
+                                "lr": self.nets.optimizer.param_groups[0]["lr"],
+                                "grad_norm": step.grad_norm,
+                                "elapsed_s": p.elapsed_s,
+                                "cpu_s": p.cpu_s,
                             }
                         )
-                        tb.scalars(c.global_step, {"loss/train_step": loss, "grad_norm": grad_norm})
-                    if self._stop_votes > 0:
+                        tb.scalars(p.global_step, {"loss/train_step": step.loss, "grad_norm": step.grad_norm})
+                    if step.stop:
                         stopped = True
                         break
-                    if c.step_in_epoch < len(groups) and self._state_due():
+                    if p.step_in_epoch < len(groups) and self._state_due():
                         self._save_state(order)
                 if stopped:
                     self._save_state(order)
-                    self.emit("info", f"stopped on request at step {c.global_step}; --resume {self.run_dir} continues")
+                    self.emit("info", f"stopped on request at step {p.global_step}; --resume {self.run_dir} continues")
                     break
                 last_ckpt, best_ckpt = self._end_epoch(epoch_start, tb, epochs_log, order)
         finally:
@@ -818,18 +755,18 @@ class _Trainer:
         ckpt_dir = self.run_dir / CHECKPOINT_DIR
         last = ckpt_dir / "last.safetensors"
         if not stopped:
-            best_text = f"{c.best_metric:.6g}" if math.isfinite(c.best_metric) else "n/a"
+            best_text = f"{p.best_metric:.6g}" if math.isfinite(p.best_metric) else "n/a"
             self.emit(
                 "info",
-                f"done: {c.epoch} epochs, {c.global_step} optimizer steps, best {best_text}; "
+                f"done: {p.epoch} epochs, {p.global_step} optimizer steps, best {best_text}; "
                 f"checkpoints in {ckpt_dir} (last.safetensors, best.safetensors)",
             )
         best = ckpt_dir / "best.safetensors"
         return TrainResult(
             run_dir=self.run_dir,
-            epochs_done=c.epoch,
-            global_step=c.global_step,
-            best_metric=c.best_metric if math.isfinite(c.best_metric) else None,
+            epochs_done=p.epoch,
+            global_step=p.global_step,
+            best_metric=p.best_metric if math.isfinite(p.best_metric) else None,
             last_checkpoint=last if (last_ckpt or last.exists()) else None,
             best_checkpoint=best if (best_ckpt or best.exists()) else None,
             effective_batch_size=self.effective_batch_size,
@@ -837,76 +774,56 @@ class _Trainer:
             train_seconds=time.perf_counter() - invocation_start,
         )
 
-    def _state_due(self) -> bool:
-        cfg = self.config
-        if cfg.resume_every_steps and self.counters.global_step % cfg.resume_every_steps == 0:
-            return True
-        minutes = cfg.resume_every_minutes
-        return bool(minutes) and time.monotonic() - self._last_state_save >= minutes * 60
-
-    def _end_epoch(self, epoch_start: float, tb: TensorBoardLog, epochs_log: CsvLog | None, order: list[int]):
-        cfg, ctx, c = self.config, self.ctx, self.counters
-        train_loss = c.epoch_loss_sum / max(c.epoch_volumes, 1.0)
-        volumes_per_s = c.epoch_volumes / c.epoch_train_s if c.epoch_train_s > 0 else 0.0
-        val_loss = self._validate(self.model)
-        val_ema = self._validate(self.ema.module) if self.ema is not None else None
+    def _end_epoch(
+        self, epoch_start: float, tb: TensorBoardLog, epochs_log: CsvLog | None, order: list[int]
+    ) -> tuple[Path | None, Path | None]:
+        cfg, ctx, p = self.config, self.ctx, self.progress
+        train_loss = p.epoch_mean_loss
+        volumes_per_s = p.epoch_volumes / p.epoch_train_s if p.epoch_train_s > 0 else 0.0
+        val_loss = self._validate(self.nets.model)
+        val_ema = self._validate(self.nets.ema.module) if self.nets.ema is not None else None
         metric = val_ema if val_ema is not None else (val_loss if val_loss is not None else train_loss)
-        is_best = metric < c.best_metric
-        epoch = c.epoch + 1
+        is_best = metric < p.best_metric
+        epoch = p.epoch + 1
         last = best = None
+        losses = {"train_loss": train_loss, "val_loss": val_loss, "val_loss_ema": val_ema}
         if ctx.is_main:
-            extra = {"train_loss": train_loss, "val_loss": val_loss, "val_loss_ema": val_ema}
-            last = self._save_checkpoint("last", **extra)
+            last = self._save_checkpoint("last", **losses)
             if is_best:
                 best_by = "val_loss_ema" if val_ema is not None else "val_loss"
                 best_by = best_by if val_loss is not None else "train_loss"
-                best = self._save_checkpoint("best", **extra, best_by=best_by)
+                best = self._save_checkpoint("best", **losses, best_by=best_by)
             if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
-                self._save_checkpoint(f"epoch_{epoch:04d}", **extra)
+                self._save_checkpoint(f"epoch_{epoch:04d}", **losses)
         if is_best:
-            c.best_metric = metric
+            p.best_metric = metric
         epoch_s = time.perf_counter() - epoch_start
-        remaining = cfg.epochs - epoch
         summary = EpochSummary(
             epoch=epoch,
             epochs=cfg.epochs,
-            global_step=c.global_step,
+            global_step=p.global_step,
             train_loss=train_loss,
             val_loss=val_loss,
             val_loss_ema=val_ema,
             epoch_s=epoch_s,
             volumes_per_s=volumes_per_s,
             is_best=is_best,
-            eta_s=remaining * epoch_s,
+            eta_s=(cfg.epochs - epoch) * epoch_s,
         )
         if ctx.is_main and epochs_log is not None:
-            epochs_log.write(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "val_loss": val_loss,
-                    "val_loss_ema": val_ema,
-                    "epoch_s": epoch_s,
-                    "volumes_per_s": volumes_per_s,
-                    "global_step": c.global_step,
-                    "best": is_best,
-                }
-            )
+            epochs_log.write({**dataclasses.asdict(summary), "best": is_best})  # the log keeps EPOCH_COLUMNS
             tb.scalars(epoch, {"loss/train": train_loss, "loss/val": val_loss, "loss/val_ema": val_ema})
-            title = f"{self.run_dir.name}: MSE per epoch"
             plot_loss_curve(
                 epochs_log.path,
                 self.run_dir / "loss_curve.png",
-                title=title,
+                title=f"{self.run_dir.name}: MSE per epoch",
                 prediction_type=self.spec.schedule.prediction_type,
             )
         if ctx.is_main and cfg.sample_every and epoch % cfg.sample_every == 0:
             png = self._sample_png(epoch)
             self.emit("info", f"samples → {png}")
         self.emit("epoch", "", summary)
-        c.epoch += 1
-        c.step_in_epoch = 0
-        c.epoch_loss_sum = c.epoch_volumes = c.epoch_train_s = 0.0
+        p.next_epoch()
         self._save_state(order)
         ctx.barrier()
         return last, best

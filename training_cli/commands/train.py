@@ -104,7 +104,7 @@ def resolve_config(args: argparse.Namespace):
     """The run's :class:`engine.training.config.TrainConfig`: defaults < TOML (or the saved run) < flags."""
     from engine.errors import BrainSynthError
     from engine.training.config import load_config
-    from engine.training.trainer import resume_config
+    from engine.training.resume import resume_config
 
     given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     resume_dir = getattr(args, "resume", None)
