@@ -17,10 +17,12 @@ would run code is refused before anything in it runs.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import io
 import json
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,7 @@ TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 NESTED_WEIGHT_KEYS = ("model", "unet_state_dict", "state_dict", "model_state_dict")
 _PREFIXES_TO_STRIP = ("module.", "_orig_mod.")
 _MAX_KEYS_IN_MESSAGE = 6
+_READ_CHUNK_BYTES = 8 << 20  # 8 MiB: a progress report about every 50 per paper-size checkpoint
 
 
 @dataclass
@@ -51,6 +54,8 @@ class Checkpoint:
         ema_weights: exponential moving average of the weights, if the trainer kept one.
         provenance: where the weights came from (JSON-serialisable).
         path: the file it was loaded from, if any.
+        sha256: hex SHA-256 of that file's bytes as they were read (the provenance every export
+            records), or None for a checkpoint made in memory.
     """
 
     spec: ModelSpec
@@ -58,6 +63,7 @@ class Checkpoint:
     ema_weights: dict[str, torch.Tensor] | None = None
     provenance: dict = field(default_factory=dict)
     path: Path | None = None
+    sha256: str | None = None
 
     @property
     def has_ema(self) -> bool:
@@ -171,14 +177,24 @@ def read_metadata(path: str | Path) -> dict:
     return header
 
 
-def load_checkpoint(path: str | Path, *, preset: str | ModelSpec | None = None) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path,
+    *,
+    preset: str | ModelSpec | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> Checkpoint:
     """Load a BrainSynth checkpoint, or import a plain MONAI state_dict given a preset.
+
+    The file is read once, in chunks: the same bytes give the header, the tensors and the
+    file's SHA-256 (:attr:`Checkpoint.sha256`), so nothing reads it again to record provenance.
 
     Args:
         path: ``.safetensors`` (BrainSynth, or plain weights with ``preset``) or
             ``.pt``/``.pth``/``.ckpt``/``.bin`` (PyTorch state_dict, needs ``preset``).
         preset: preset name or spec for files that do not describe themselves. Ignored
             (but checked for agreement) for BrainSynth checkpoints.
+        progress: called with the fraction of the file read so far (0..1, ending at 1.0),
+            from the calling thread.
 
     Raises:
         CheckpointError: missing, truncated, unsafe or mismatching files, with a message
@@ -187,18 +203,45 @@ def load_checkpoint(path: str | Path, *, preset: str | ModelSpec | None = None) 
     path = _existing_file(path)
     suffix = path.suffix.lower()
     if suffix in NATIVE_SUFFIXES:
-        return _load_safetensors(path, preset)
-    if suffix in TORCH_SUFFIXES:
+        data, digest = _read_and_hash(path, progress)
+        ckpt = _load_safetensors(path, data, preset)
+    elif suffix in TORCH_SUFFIXES:
         if preset is None:
             raise CheckpointError(
                 f"{path.name} is a plain PyTorch state_dict with no model description; "
                 f"say which architecture it is with --preset ({', '.join(PRESETS)})"
             )
-        return import_state_dict(path, spec=_as_spec(preset))
-    raise CheckpointError(
-        f"{path.name} is not a checkpoint: expected a BrainSynth .safetensors file "
-        f"or a MONAI state_dict ({', '.join(TORCH_SUFFIXES)})"
-    )
+        spec = _as_spec(preset)  # an unknown preset is refused before the file is read
+        data, digest = _read_and_hash(path, progress)
+        ckpt = _import_state_dict_bytes(path, data, spec=spec)
+    else:
+        raise CheckpointError(
+            f"{path.name} is not a checkpoint: expected a BrainSynth .safetensors file "
+            f"or a MONAI state_dict ({', '.join(TORCH_SUFFIXES)})"
+        )
+    ckpt.sha256 = digest
+    return ckpt
+
+
+def _read_and_hash(path: Path, progress: Callable[[float], None] | None) -> tuple[bytes, str]:
+    """The whole file and its hex SHA-256, from one pass over it in chunks (reporting the fraction read)."""
+    digest = hashlib.sha256()
+    chunks: list[bytes] = []
+    try:
+        total = path.stat().st_size
+        done = 0
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_READ_CHUNK_BYTES):
+                digest.update(chunk)
+                chunks.append(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(min(done / total, 1.0) if total else 1.0)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path.name}: {exc.strerror or exc}") from None
+    if progress is not None and not chunks:
+        progress(1.0)  # an empty file: nothing read, but reading is finished
+    return b"".join(chunks), digest.hexdigest()
 
 
 def import_state_dict(path: str | Path, *, spec: ModelSpec) -> Checkpoint:
@@ -210,8 +253,15 @@ def import_state_dict(path: str | Path, *, spec: ModelSpec) -> Checkpoint:
     (DistributedDataParallel) and ``_orig_mod.`` (torch.compile) prefixes are removed.
     """
     path = _existing_file(path)
+    data, digest = _read_and_hash(path, None)
+    ckpt = _import_state_dict_bytes(path, data, spec=spec)
+    ckpt.sha256 = digest
+    return ckpt
+
+
+def _import_state_dict_bytes(path: Path, data: bytes, *, spec: ModelSpec) -> Checkpoint:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refused to load {path.name}: it contains pickled Python objects other than tensors, "
@@ -307,12 +357,13 @@ def _clean_keys(state: Mapping, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_safetensors(path: Path, preset: str | ModelSpec | None) -> Checkpoint:
-    from safetensors.torch import load_file
+def _load_safetensors(path: Path, data: bytes, preset: str | ModelSpec | None) -> Checkpoint:
+    """A checkpoint from the bytes of a ``.safetensors`` file (read once by the caller)."""
+    from safetensors.torch import load
 
-    header = _read_safetensors_header(path)
+    header = _brainsynth_header(path, _safetensors_metadata(path, data))
     try:
-        tensors = load_file(str(path))
+        tensors = load(data)
     except Exception as exc:  # safetensors raises its own error type for every kind of damage
         raise CheckpointError(f"{path.name} is damaged or truncated: {_first_line(exc)}") from None
     if header is None:
@@ -347,24 +398,55 @@ def _load_safetensors(path: Path, preset: str | ModelSpec | None) -> Checkpoint:
     return Checkpoint(spec=spec, weights=weights, ema_weights=ema, provenance=header.get("provenance", {}), path=path)
 
 
+def _not_readable(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path.name} is not a readable safetensors checkpoint (truncated or another kind of file): {reason}"
+    )
+
+
+def _safetensors_metadata(path: Path, data: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors file's header, from its first bytes.
+
+    The format: an 8-byte little-endian header length, then that many bytes of JSON
+    (tensor names → dtype, shape, offsets, plus an optional ``__metadata__`` of strings).
+    """
+    if len(data) < 8:
+        raise _not_readable(path, f"{len(data)} bytes, shorter than a safetensors header")
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        raise _not_readable(path, f"header of {size} bytes in a file of {len(data)}")
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _not_readable(path, f"header is not JSON ({_first_line(exc)})") from None
+    if not isinstance(header, dict):
+        raise _not_readable(path, "header is not a JSON object")
+    meta = header.get("__metadata__") or {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _read_safetensors_header(path: Path) -> dict | None:
-    """BrainSynth metadata from a safetensors header; None for plain safetensors weights."""
+    """BrainSynth metadata from a safetensors header (reading only the header); None for plain weights."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
     except Exception as exc:
-        raise CheckpointError(
-            f"{path.name} is not a readable safetensors checkpoint (truncated or another kind of file): "
-            f"{_first_line(exc)}"
-        ) from None
+        raise _not_readable(path, _first_line(exc)) from None
+    return _brainsynth_header(path, meta)
+
+
+def _brainsynth_header(path: Path, meta: Mapping[str, str]) -> dict | None:
+    """The parsed ``"brainsynth"`` entry of safetensors metadata, checked; None when absent."""
     if "brainsynth" not in meta:
         return None
     try:
         header = json.loads(meta["brainsynth"])
-    except json.JSONDecodeError:
+    except (TypeError, json.JSONDecodeError):
         raise CheckpointError(f"{path.name}: its BrainSynth metadata is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path.name}: its BrainSynth metadata is not a JSON object")
     if header.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path.name}: unknown metadata format {header.get('format')!r}")
     if int(header.get("format_version", 0)) > FORMAT_VERSION:

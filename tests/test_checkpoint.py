@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from engine.checkpoint import Checkpoint, load_checkpoint, read_metadata, save_checkpoint
 from engine.errors import BrainSynthError, CheckpointError
 from engine.specs import PRESETS
 from training_cli.main import main as cli
@@ -199,3 +199,30 @@ def test_damaged_model_description_is_one_clear_error(tmp_path, tiny_checkpoint,
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(bad)
     assert str(info.value).startswith("edited.safetensors") and message in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_one_read_gives_the_files_sha256_and_reports_progress_to_the_end(
+    tmp_path, tiny_checkpoint, tiny_weights, suffix, monkeypatch
+):
+    import hashlib
+
+    if suffix == ".pt":
+        path = tmp_path / "weights.pt"
+        torch.save(tiny_weights, path)
+    else:
+        path = tiny_checkpoint
+    # Small chunks, so even the tiny file is read in several pieces.
+    chunk = 64 * 1024
+    assert path.stat().st_size > 4 * chunk
+    monkeypatch.setattr("engine.checkpoint._READ_CHUNK_BYTES", chunk)
+    fractions: list[float] = []
+    ckpt = load_checkpoint(path, preset="tiny" if suffix == ".pt" else None, progress=fractions.append)
+    assert ckpt.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert len(fractions) >= 4 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert 0.0 < fractions[0] < 1.0
+    assert set(ckpt.weights) == set(tiny_weights)
+
+
+def test_a_checkpoint_made_in_memory_has_no_file_hash(tiny_spec, tiny_weights):
+    assert Checkpoint(spec=tiny_spec, weights=dict(tiny_weights)).sha256 is None

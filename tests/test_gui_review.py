@@ -129,6 +129,7 @@ def test_review_by_keyboard_skip_resume_and_finish(main_window, db_path, pools):
     assert first == order[0]
     assert review.windowTitle() == f"Pilot — Dr A — Case {first} · 1 of 4"
     assert review.layer.data is not None and review.layer.data.shape == (16, 24, 16)
+    assert list(review.state.layers) == ["case"]  # one layer in review mode
     assert_blind(review, pools)
 
     # Next is blocked until every required question is answered.
@@ -295,7 +296,7 @@ def test_evaluate_generated_volumes_from_the_app(qapp, tmp_path, tiny_checkpoint
 
     window = MainWindow(recent=RecentFiles(tmp_path / "recent.json"), quiet=True)
     try:
-        assert window.open_checkpoint(tiny_checkpoint)
+        assert window.open_checkpoint(tiny_checkpoint, wait=True)
         real, _ = pools
         assert window.open_scans([real])
         base = prepare_scan(Volume(*phantom()), tiny_spec).to_model()
