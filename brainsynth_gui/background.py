@@ -175,3 +175,38 @@ def create_worker(
     if start:
         worker.start()
     return worker
+
+
+class RunningWorkers:
+    """The workers a window has started and not yet seen finish (scan preparations, case loads).
+
+    :meth:`start` starts a worker and forgets it (``deleteLater``) once it has finished; a window
+    asks ``bool(running)`` whether anything is still at work and calls :meth:`wait` as it closes.
+    """
+
+    def __init__(self) -> None:
+        self._workers: list[BackgroundWorker] = []
+
+    def start(self, worker: BackgroundWorker) -> BackgroundWorker:
+        """Start ``worker`` (its signals already connected) and keep it until it finishes."""
+        self._workers.append(worker)
+        worker.finished.connect(lambda: self._forget(worker))  # after the caller's own finished slots
+        worker.start()
+        return worker
+
+    def _forget(self, worker: BackgroundWorker) -> None:
+        if worker in self._workers:
+            self._workers.remove(worker)
+            worker.wait()
+            worker.deleteLater()
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def __iter__(self):
+        return iter(list(self._workers))
+
+    def wait(self) -> None:
+        """Block until every worker started here has finished (closing a window, tests)."""
+        for worker in list(self._workers):
+            worker.wait()

@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 
 from brainsynth_gui.about import add_help_menu
 from brainsynth_gui.animation import animation_frames
-from brainsynth_gui.background import BackgroundWorker, create_worker
+from brainsynth_gui.background import BackgroundWorker, RunningWorkers, create_worker
 from brainsynth_gui.checkpoint_info import NO_MODEL_HTML, describe_checkpoint
 from brainsynth_gui.display_panel import DisplayPanel
 from brainsynth_gui.error_reporting import ErrorReportingWindow
@@ -92,7 +92,7 @@ class MainWindow(ErrorReportingWindow):
         self._model_cache: dict = {}
         self._follow_preview = False
         self._current: SyntheticEntry | None = None
-        self._scan_jobs: list[BackgroundWorker] = []
+        self._scan_jobs = RunningWorkers()
         self.review_windows: list = []  # open review-mode windows (Study ▸ Review study…)
         self.study_db_path: Path | None = None  # the study database last used (None: the default)
 
@@ -425,10 +425,8 @@ class MainWindow(ErrorReportingWindow):
                 "errored": lambda message: self._scan_failed(row, message),
             },
         )
-        job.finished.connect(lambda: self._scan_jobs.remove(job))
-        self._scan_jobs.append(job)
         self.statusBar().showMessage(f"Preparing {self.scans.paths[row].name} on the model grid…")
-        job.start()
+        self._scan_jobs.start(job)
 
     def _show_scan(self, row: int, spec: ModelSpec, prepared) -> None:
         if row != self.scan_list.currentRow() or spec is not self.spec:
@@ -865,9 +863,9 @@ class MainWindow(ErrorReportingWindow):
         if self.worker is not None:
             self.worker.cancel()
             self.worker.wait()
-        for job in [self._checkpoint_job, *self._scan_jobs]:
-            if job is not None:
-                job.wait()
+        if self._checkpoint_job is not None:
+            self._checkpoint_job.wait()
+        self._scan_jobs.wait()
         for window in self.review_windows:
             window.close()
         super().closeEvent(event)

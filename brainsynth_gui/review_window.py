@@ -49,7 +49,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from brainsynth_gui.background import BackgroundWorker, create_worker
+from brainsynth_gui.background import RunningWorkers, create_worker
 from brainsynth_gui.error_reporting import ErrorReportingWindow
 from brainsynth_gui.lightbox import LightboxView
 from brainsynth_gui.rating_panel import RatingPanel
@@ -110,7 +110,7 @@ class ReviewWindow(ErrorReportingWindow):
         self.db = db
         self.session = session
         self.owns_db = owns_db
-        self._jobs: list[BackgroundWorker] = []
+        self._jobs = RunningWorkers()  # case loads
 
         grid = session.study.display.grid
         self.state = review_state(grid)
@@ -346,14 +346,7 @@ class ReviewWindow(ErrorReportingWindow):
             start=False,
             connect={"returned": flow.loaded, "errored": lambda message: flow.load_failed(number, message)},
         )
-        job.finished.connect(lambda: self._job_done(job))
-        self._jobs.append(job)
-        job.start()
-
-    def _job_done(self, job: BackgroundWorker) -> None:
-        if job in self._jobs:
-            self._jobs.remove(job)
-        job.deleteLater()
+        self._jobs.start(job)
 
     # -- display -------------------------------------------------------------------------------
 
@@ -411,8 +404,7 @@ class ReviewWindow(ErrorReportingWindow):
 
     def wait_for_loads(self) -> None:
         """Block until background loads have finished (closing, tests)."""
-        for job in list(self._jobs):
-            job.wait()
+        self._jobs.wait()
 
     def closeEvent(self, event) -> None:
         self.wait_for_loads()

@@ -178,3 +178,23 @@ def test_abort_before_start_runs_nothing(qtbot):
 def test_a_worker_needs_work():
     with pytest.raises(TypeError, match="needs a function"):
         BackgroundWorker().work()
+
+
+def test_running_workers_forgets_each_worker_once_it_has_finished(qtbot):
+    import time
+
+    from brainsynth_gui.background import RunningWorkers
+
+    running = RunningWorkers()
+    gate = threading.Event()
+    results = []
+    for n in (1, 2):
+        worker = create_worker(lambda n=n: gate.wait(10) and n, start=False, connect={"returned": results.append})
+        running.start(worker)
+    assert len(running) == 2 and all(w.isRunning() for w in running)
+    gate.set()
+    qtbot.waitUntil(lambda: len(running) == 0, timeout=10_000)
+    assert sorted(results) == [1, 2]
+    slow = running.start(BackgroundWorker(time.sleep, 0.2))
+    running.wait()  # blocks until it is done
+    assert slow.isFinished()
