@@ -792,7 +792,7 @@ class MainWindow(ErrorReportingWindow):
             session_scans=list(self.scans.paths),
             session_volumes=volumes,
             spec=self.spec,
-            checkpoint_path=self.checkpoint.path if self.checkpoint is not None else None,
+            checkpoint_sha256=self.checkpoint.sha256 if self.checkpoint is not None else None,
         )
         if dialog.exec() == CreateStudyDialog.DialogCode.Accepted and dialog.created is not None:
             self.study_db_path = dialog.db_path

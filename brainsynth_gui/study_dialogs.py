@@ -201,7 +201,7 @@ class StudyRequest:
         session_volumes: volumes generated in this session, exported first.
         export_dir: where the session volumes are exported (they must stay there for the study).
         spec: the model spec of the session volumes.
-        checkpoint_path: the checkpoint file, hashed for the export sidecars (None: no hash).
+        checkpoint_sha256: SHA-256 of the checkpoint file (:attr:`Checkpoint.sha256`) for the export sidecars.
     """
 
     name: str
@@ -212,7 +212,7 @@ class StudyRequest:
     session_volumes: list[SessionVolume] = field(default_factory=list)
     export_dir: Path | None = None
     spec: object = None
-    checkpoint_path: Path | None = None
+    checkpoint_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ def create_study(db_path: Path, request: StudyRequest, progress=None):
     """
     from engine import __version__
     from engine.errors import ExportError
-    from engine.export import export_batch, export_targets, sha256_file
+    from engine.export import export_batch, export_targets
 
     if not request.name.strip():
         raise StudyError("a study needs a name")
@@ -265,14 +265,13 @@ def create_study(db_path: Path, request: StudyRequest, progress=None):
         export_targets(
             request.export_dir, prefix="synthetic", items=[(v.number, v.seed) for v in volumes], overwrite=False
         )
-        digest = sha256_file(request.checkpoint_path) if request.checkpoint_path is not None else None
         try:
             for volume in volumes:
                 exported += export_batch(
                     [(volume.seed, volume.array)],
                     spec=request.spec,
                     out_dir=request.export_dir,
-                    checkpoint_sha256=digest,
+                    checkpoint_sha256=request.checkpoint_sha256,
                     sampler_info=volume.sampler_info,
                     software_version=__version__,
                     prefix="synthetic",
@@ -358,7 +357,7 @@ class CreateStudyDialog(QDialog):
         session_scans: real scans open in the app (offered with one click).
         session_volumes: the volumes generated in this session.
         spec: the model spec of those volumes.
-        checkpoint_path: the checkpoint they came from (hashed for the export sidecars).
+        checkpoint_sha256: SHA-256 of the checkpoint they came from (for the export sidecars).
     """
 
     def __init__(
@@ -369,7 +368,7 @@ class CreateStudyDialog(QDialog):
         session_scans: list[Path] | None = None,
         session_volumes: list[SessionVolume] | None = None,
         spec=None,
-        checkpoint_path: Path | None = None,
+        checkpoint_sha256: str | None = None,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Create a reader study")
@@ -378,7 +377,7 @@ class CreateStudyDialog(QDialog):
         self.session_scans = list(session_scans or [])
         self.session_volumes = list(session_volumes or [])
         self.spec = spec
-        self.checkpoint_path = checkpoint_path
+        self.checkpoint_sha256 = checkpoint_sha256
         self.created = None
         self.errors: list[str] = []
         self._job: BackgroundWorker | None = None
@@ -459,7 +458,7 @@ class CreateStudyDialog(QDialog):
             session_volumes=self.session_volumes if use_session else [],
             export_dir=Path(self.export_dir.text()) if use_session else None,
             spec=self.spec,
-            checkpoint_path=self.checkpoint_path,
+            checkpoint_sha256=self.checkpoint_sha256,
         )
 
     def create(self) -> None:

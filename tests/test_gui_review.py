@@ -268,6 +268,7 @@ def test_create_study_from_the_app_with_session_volumes(qapp, db_path, pools, tm
         session_scans=sorted(real.iterdir()),
         session_volumes=volumes,
         spec=tiny_spec,
+        checkpoint_sha256="c" * 64,
     )
     dialog.name.setText("From the app")
     dialog.readers.setText("Dr A, Dr B")
@@ -285,6 +286,10 @@ def test_create_study_from_the_app_with_session_volumes(qapp, db_path, pools, tm
         "synthetic_0001_seed11.nii.gz",
         "synthetic_0002_seed12.nii.gz",
     ]
+    import json
+
+    sidecar = json.loads((tmp_path / "exported" / "synthetic_0001_seed11.json").read_text())
+    assert sidecar["checkpoint_sha256"] == "c" * 64  # the hash read with the checkpoint, not a second read
 
 
 def test_evaluate_generated_volumes_from_the_app(qapp, tmp_path, tiny_checkpoint, tiny_spec, pools):
