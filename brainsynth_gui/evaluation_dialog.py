@@ -9,8 +9,9 @@ A training folder, if chosen, is prepared the same way for the memorisation chec
 
 The work runs in a :class:`~brainsynth_gui.background.BackgroundWorker` with a progress
 dialog; Cancel stops it at the next progress report. Errors an input can cause (fewer than
-two volumes in a set, mismatched grids) come back as one message in a dialog. The full report (``evaluation.json``,
-``report.md``, PNG figures) is written with :func:`engine.evaluation.write_report`.
+two volumes in a set, mismatched grids) come back as one message in a dialog. The full
+report (``evaluation.json``, ``report.md``, PNG figures) is written with
+:func:`engine.evaluation.write_report`.
 """
 
 from __future__ import annotations

@@ -336,3 +336,33 @@ def test_evaluate_generated_volumes_from_the_app(qapp, tmp_path, tiny_checkpoint
         dialog.close()
     finally:
         window.close()
+
+
+def test_cancelling_an_evaluation_says_cancelled_and_reports_no_error(qapp, tmp_path, tiny_spec):
+    import threading
+
+    from brainsynth_gui.evaluation_dialog import EvaluationDialog
+
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def real():
+        started.set()
+        release.wait(20)
+        calls.append("real")
+        return [np.zeros(tiny_spec.grid.shape, np.float32)] * 2, ["a", "b"]
+
+    def synthetic():
+        calls.append("synthetic")
+        return [np.zeros(tiny_spec.grid.shape, np.float32)] * 2, ["c", "d"]
+
+    dialog = EvaluationDialog(None, real=real, synthetic=synthetic, counts=(2, 2), spec=tiny_spec, quiet=True)
+    dialog.train_field.setText(str(tmp_path))  # its loading stage is where the cancel is seen
+    assert dialog.run()
+    assert started.wait(20)
+    dialog.progress_dialog.canceled.emit()  # the user presses Cancel while the real scans load
+    release.set()
+    wait_until(lambda: not dialog.running)
+    assert calls == ["real", "synthetic"]  # stopped at the next progress report, before the training scans
+    assert dialog.status.text() == "Cancelled." and not dialog.errors and dialog.result is None
+    dialog.close()
