@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         width, height = 1400, 860
     window.resize(width, height)
-    window.open_checkpoint(args.checkpoint)
+    window.open_checkpoint(args.checkpoint, wait=bool(args.generate))  # --generate needs the model
     if args.real:
         window.open_scans(list(args.real))
     else:

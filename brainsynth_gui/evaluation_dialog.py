@@ -7,20 +7,20 @@ sets are on the model grid in standard space [0, 1000]: generated volumes throug
 display (resampled onto the grid, normalised, clipped to [0, 1000] like every study case).
 A training folder, if chosen, is prepared the same way for the memorisation check.
 
-The work runs in a worker thread with a progress dialog; Cancel stops it at the next
-progress report. Errors an input can cause (fewer than two volumes in a set, mismatched
-grids) come back as one message in a dialog. The full report (``evaluation.json``,
-``report.md``, PNG figures) is written with :func:`engine.evaluation.write_report`.
+The work runs in a :class:`~brainsynth_gui.background.BackgroundWorker` with a progress
+dialog; Cancel stops it at the next progress report. Errors an input can cause (fewer than
+two volumes in a set, mismatched grids) come back as one message in a dialog. The full
+report (``evaluation.json``, ``report.md``, PNG figures) is written with
+:func:`engine.evaluation.write_report`.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt, QThread, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
@@ -40,8 +40,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from brainsynth_gui.background import BackgroundWorker
 from brainsynth_gui.error_reporting import tell_user
-from engine.errors import BrainSynthError, CancelledError
+from engine.errors import BrainSynthError
 
 #: ``() -> (volumes, labels)``, called in the worker thread.
 SetLoader = Callable[[], tuple[list[np.ndarray], list[str]]]
@@ -58,65 +59,43 @@ def prepare_folder(folder: Path, spec) -> tuple[list[np.ndarray], list[str]]:
     return volumes, [p.name for p in paths]
 
 
-class EvaluationWorker(QThread):
+class EvaluationWorker(BackgroundWorker):
     """Loads the sets and evaluates them off the interface thread.
 
-    Signals:
-        progress(str, int, int): stage, done, total.
-        succeeded(object): the :class:`engine.metrics.results.EvaluationResult`.
-        failed(str): a message for the user (cancelling gives "evaluation cancelled").
+    A :class:`~brainsynth_gui.background.BackgroundWorker`: ``yielded`` carries
+    ``(stage, done, total)`` progress, ``returned`` the :class:`engine.evaluation.EvaluationResult`,
+    ``errored`` a message; :meth:`cancel` stops it at the next progress report (``aborted``).
     """
-
-    progress = Signal(str, int, int)
-    succeeded = Signal(object)
-    failed = Signal(str)
 
     def __init__(self, *, real: SetLoader, synthetic: SetLoader, train: SetLoader | None, options) -> None:
         super().__init__()
         self._real, self._synthetic, self._train = real, synthetic, train
         self.options = options
-        self._cancel = threading.Event()
 
     def cancel(self) -> None:
-        self._cancel.set()
+        self.abort()
 
-    def _report(self, stage: str, done: int, total: int) -> None:
-        if self._cancel.is_set():
-            raise CancelledError("evaluation cancelled")
-        self.progress.emit(stage, done, total)
-
-    def run(self) -> None:
+    def work(self):
         from engine.evaluation import evaluate_volumes
 
-        try:
-            self._report("preparing real scans", 0, 1)
-            real, real_labels = self._real()
-            synthetic, synthetic_labels = self._synthetic()
-            train, train_labels = (None, None)
-            if self._train is not None:
-                self._report("preparing training scans", 0, 1)
-                train, train_labels = self._train()
-            result = evaluate_volumes(
-                real,
-                synthetic,
-                train=train,
-                options=self.options,
-                real_labels=real_labels,
-                synthetic_labels=synthetic_labels,
-                train_labels=train_labels,
-                progress=self._report,
-                sources={"real": "real scans open in the app", "synthetic": "volumes generated in the app"},
-            )
-        except BrainSynthError as exc:
-            self.failed.emit(str(exc))
-        except Exception as exc:  # a bug, not an input problem: say so, keep the app alive
-            import logging
-            import traceback
-
-            logging.getLogger(__name__).error("evaluation failed:\n%s", traceback.format_exc())
-            self.failed.emit(f"unexpected error ({type(exc).__name__}: {exc}); please report this with the log")
-        else:
-            self.succeeded.emit(result)
+        self.report("preparing real scans", 0, 1)
+        real, real_labels = self._real()
+        synthetic, synthetic_labels = self._synthetic()
+        train, train_labels = (None, None)
+        if self._train is not None:
+            self.report("preparing training scans", 0, 1)
+            train, train_labels = self._train()
+        return evaluate_volumes(
+            real,
+            synthetic,
+            train=train,
+            options=self.options,
+            real_labels=real_labels,
+            synthetic_labels=synthetic_labels,
+            train_labels=train_labels,
+            progress=self.report,
+            sources={"real": "real scans open in the app", "synthetic": "volumes generated in the app"},
+        )
 
 
 def key_figures(result) -> list[tuple[str, str]]:
@@ -282,9 +261,10 @@ class EvaluationDialog(QDialog):
         spec = self.spec
         train = (lambda: prepare_folder(Path(train_text), spec)) if train_text else None
         worker = EvaluationWorker(real=self._real, synthetic=self._synthetic, train=train, options=options)
-        worker.progress.connect(self._progress)
-        worker.succeeded.connect(self._show)
-        worker.failed.connect(self._failed)
+        worker.yielded.connect(self._progress)
+        worker.returned.connect(self._show)
+        worker.errored.connect(self._failed)
+        worker.aborted.connect(self._cancelled)
         worker.finished.connect(self._finished)
         self.worker = worker
         dialog = QProgressDialog("Evaluating…", "Cancel", 0, 0, self)
@@ -301,7 +281,8 @@ class EvaluationDialog(QDialog):
         worker.start()
         return True
 
-    def _progress(self, stage: str, done: int, total: int) -> None:
+    def _progress(self, report: tuple[str, int, int]) -> None:
+        stage, done, total = report
         if self.progress_dialog is not None:
             self.progress_dialog.setLabelText(f"{stage[:1].upper()}{stage[1:]}… {done}/{total}")
             self.progress_dialog.setMaximum(max(total, 1))
@@ -329,10 +310,10 @@ class EvaluationDialog(QDialog):
         self.status.setText("Done. Write the full report for the figures, every parameter and the plots.")
         self.report_button.setEnabled(True)
 
+    def _cancelled(self) -> None:
+        self.status.setText("Cancelled.")
+
     def _failed(self, message: str) -> None:
-        if message == "evaluation cancelled":
-            self.status.setText("Cancelled.")
-            return
         self.report_error("Evaluation failed", message)
 
     def ask_report(self) -> None:

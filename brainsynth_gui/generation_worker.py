@@ -13,27 +13,15 @@ vectorised expression. On the CPU the worker leaves one core to the interface.
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
-import traceback
 from dataclasses import dataclass
 
 import numpy as np
-from PySide6.QtCore import QThread, Signal
+from PySide6.QtCore import Signal
 
+from brainsynth_gui.background import BackgroundWorker
 from brainsynth_gui.generation_request import RemainingTime
 from engine.checkpoint import Checkpoint
-from engine.errors import BrainSynthError
 from engine.generation import GenerationRequest
-
-log = logging.getLogger(__name__)
-
-OOM_HINT = (
-    "The GPU ran out of memory. Lower the batch size (1 uses the least memory), the number of "
-    "trajectory frames, or close other programs using the GPU; or choose the CPU device (slower "
-    "but limited only by system memory)."
-)
 
 
 @dataclass(frozen=True)
@@ -61,20 +49,11 @@ class ProgressReport:
     precision: str = ""
 
 
-def describe_failure(exc: BaseException) -> str:
-    """The message to show for an exception raised while generating."""
-    import torch
-
-    oom_types = tuple(t for t in (getattr(torch.cuda, "OutOfMemoryError", None),) if t is not None)
-    if isinstance(exc, oom_types) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
-        return OOM_HINT
-    if isinstance(exc, BrainSynthError):
-        return str(exc)
-    return f"Generation failed unexpectedly ({type(exc).__name__}: {exc}). Please report this with the log."
-
-
-class GenerationWorker(QThread):
+class GenerationWorker(BackgroundWorker):
     """Runs one generation request; create a new worker per request.
+
+    A :class:`~brainsynth_gui.background.BackgroundWorker` whose work is a generator that
+    yields after every denoising step, so :meth:`cancel` (its abort) takes effect there.
 
     Signals:
         progress(ProgressReport): after every denoising step.
@@ -103,15 +82,19 @@ class GenerationWorker(QThread):
         self.request = request
         self.seeds = list(request.seeds)
         self._cache = model_cache
-        self._cancel = threading.Event()
+        self.errored.connect(self.failed)
+        self.finished.connect(self._emit_done)
 
     def cancel(self) -> None:
         """Stop after the step in progress (thread-safe)."""
-        self._cancel.set()
+        self.abort()
 
     @property
     def cancelled(self) -> bool:
-        return self._cancel.is_set()
+        return self.abort_requested
+
+    def _emit_done(self) -> None:
+        self.done.emit(self.abort_requested)
 
     def _model(self, device):
         key = (id(self.checkpoint), self.request.weights, str(device))
@@ -122,26 +105,25 @@ class GenerationWorker(QThread):
             self._cache[key] = model
         return model
 
-    def run(self) -> None:
+    def work(self):
         import torch
 
+        from engine.device import physical_cores_available
         from engine.generation import generate, resolve_precision
 
         threads = torch.get_num_threads()
         try:
             device = self.request.torch_device
             if device.type == "cpu":
-                torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 2) - 1)))
+                # Leave one core to the interface.
+                torch.set_num_threads(max(1, min(threads, physical_cores_available() - 1)))
             model = self._model(device)
-            if self._cancel.is_set():
-                return
+            yield  # a cancel while the model was built stops here
             request = resolve_precision(model, self.request)
             events = generate(model, request)
             clock = RemainingTime()
             try:
                 for event in events:
-                    if self._cancel.is_set():
-                        break
                     first = event.volume_indices[0]
                     self.progress.emit(
                         ProgressReport(
@@ -159,11 +141,8 @@ class GenerationWorker(QThread):
                         self.preview.emit(np.ascontiguousarray(event.preview), self.seeds[first])
                     for volume in event.finished:
                         self.volume_ready.emit(volume)
+                    yield  # a cancel stops here, before the next model call
             finally:
                 events.close()
-        except Exception as exc:
-            log.error("generation failed:\n%s", traceback.format_exc())
-            self.failed.emit(describe_failure(exc))
         finally:
             torch.set_num_threads(threads)
-            self.done.emit(self._cancel.is_set())

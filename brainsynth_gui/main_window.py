@@ -16,7 +16,7 @@ import gc
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEventLoop, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QMessageBox,
+    QProgressBar,
     QPushButton,
     QScrollArea,
     QTabWidget,
@@ -36,7 +37,7 @@ from PySide6.QtWidgets import (
 
 from brainsynth_gui.about import add_help_menu
 from brainsynth_gui.animation import animation_frames
-from brainsynth_gui.background import BackgroundCall
+from brainsynth_gui.background import BackgroundWorker, RunningWorkers, create_worker
 from brainsynth_gui.checkpoint_info import NO_MODEL_HTML, describe_checkpoint
 from brainsynth_gui.display_panel import DisplayPanel
 from brainsynth_gui.error_reporting import ErrorReportingWindow
@@ -50,7 +51,7 @@ from brainsynth_gui.timeline import TimelineBar
 from brainsynth_gui.viewer import OrthoViewer
 from brainsynth_gui.volume_library import RealScans, SyntheticEntry, SyntheticLibrary, model_to_display
 from engine import __version__
-from engine.checkpoint import TORCH_SUFFIXES, Checkpoint
+from engine.checkpoint import TORCH_SUFFIXES, Checkpoint, load_checkpoint
 from engine.errors import BrainSynthError, CancelledError, ExportError, TargetExistsError
 from engine.specs import PRESETS, ModelSpec
 
@@ -80,15 +81,18 @@ class MainWindow(ErrorReportingWindow):
         self.setAcceptDrops(True)
         self.recent = recent or RecentFiles()
         self.checkpoint: Checkpoint | None = None
+        self._checkpoint_job: BackgroundWorker | None = None  # a checkpoint being loaded
         self.spec: ModelSpec = PRESETS["demo"]  # the grid real scans use until a model is open
-        self.state = ViewerState.for_grid(self.spec.grid)
+        self.state = ViewerState.for_grid(self.spec.grid)  # layers "synthetic" and "real"
+        self.synthetic_layer = self.state.layer("synthetic")
+        self.real_layer = self.state.layer("real")
         self.library = SyntheticLibrary()
         self.scans = RealScans()
         self.worker: GenerationWorker | None = None
         self._model_cache: dict = {}
         self._follow_preview = False
         self._current: SyntheticEntry | None = None
-        self._scan_jobs: list[BackgroundCall] = []
+        self._scan_jobs = RunningWorkers()
         self.review_windows: list = []  # open review-mode windows (Study ▸ Review study…)
         self.study_db_path: Path | None = None  # the study database last used (None: the default)
 
@@ -111,6 +115,11 @@ class MainWindow(ErrorReportingWindow):
         self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         open_model = QPushButton("Open checkpoint…")
         open_model.clicked.connect(self.ask_checkpoint)
+        self.checkpoint_progress = QProgressBar()
+        self.checkpoint_progress.setRange(0, 1000)
+        self.checkpoint_progress.setFormat("Loading checkpoint… %p%")
+        self.checkpoint_progress.setToolTip("Reading the checkpoint; the rest of the window stays usable")
+        self.checkpoint_progress.hide()
         try:
             auto = describe_device(resolve_device("auto"))
         except Exception:  # describing is cosmetic; never block start-up on it
@@ -147,6 +156,7 @@ class MainWindow(ErrorReportingWindow):
         panel = QVBoxLayout(side)
         panel.addWidget(_heading("Model"))
         panel.addWidget(self.model_info)
+        panel.addWidget(self.checkpoint_progress)
         panel.addWidget(open_model)
         panel.addWidget(_heading("Generate"))
         panel.addWidget(self.generation_panel)
@@ -164,10 +174,11 @@ class MainWindow(ErrorReportingWindow):
 
         self.readout = QLabel()
         self.statusBar().addPermanentWidget(self.readout)
-        for observable in (self.state.cursor, self.state.synthetic, self.state.real):
+        for observable in (self.state.cursor, self.synthetic_layer, self.real_layer):
             observable.subscribe(self._update_readout)
         self.state.trajectory.subscribe(self._show_current)
         self._build_menus()
+        self._update_generate_enabled()
         self._update_readout()
         # Keys go to the axial view first (slice stepping), not to the first spin box.
         self.viewer.view("synthetic", "axial").setFocus()
@@ -200,7 +211,7 @@ class MainWindow(ErrorReportingWindow):
         file_menu.aboutToShow.connect(self._fill_recent_menus)
 
         generate_menu = bar.addMenu("&Generate")
-        self._action(generate_menu, "&Generate", lambda: self.start_generation(), "Ctrl+G")
+        self.generate_action = self._action(generate_menu, "&Generate", lambda: self.start_generation(), "Ctrl+G")
         self._action(generate_menu, "&Cancel", self.cancel_generation, "Esc")
 
         view_menu = bar.addMenu("&View")
@@ -262,13 +273,23 @@ class MainWindow(ErrorReportingWindow):
         if path:
             self.open_checkpoint(Path(path))
 
-    def open_checkpoint(self, path: str | Path | None = None) -> bool:
-        """Load ``path``, or the bundled demo model when None (if this installation has one).
+    def open_checkpoint(self, path: str | Path | None = None, *, wait: bool = False) -> bool:
+        """Load ``path`` in the background, or the bundled demo model when None (if installed).
+
+        The file is read in a :class:`~brainsynth_gui.background.BackgroundWorker` with a
+        progress bar in the Model panel; the window stays usable meanwhile and the model in
+        use (if any) stays until the new one has loaded. A failed load is reported once and
+        keeps the previous model.
+
+        Args:
+            path: the checkpoint file, or None for the bundled demo model.
+            wait: return only when the load has ended (the event loop runs meanwhile), for
+                callers that need the model next (``--generate``, tests).
 
         Returns:
-            True when a model is loaded now.
+            Without ``wait``: True when the load has started. With ``wait``: True when the
+            model is loaded.
         """
-        from engine.checkpoint import load_checkpoint
         from engine.resources import bundled_checkpoint
 
         if path is None:
@@ -279,15 +300,40 @@ class MainWindow(ErrorReportingWindow):
         if self.worker is not None:
             self.report_error("Cannot open checkpoint", "a generation is running; cancel it before changing the model")
             return False
-        try:
-            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
-            try:
-                checkpoint = load_checkpoint(Path(path))
-            finally:
-                QApplication.restoreOverrideCursor()
-        except BrainSynthError as exc:
-            self.report_error("Cannot open checkpoint", str(exc))
+        if self._checkpoint_job is not None:
+            self.report_error("Cannot open checkpoint", "another checkpoint is loading; wait for it to finish")
             return False
+        path = Path(path)
+        job = BackgroundWorker(load_checkpoint, path, report_as="progress")
+        loaded: list[Checkpoint] = []
+        job.yielded.connect(self._checkpoint_progress)
+        job.returned.connect(loaded.append)
+        job.returned.connect(lambda checkpoint: self._checkpoint_loaded(path, checkpoint))
+        job.errored.connect(lambda message: self.report_error("Cannot open checkpoint", message))
+        job.finished.connect(self._checkpoint_job_done)
+        self._checkpoint_job = job
+        self.checkpoint_progress.setValue(0)
+        self.checkpoint_progress.show()
+        self.statusBar().showMessage(f"Loading {path.name}…")
+        self._update_generate_enabled()
+        loop = QEventLoop() if wait else None
+        if loop is not None:
+            job.finished.connect(loop.quit)  # queued after _checkpoint_job_done: the window is settled
+        job.start()
+        if loop is None:
+            return True
+        loop.exec()
+        return bool(loaded) and self.checkpoint is loaded[0]
+
+    @property
+    def loading_checkpoint(self) -> bool:
+        """Whether a checkpoint is being read in the background."""
+        return self._checkpoint_job is not None
+
+    def _checkpoint_progress(self, fraction: float) -> None:
+        self.checkpoint_progress.setValue(round(1000 * float(fraction)))
+
+    def _checkpoint_loaded(self, path: Path, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
         self._model_cache.clear()
         self.recent.add("checkpoints", path)
@@ -295,7 +341,20 @@ class MainWindow(ErrorReportingWindow):
         self.generation_panel.set_model(checkpoint.spec)
         self._set_spec(checkpoint.spec)
         self.statusBar().showMessage(f"Loaded {checkpoint.path}", 5000)
-        return True
+
+    def _checkpoint_job_done(self) -> None:
+        job, self._checkpoint_job = self._checkpoint_job, None
+        if job is not None:
+            job.wait()
+            job.deleteLater()
+        self.checkpoint_progress.hide()
+        self._update_generate_enabled()
+
+    def _update_generate_enabled(self) -> None:
+        """Generate is offered only with a model loaded, none loading, and no generation running."""
+        ready = self.checkpoint is not None and self._checkpoint_job is None and self.worker is None
+        self.generation_panel.generate_button.setEnabled(ready)
+        self.generate_action.setEnabled(ready)
 
     def _set_spec(self, spec: ModelSpec) -> None:
         if spec.grid != self.spec.grid and len(self.library):
@@ -304,7 +363,7 @@ class MainWindow(ErrorReportingWindow):
             self.lists.setTabText(0, "Generated volumes")
             self._current = None
             self.state.trajectory.clear()
-            self.state.synthetic.set(None)
+            self.synthetic_layer.set(None)
             self.statusBar().showMessage("New model grid: the previous volumes were removed from the list", 8000)
         self.spec = spec
         self.state.set_grid(spec.grid)
@@ -349,25 +408,30 @@ class MainWindow(ErrorReportingWindow):
     def _scan_chosen(self, row: int) -> None:
         """Show scan ``row``; preparing it (resampling onto the grid) runs in the background."""
         if row < 0:
-            self.state.real.set(None)
+            self.real_layer.set(None)
             return
         spec = self.spec
         cached = self.scans.cached(row, spec)
         if cached is not None:
             self._show_scan(row, spec, cached)
             return
-        job = BackgroundCall(lambda: self.scans.prepared(row, spec))
-        job.succeeded.connect(lambda prepared: self._show_scan(row, spec, prepared))
-        job.failed.connect(lambda message: self._scan_failed(row, message))
-        job.finished.connect(lambda: self._scan_jobs.remove(job))
-        self._scan_jobs.append(job)
+        job = create_worker(
+            self.scans.prepared,
+            row,
+            spec,
+            start=False,
+            connect={
+                "returned": lambda prepared: self._show_scan(row, spec, prepared),
+                "errored": lambda message: self._scan_failed(row, message),
+            },
+        )
         self.statusBar().showMessage(f"Preparing {self.scans.paths[row].name} on the model grid…")
-        job.start()
+        self._scan_jobs.start(job)
 
     def _show_scan(self, row: int, spec: ModelSpec, prepared) -> None:
         if row != self.scan_list.currentRow() or spec is not self.spec:
             return  # the user moved on while it was being prepared
-        self.state.real.set(prepared.data, self.scans.paths[row].name)
+        self.real_layer.set(prepared.data, self.scans.paths[row].name)
         self.statusBar().showMessage("; ".join(prepared.warnings), 10000)
 
     def _scan_failed(self, row: int, message: str) -> None:
@@ -376,13 +440,13 @@ class MainWindow(ErrorReportingWindow):
             item.setText(f"⚠ {item.text()}")
             item.setToolTip(message)
         if row == self.scan_list.currentRow():
-            self.state.real.set(None)
+            self.real_layer.set(None)
         self.report_error("Cannot show scan", message)
 
     @property
     def busy(self) -> bool:
-        """Whether a generation or a scan preparation is still running."""
-        return self.worker is not None or bool(self._scan_jobs)
+        """Whether a generation, a checkpoint load or a scan preparation is still running."""
+        return self.worker is not None or self._checkpoint_job is not None or bool(self._scan_jobs)
 
     # -- generation -------------------------------------------------------------------------
 
@@ -393,6 +457,9 @@ class MainWindow(ErrorReportingWindow):
     def start_generation(self, choices: GenerationChoices | None = None) -> bool:
         """Start generating in the background with ``choices`` (default: the panel's settings)."""
         if self.worker is not None:
+            return False
+        if self._checkpoint_job is not None:
+            self.report_error("Cannot generate", "a checkpoint is loading; generate once it is loaded")
             return False
         if self.checkpoint is None:
             self.report_error("No model", "open a checkpoint first (File ▸ Open checkpoint…, Ctrl+O)")
@@ -438,7 +505,7 @@ class MainWindow(ErrorReportingWindow):
             return
         report = self._last_report
         step = f"step {report.step}/{report.steps}" if report is not None else "starting"
-        self.state.synthetic.set(
+        self.synthetic_layer.set(
             model_to_display(preview, self._generation_spec.intensity), f"generating seed {seed}, {step}, predicted x_0"
         )
 
@@ -453,6 +520,7 @@ class MainWindow(ErrorReportingWindow):
             worker.wait()
             worker.deleteLater()
         self.generation_panel.set_running(False)
+        self._update_generate_enabled()
         new = self.volume_list.count() - self._first_new_row
         self.generation_panel.show_message(
             f"{'Cancelled' if cancelled else 'Done'}: {new} volume{'s' if new != 1 else ''} generated"
@@ -485,14 +553,14 @@ class MainWindow(ErrorReportingWindow):
             return
         entry = self._current
         if entry is None:
-            self.state.synthetic.set(None)
+            self.synthetic_layer.set(None)
             return
         trajectory = self.state.trajectory
         data = entry.frame_or_final(trajectory.kind, trajectory.index) if len(trajectory) else entry.standard()
         title = entry.title
         if len(trajectory) and not (trajectory.kind == "x_t" and trajectory.at_end):
             title += f" — {trajectory.label()}"
-        self.state.synthetic.set(data, title)
+        self.synthetic_layer.set(data, title)
 
     def selected_entries(self) -> list[SyntheticEntry]:
         """The selected generated volumes, or all of them when none is selected."""
@@ -776,8 +844,9 @@ class MainWindow(ErrorReportingWindow):
         if self.worker is not None:
             self.worker.cancel()
             self.worker.wait()
-        for job in list(self._scan_jobs):
-            job.wait()
+        if self._checkpoint_job is not None:
+            self._checkpoint_job.wait()
+        self._scan_jobs.wait()
         for window in self.review_windows:
             window.close()
         super().closeEvent(event)

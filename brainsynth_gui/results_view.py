@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from brainsynth_gui.background import BackgroundCall
+from brainsynth_gui.background import BackgroundWorker, create_worker
 from brainsynth_gui.error_reporting import tell_user
 from engine.errors import BrainSynthError
 from engine.study.report import format_mean_sd, format_number, format_p_value, format_proportion
@@ -106,7 +106,7 @@ class ResultsDialog(QDialog):
         self.errors: list[str] = []
         self.results = None
         self.roc_bytes: bytes | None = None
-        self._job: BackgroundCall | None = None
+        self._job: BackgroundWorker | None = None
 
         self.summary = QLabel("Computing the results…")
         self.summary.setWordWrap(True)
@@ -167,12 +167,16 @@ class ResultsDialog(QDialog):
         for b in (self.report_button, self.csv_button, self.json_button):
             b.setEnabled(False)
         db_path, study = self.db_path, self.study
-        job = BackgroundCall(lambda: load_results(db_path, study))
-        job.succeeded.connect(self._show)
-        job.failed.connect(lambda message: self.report_error("Cannot compute the results", message))
-        job.finished.connect(self._job_finished)
-        self._job = job
-        job.start()
+        self._job = create_worker(
+            load_results,
+            db_path,
+            study,
+            connect={
+                "returned": self._show,
+                "errored": lambda message: self.report_error("Cannot compute the results", message),
+                "finished": self._job_finished,
+            },
+        )
 
     def _job_finished(self) -> None:
         job, self._job = self._job, None

@@ -6,9 +6,13 @@ path, header field or pool size reaches any widget; the title is the study, the 
 "Case 7 · 12 of 40".
 
 It reuses the app's view widgets over its own :class:`~brainsynth_gui.state.ViewerState`
-(on the study's grid): three linked :class:`~brainsynth_gui.slice_view.SliceView` planes, or a
+(on the study's grid, with one layer, "case"): three linked
+:class:`~brainsynth_gui.slice_view.SliceView` planes, or a
 :class:`~brainsynth_gui.lightbox.LightboxView` of axial slices (L). The rating in progress is a
 :class:`~brainsynth_gui.rating_state.RatingState`; the panel is built from the study's questions.
+Which case is shown and what Next, Skip and Back do is a Qt-free
+:class:`~brainsynth_gui.review_flow.ReviewFlow`; the window renders it and loads the cases it
+asks for in the background.
 
 Flow:
 
@@ -45,15 +49,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from brainsynth_gui.background import BackgroundCall
+from brainsynth_gui.background import RunningWorkers, create_worker
 from brainsynth_gui.error_reporting import ErrorReportingWindow
 from brainsynth_gui.lightbox import LightboxView
 from brainsynth_gui.rating_panel import RatingPanel
 from brainsynth_gui.rating_state import RatingState
 from brainsynth_gui.rendering import PLANE_ORDER
+from brainsynth_gui.review_flow import ReviewFlow
 from brainsynth_gui.slice_view import SliceView
 from brainsynth_gui.state import ViewerState
-from engine.errors import BrainSynthError
 from engine.geometry import GridGeometry
 from engine.study import DisplayCase, ReaderSession, StudyDatabase
 
@@ -70,13 +74,16 @@ BACK_HELP = "<br><b>B</b>: back to an earlier case to change its answer"
 LIGHTBOX_SLICES = 12
 
 
+REVIEW_LAYER = "case"
+
+
 def review_state(grid: GridGeometry) -> ViewerState:
     """A viewer state for review mode: one layer, named "case", on the study's grid.
 
     The main window's state calls its layers "synthetic" and "real"; those names reach view
-    hints and readouts, so review mode has its own neutral one (the second layer stays empty).
+    hints and readouts, so review mode has its own neutral one.
     """
-    return ViewerState.for_grid(grid, layer_names=("case", "unused"))
+    return ViewerState.for_grid(grid, layer_names=(REVIEW_LAYER,))
 
 
 class ReviewWindow(ErrorReportingWindow):
@@ -103,22 +110,20 @@ class ReviewWindow(ErrorReportingWindow):
         self.db = db
         self.session = session
         self.owns_db = owns_db
-        self.total = session.study.n_cases
-        self.current: int | None = None  # case on screen (its clock runs)
-        self.loading: int | None = None  # case being loaded for the screen
-        self.revisiting: int | None = None  # index into answered_order while changing an answer
-        self._saved_values: dict | None = None
-        self._cache: dict[int, DisplayCase] = {}
-        self._jobs: list[BackgroundCall] = []
-        self.answered_order: list[int] = []
-        for entry in session.history():
-            if entry.action == "answer" and entry.case_number not in self.answered_order:
-                self.answered_order.append(entry.case_number)
+        self._jobs = RunningWorkers()  # case loads
 
         grid = session.study.display.grid
         self.state = review_state(grid)
-        self.layer = self.state.synthetic
+        self.layer = self.state.layer(REVIEW_LAYER)
         self.rating = RatingState(session.questions)
+        self.flow = ReviewFlow(
+            session,
+            self.rating,
+            load=self._load,
+            shown=self._display,
+            finished=self._show_finished,
+            error=self.report_error,
+        )
 
         # Views: three orthogonal planes or the lightbox.
         self.views = [SliceView(p, self.state, self.layer, empty_text="Loading case…") for p in PLANE_ORDER]
@@ -234,6 +239,7 @@ class ReviewWindow(ErrorReportingWindow):
         self.setCentralWidget(self.pages)
 
         self._shortcuts()
+        self.flow.subscribe(self._render)
         self.rating.subscribe(self._update_controls)
         self.resize(1280, 820)
         self._update_title()
@@ -262,113 +268,44 @@ class ReviewWindow(ErrorReportingWindow):
 
     def choose(self, value: int) -> None:
         """A number key: answer the focused question (when a case is on screen)."""
-        if self.current is not None:
+        if self.flow.current is not None:
             self.rating.choose(value)
 
-    # -- flow ----------------------------------------------------------------------------------
+    # -- the flow (kept in :class:`ReviewFlow`; the window renders it) -------------------------
+
+    @property
+    def total(self) -> int:
+        return self.flow.total
+
+    @property
+    def current(self) -> int | None:
+        """The case on screen (its clock runs)."""
+        return self.flow.current
+
+    @property
+    def loading(self) -> int | None:
+        """The case being loaded for the screen."""
+        return self.flow.loading
+
+    @property
+    def revisiting(self) -> int | None:
+        return self.flow.revisiting
+
+    @property
+    def answered_order(self) -> list[int]:
+        return self.flow.answered_order
+
+    @property
+    def finished(self) -> bool:
+        return self.flow.finished
 
     def start(self) -> None:
         """Show the first unanswered case (resuming a study started earlier), or the finished screen."""
-        self._go_next()
-
-    def _go_next(self) -> None:
-        self.revisiting = None
-        self._saved_values = None
-        try:
-            number = self.session.next_case()
-        except BrainSynthError as exc:
-            self.report_error("Cannot continue", str(exc))
-            return
-        if number is None:
-            self._show_finished()
-        else:
-            self.show_case(number)
+        self.flow.start()
 
     def show_case(self, number: int) -> None:
         """Put case ``number`` on screen, loading it in the background if it is not loaded yet."""
-        self.pages.setCurrentIndex(0)
-        self.current = None
-        self.loading = number
-        self.layer.set(None)
-        for view in self.views:
-            view.empty_text = "Loading case…"
-        self.rating.reset()
-        self._update_title()
-        self._update_controls()
-        cached = self._cache.get(number)
-        if cached is not None:
-            self._display(cached)
-            return
-        self.busy.setVisible(True)
-        self._load(number, for_screen=True)
-
-    def _load(self, number: int, *, for_screen: bool) -> None:
-        if any(getattr(job, "case_number", None) == number for job in self._jobs):
-            return  # already on its way (a prefetch the screen now waits for)
-        session = self.session
-        job = BackgroundCall(lambda: session.load_case(number))
-        job.case_number = number  # type: ignore[attr-defined]
-        job.succeeded.connect(self._loaded)
-        job.failed.connect(lambda message: self._load_failed(number, message))
-        job.finished.connect(lambda: self._job_done(job))
-        self._jobs.append(job)
-        job.start()
-
-    def _job_done(self, job: BackgroundCall) -> None:
-        if job in self._jobs:
-            self._jobs.remove(job)
-        job.deleteLater()
-
-    def _loaded(self, case: DisplayCase) -> None:
-        self._cache[case.number] = case
-        if case.number == self.loading:
-            self._display(case)
-
-    def _load_failed(self, number: int, message: str) -> None:
-        if number != self.loading:
-            return  # a prefetch failed; the error shows if the reader gets there
-        self.busy.setVisible(False)
-        for view in self.views:
-            view.empty_text = f"Case {number} cannot be shown. Skip it (S) and tell the study organiser."
-            view.refresh()
-        self.report_error("Cannot show case", message)
-        self._update_controls()
-
-    def _display(self, case: DisplayCase) -> None:
-        number = case.number
-        self.loading = None
-        self.busy.setVisible(False)
-        # Every case starts from the same view: centred crosshair, whole grid, the study's window.
-        self.state.cursor.set_voxel([(n - 1) / 2 for n in self.state.cursor.grid.shape])
-        self.state.zoom.reset()
-        self.state.window_level.set_range(*case.window)
-        self.layer.set(case.data)
-        try:
-            self.session.open_case(number)
-            saved = self.session.answer_of(number) if self.revisiting is not None else None
-        except BrainSynthError as exc:
-            self.report_error("Cannot open case", str(exc))
-            return
-        self.current = number
-        self._saved_values = dict(saved.values) if saved is not None else None
-        self.rating.reset(self._saved_values)
-        self._cache = {number: case, **{k: v for k, v in self._cache.items() if k != number}}
-        self._update_title()
-        self._update_controls()
-        self.panel.focus_current()
-        self.case_shown.emit(number)
-        self._prefetch()
-
-    def _prefetch(self) -> None:
-        """Load the case that comes after this one while the reader rates (at most two kept)."""
-        try:
-            upcoming = [e.case_number for e in self.session.queue() if e.status != "answered"]
-        except BrainSynthError:
-            return
-        following = next((n for n in upcoming if n != self.current), None)
-        self._cache = {k: v for k, v in self._cache.items() if k in (self.current, following)}
-        if following is not None and following not in self._cache:
-            self._load(following, for_screen=False)
+        self.flow.show(number)
 
     def next(self) -> bool:
         """Save the answer (Enter) and go on; refused while a required question is unanswered.
@@ -376,86 +313,78 @@ class ReviewWindow(ErrorReportingWindow):
         Returns:
             True when the answer was saved (or was unchanged) and the next case is on its way.
         """
-        number = self.current
-        if number is None:
-            return False
-        if not self.rating.complete:
+        if self.flow.current is not None and not self.rating.complete:
             self.statusBar().showMessage(f"Still to answer: {self.rating.missing_text()}", 5000)
-            return False
-        values = self.rating.values
-        if self.revisiting is None or values != self._saved_values:
-            try:
-                self.session.answer(number, values)
-            except BrainSynthError as exc:
-                self.report_error("Answer not saved", str(exc))
-                return False
-        if number not in self.answered_order:
-            self.answered_order.append(number)
-        if self.revisiting is not None and self.revisiting + 1 < len(self.answered_order):
-            self._revisit(self.revisiting + 1)
-        else:
-            self._go_next()
-        return True
+        return self.flow.next()
 
     def skip(self) -> bool:
         """Skip the case on screen for later (S); it comes back after all the others."""
-        number = self.current if self.current is not None else self.loading
-        if number is None or self.revisiting is not None:
-            return False
-        try:
-            self.session.skip(number)
-        except BrainSynthError as exc:
-            self.report_error("Cannot skip", str(exc))
+        number = self.flow.case_number
+        if not self.flow.skip():
             return False
         self.statusBar().showMessage(f"Case {number} skipped; it comes back at the end", 5000)
-        self._go_next()
         return True
 
     def back(self) -> bool:
         """Go to the case answered before this one to change its answer (only if the study allows it)."""
-        if not self.session.allow_changes:
+        if not self.flow.allow_changes:
             self.statusBar().showMessage("This study does not allow changing answers", 5000)
-            return False
-        index = len(self.answered_order) - 1 if self.revisiting is None else self.revisiting - 1
-        if index < 0:
-            return False
-        self._revisit(index)
-        return True
+        return self.flow.back()
 
-    def _revisit(self, index: int) -> None:
-        self.revisiting = index
-        self.show_case(self.answered_order[index])
+    def position_text(self) -> str:
+        """``"Case 7 · 12 of 40"`` (12: the count this case will make), or the finished/changing state."""
+        return self.flow.position_text()
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def _load(self, number: int) -> None:
+        """The flow asks for case ``number``: load it off the interface thread, hand it back."""
+        flow = self.flow
+        job = create_worker(
+            self.session.load_case,
+            number,
+            start=False,
+            connect={"returned": flow.loaded, "errored": lambda message: flow.load_failed(number, message)},
+        )
+        self._jobs.start(job)
+
+    # -- display -------------------------------------------------------------------------------
+
+    def _render(self) -> None:
+        """Redraw from the flow: page, busy indicator, empty views, title and buttons."""
+        flow = self.flow
+        self.pages.setCurrentIndex(1 if flow.finished else 0)
+        self.busy.setVisible(flow.loading is not None and flow.failed is None)
+        if flow.current is None and self.layer.data is not None:
+            self.layer.set(None)
+        text = (
+            f"Case {flow.failed} cannot be shown. Skip it (S) and tell the study organiser."
+            if flow.failed is not None
+            else "Loading case…"
+        )
+        for view in self.views:
+            if view.empty_text != text:
+                view.empty_text = text
+                view.refresh()
+        self._update_title()
+        self._update_controls()
+
+    def _display(self, case: DisplayCase) -> None:
+        """The flow put ``case`` on screen: every case starts from the same view."""
+        self.state.cursor.set_voxel([(n - 1) / 2 for n in self.state.cursor.grid.shape])
+        self.state.zoom.reset()
+        self.state.window_level.set_range(*case.window)
+        self.layer.set(case.data)
+        self.panel.focus_current()
+        self.case_shown.emit(case.number)
 
     def _show_finished(self) -> None:
-        self.current = None
-        self.loading = None
-        self.layer.set(None)
-        self.pages.setCurrentIndex(1)
         self.finished_label.setText(
             f"<h2>Study finished</h2><p>You have answered all {self.total} cases of "
             f"<b>{_escape(self.session.study.name)}</b>. Thank you, {_escape(self.session.reader)}.</p>"
             "<p>Every answer is saved. You can close this window.</p>"
         )
-        self._update_title()
         self.study_finished.emit()
-
-    # -- display -------------------------------------------------------------------------------
-
-    @property
-    def finished(self) -> bool:
-        return self.pages.currentIndex() == 1
-
-    def position_text(self) -> str:
-        """``"Case 7 · 12 of 40"`` (12: the count this case will make), or the finished/changing state."""
-        if self.finished:
-            return f"Finished · {self.total} of {self.total}"
-        number = self.current if self.current is not None else self.loading
-        if number is None:
-            return ""
-        if self.revisiting is not None:
-            return f"Case {number} · changing your answer"
-        answered = self.session.progress().answered
-        return f"Case {number} · {answered + 1} of {self.total}"
 
     def _update_title(self) -> None:
         position = self.position_text()
@@ -464,18 +393,18 @@ class ReviewWindow(ErrorReportingWindow):
         self.setWindowTitle(" — ".join(p for p in parts if p))
 
     def _update_controls(self) -> None:
-        on_screen = self.current is not None
+        flow = self.flow
+        on_screen = flow.current is not None
         self.panel.setEnabled(on_screen)
-        self.next_button.setEnabled(on_screen and self.rating.complete)
-        self.skip_button.setEnabled((on_screen or self.loading is not None) and self.revisiting is None)
-        self.back_button.setEnabled(self.session.allow_changes and bool(self.answered_order))
+        self.next_button.setEnabled(flow.can_next)
+        self.skip_button.setEnabled(flow.can_skip)
+        self.back_button.setEnabled(flow.can_back)
         missing = self.rating.missing_text() if on_screen else ""
         self.missing_label.setText(f"Still to answer: {missing}" if missing else "")
 
     def wait_for_loads(self) -> None:
         """Block until background loads have finished (closing, tests)."""
-        for job in list(self._jobs):
-            job.wait()
+        self._jobs.wait()
 
     def closeEvent(self, event) -> None:
         self.wait_for_loads()

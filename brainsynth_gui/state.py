@@ -404,8 +404,9 @@ class DisplayState(Observable):
 class ImageLayer(Observable):
     """One displayed volume: an array on the model grid (standard units) and a title.
 
-    The synthetic layer shows the selected volume, a trajectory frame or the live preview;
-    the real layer shows the selected real scan. ``data`` is None when there is nothing.
+    In the main window the "synthetic" layer shows the selected volume, a trajectory frame or
+    the live preview, and the "real" layer the selected real scan; review mode has one layer,
+    "case". ``data`` is None when there is nothing.
     """
 
     def __init__(self, name: str) -> None:
@@ -438,9 +439,18 @@ class ImageLayer(Observable):
         return float(self._data[idx])
 
 
+#: The main window's layers: the generated volume (with the real scan as its overlay) and the real scan.
+MAIN_LAYERS = ("synthetic", "real")
+
+
 @dataclass
 class ViewerState:
-    """Everything the views share, created together for one grid."""
+    """Everything the views share, created together for one grid.
+
+    Attributes:
+        layers: the displayed volumes by name, in display order (any number; names reach view
+            hints and the cursor readout).
+    """
 
     cursor: CursorState
     window_level: WindowLevelState
@@ -448,12 +458,14 @@ class ViewerState:
     zoom: ZoomState
     trajectory: TrajectoryState
     display: DisplayState
-    synthetic: ImageLayer
-    real: ImageLayer
+    layers: dict[str, ImageLayer]
 
     @classmethod
-    def for_grid(cls, grid: GridGeometry, *, layer_names: tuple[str, str] = ("synthetic", "real")) -> ViewerState:
-        """Fresh state on ``grid``; ``layer_names`` reach view hints and readouts."""
+    def for_grid(cls, grid: GridGeometry, *, layer_names: Sequence[str] = MAIN_LAYERS) -> ViewerState:
+        """Fresh state on ``grid`` with one empty layer per name (at least one, no repeats)."""
+        names = tuple(layer_names)
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"layer names must be one or more distinct names, not {names!r}")
         return cls(
             cursor=CursorState(grid),
             window_level=WindowLevelState(),
@@ -461,9 +473,15 @@ class ViewerState:
             zoom=ZoomState(grid),
             trajectory=TrajectoryState(),
             display=DisplayState(),
-            synthetic=ImageLayer(layer_names[0]),
-            real=ImageLayer(layer_names[1]),
+            layers={name: ImageLayer(name) for name in names},
         )
+
+    def layer(self, name: str) -> ImageLayer:
+        """The layer called ``name``."""
+        try:
+            return self.layers[name]
+        except KeyError:
+            raise KeyError(f"no layer {name!r}; this state has {', '.join(self.layers)}") from None
 
     def set_grid(self, grid: GridGeometry) -> None:
         self.cursor.set_grid(grid)
@@ -474,7 +492,7 @@ class ViewerState:
         i, j, k = self.cursor.voxel
         x, y, z = self.cursor.mm
         parts = [f"voxel [{i}, {j}, {k}]", f"MNI ({x:+.1f}, {y:+.1f}, {z:+.1f}) mm"]
-        for layer in (self.synthetic, self.real):
+        for layer in self.layers.values():
             value = layer.value_at(self.cursor.voxel)
             if value is not None:
                 parts.append(f"{layer.name} {value:.0f}")

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from brainsynth_gui.background import BackgroundCall
+from brainsynth_gui.background import BackgroundWorker, create_worker
 from engine.errors import BrainSynthError
 from engine.export import ExportVolume
 from engine.study import StudyDatabase, StudyError, default_database_path
@@ -323,8 +323,6 @@ class CreateStudyDialog(QDialog):
         spec: the model spec of those volumes.
     """
 
-    _progress_signal = Signal(int, int)
-
     def __init__(
         self,
         parent: QWidget | None,
@@ -343,8 +341,7 @@ class CreateStudyDialog(QDialog):
         self.spec = spec
         self.created = None
         self.errors: list[str] = []
-        self._job: BackgroundCall | None = None
-        self._progress_signal.connect(self._show_progress)
+        self._job: BackgroundWorker | None = None
 
         self.db_field = QLineEdit(str(self.db_path))
         self.db_field.setReadOnly(True)
@@ -436,16 +433,21 @@ class CreateStudyDialog(QDialog):
         self.progress.setRange(0, 0)
         self.progress.show()
         self.message.setText("Checking every volume through the display pipeline…")
-        db_path = self.db_path
-        report = self._progress_signal.emit  # emitted in the worker, delivered here (queued)
-        job = BackgroundCall(lambda: create_study(db_path, request, progress=report))
-        job.succeeded.connect(self._created)
-        job.failed.connect(self._fail)
-        job.finished.connect(self._job_finished)
-        self._job = job
-        job.start()
+        self._job = create_worker(
+            create_study,
+            self.db_path,
+            request,
+            report_as="progress",
+            connect={
+                "yielded": self._show_progress,
+                "returned": self._created,
+                "errored": self._fail,
+                "finished": self._job_finished,
+            },
+        )
 
-    def _show_progress(self, done: int, total: int) -> None:
+    def _show_progress(self, report: tuple[int, int]) -> None:
+        done, total = report
         self.progress.setRange(0, total)
         self.progress.setValue(done)
         self.message.setText(f"Checking every volume through the display pipeline: {done} of {total}")

@@ -22,7 +22,7 @@ class OrthoViewer(QWidget):
     """Three orthogonal views of the synthetic volume above three of the real scan.
 
     Args:
-        state: the shared viewer state.
+        state: the shared viewer state, with the main window's layers "synthetic" and "real".
     """
 
     def __init__(self, state: ViewerState, parent: QWidget | None = None) -> None:
@@ -32,8 +32,10 @@ class OrthoViewer(QWidget):
         layout = QGridLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.setSpacing(3)
-        self.synthetic_views = [SliceView(p, state, state.synthetic, overlay=state.real) for p in PLANE_ORDER]
-        self.real_views = [SliceView(p, state, state.real) for p in PLANE_ORDER]
+        self.synthetic = state.layer("synthetic")
+        self.real = state.layer("real")
+        self.synthetic_views = [SliceView(p, state, self.synthetic, overlay=self.real) for p in PLANE_ORDER]
+        self.real_views = [SliceView(p, state, self.real) for p in PLANE_ORDER]
         self.synthetic_label = QLabel("Synthetic")
         self.real_label = QLabel("Real")
         for label in (self.synthetic_label, self.real_label):
@@ -45,8 +47,8 @@ class OrthoViewer(QWidget):
         for col, view in enumerate(self.real_views):
             layout.addWidget(view, 3, col)
         state.display.subscribe(self._apply_compare_mode)
-        state.synthetic.subscribe(self._update_labels)
-        state.real.subscribe(self._update_labels)
+        self.synthetic.subscribe(self._update_labels)
+        self.real.subscribe(self._update_labels)
         self._apply_compare_mode()
         self._update_labels()
 
@@ -67,5 +69,5 @@ class OrthoViewer(QWidget):
             view.setVisible(show_real)
 
     def _update_labels(self) -> None:
-        self.synthetic_label.setText(f"Synthetic — {self.state.synthetic.title or 'none yet'}")
-        self.real_label.setText(f"Real — {self.state.real.title or 'none open'}")
+        self.synthetic_label.setText(f"Synthetic — {self.synthetic.title or 'none yet'}")
+        self.real_label.setText(f"Real — {self.real.title or 'none open'}")

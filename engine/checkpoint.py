@@ -17,10 +17,16 @@ would run code is refused before anything in it runs.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import io
 import json
+import math
+import mmap
+import os
 import pickle
+import sys
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +45,7 @@ TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 NESTED_WEIGHT_KEYS = ("model", "unet_state_dict", "state_dict", "model_state_dict")
 _PREFIXES_TO_STRIP = ("module.", "_orig_mod.")
 _MAX_KEYS_IN_MESSAGE = 6
+_READ_CHUNK_BYTES = 8 << 20  # 8 MiB: some 45 progress reports for a paper-size checkpoint (380 MB with EMA)
 
 
 @dataclass
@@ -51,7 +58,8 @@ class Checkpoint:
         ema_weights: exponential moving average of the weights, if the trainer kept one.
         provenance: where the weights came from (JSON-serialisable).
         path: the file it was loaded from, if any.
-        sha256: SHA-256 of that file (hex), or None for a checkpoint made in memory.
+        sha256: hex SHA-256 of that file's bytes as they were read (the provenance every export
+            records), or None for a checkpoint made in memory.
     """
 
     spec: ModelSpec
@@ -180,39 +188,79 @@ def read_metadata(path: str | Path) -> dict:
     return header
 
 
-def load_checkpoint(path: str | Path, *, preset: str | ModelSpec | None = None) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path,
+    *,
+    preset: str | ModelSpec | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> Checkpoint:
     """Load a BrainSynth checkpoint, or import a plain MONAI state_dict given a preset.
+
+    The file is read once, in chunks: the same bytes give the header, the tensors and the
+    file's SHA-256 (:attr:`Checkpoint.sha256`), so nothing reads it again to record provenance.
+    Like safetensors' own loader, the tensors of a ``.safetensors`` file are views of a
+    copy-on-write memory map of it (nothing is copied; replacing the file, as
+    :func:`save_checkpoint` does, leaves them intact).
 
     Args:
         path: ``.safetensors`` (BrainSynth, or plain weights with ``preset``) or
             ``.pt``/``.pth``/``.ckpt``/``.bin`` (PyTorch state_dict, needs ``preset``).
         preset: preset name or spec for files that do not describe themselves. Ignored
             (but checked for agreement) for BrainSynth checkpoints.
+        progress: called with the fraction of the file read so far (0..1, ending at 1.0),
+            from the calling thread.
 
     Raises:
         CheckpointError: missing, truncated, unsafe or mismatching files, with a message
             that says what to do.
     """
-    from engine.export import sha256_file
-
     path = _existing_file(path)
     suffix = path.suffix.lower()
     if suffix in NATIVE_SUFFIXES:
-        checkpoint = _load_safetensors(path, preset)
+        data, digest = _read_and_hash(path, progress)
+        ckpt = _load_safetensors(path, data, preset)
     elif suffix in TORCH_SUFFIXES:
         if preset is None:
             raise CheckpointError(
                 f"{path.name} is a plain PyTorch state_dict with no model description; "
                 f"say which architecture it is with --preset ({', '.join(PRESETS)})"
             )
-        checkpoint = import_state_dict(path, spec=_as_spec(preset))
+        spec = _as_spec(preset)  # an unknown preset is refused before the file is read
+        data, digest = _read_and_hash(path, progress)
+        ckpt = _import_state_dict_bytes(path, data, spec=spec)
     else:
         raise CheckpointError(
             f"{path.name} is not a checkpoint: expected a BrainSynth .safetensors file "
             f"or a MONAI state_dict ({', '.join(TORCH_SUFFIXES)})"
         )
-    checkpoint.sha256 = sha256_file(path)
-    return checkpoint
+    ckpt.sha256 = digest
+    return ckpt
+
+
+def _read_and_hash(path: Path, progress: Callable[[float], None] | None) -> tuple[mmap.mmap | bytearray, str]:
+    """The file's bytes and their hex SHA-256, from one pass over them in chunks (reporting the fraction read).
+
+    The file is memory-mapped copy-on-write (as safetensors' own loader maps it): hashing reads
+    every page once, and the tensors are views of the same pages (:func:`_safetensors_tensors`),
+    so the weights are neither read a second time nor copied.
+    """
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) if size else bytearray()
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path.name}: {getattr(exc, 'strerror', None) or exc}") from None
+    total = len(data)
+    with memoryview(data) as view:
+        for begin in range(0, total, _READ_CHUNK_BYTES):
+            end = min(begin + _READ_CHUNK_BYTES, total)
+            digest.update(view[begin:end])
+            if progress is not None:
+                progress(end / total)
+    if progress is not None and total == 0:
+        progress(1.0)  # an empty file: nothing to read, but reading is finished
+    return data, digest.hexdigest()
 
 
 def import_state_dict(path: str | Path, *, spec: ModelSpec) -> Checkpoint:
@@ -224,8 +272,15 @@ def import_state_dict(path: str | Path, *, spec: ModelSpec) -> Checkpoint:
     (DistributedDataParallel) and ``_orig_mod.`` (torch.compile) prefixes are removed.
     """
     path = _existing_file(path)
+    data, digest = _read_and_hash(path, None)
+    ckpt = _import_state_dict_bytes(path, data, spec=spec)
+    ckpt.sha256 = digest
+    return ckpt
+
+
+def _import_state_dict_bytes(path: Path, data: mmap.mmap | bytearray, *, spec: ModelSpec) -> Checkpoint:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refused to load {path.name}: it contains pickled Python objects other than tensors, "
@@ -321,14 +376,12 @@ def _clean_keys(state: Mapping, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_safetensors(path: Path, preset: str | ModelSpec | None) -> Checkpoint:
-    from safetensors.torch import load_file
-
-    header = _read_safetensors_header(path)
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error type for every kind of damage
-        raise CheckpointError(f"{path.name} is damaged or truncated: {_first_line(exc)}") from None
+def _load_safetensors(path: Path, data: mmap.mmap | bytearray, preset: str | ModelSpec | None) -> Checkpoint:
+    """A checkpoint from the bytes of a ``.safetensors`` file (read once by the caller)."""
+    layout, start = _safetensors_header(path, data)
+    meta = layout.get("__metadata__") or {}
+    header = _brainsynth_header(path, meta if isinstance(meta, dict) else {})
+    tensors = _safetensors_tensors(path, data, layout, start)
     if header is None:
         if preset is None:
             raise CheckpointError(
@@ -361,24 +414,109 @@ def _load_safetensors(path: Path, preset: str | ModelSpec | None) -> Checkpoint:
     return Checkpoint(spec=spec, weights=weights, ema_weights=ema, provenance=header.get("provenance", {}), path=path)
 
 
+def _not_readable(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path.name} is not a readable safetensors checkpoint (truncated or another kind of file): {reason}"
+    )
+
+
+def _safetensors_header(path: Path, data: mmap.mmap | bytearray) -> tuple[dict, int]:
+    """A safetensors file's JSON header and where its tensor bytes start.
+
+    The format: an 8-byte little-endian header length, then that many bytes of JSON (tensor
+    name → dtype, shape and byte offsets from the end of the header, plus an optional
+    ``__metadata__`` of strings), then the tensors' bytes.
+    """
+    if len(data) < 8:
+        raise _not_readable(path, f"{len(data)} bytes, shorter than a safetensors header")
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        raise _not_readable(path, f"header of {size} bytes in a file of {len(data)}")
+    try:
+        header = json.loads(bytes(data[8 : 8 + size]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _not_readable(path, f"header is not JSON ({_first_line(exc)})") from None
+    if not isinstance(header, dict):
+        raise _not_readable(path, "header is not a JSON object")
+    return header, 8 + size
+
+
+# safetensors dtype names → torch dtypes (the ones a diffusion checkpoint can hold).
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _safetensors_tensors(path: Path, data: mmap.mmap | bytearray, layout: dict, start: int) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file as views of ``data`` (no copy), every entry checked.
+
+    ``layout`` is the file's JSON header and ``start`` the offset of its tensor bytes. A tensor
+    whose bytes do not start at a multiple of its element size is copied instead, so no kernel
+    ever reads misaligned memory. safetensors stores little-endian, as every machine we run on is.
+    """
+    if sys.byteorder != "little":
+        raise CheckpointError(f"{path.name}: reading checkpoints on a big-endian machine is not supported")
+    tensors: dict[str, torch.Tensor] = {}
+    available = len(data) - start
+    for name, info in layout.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+            shape = [int(n) for n in info["shape"]]
+            begin, end = (int(v) for v in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{path.name} is damaged: tensor {name!r} is described wrongly ({type(exc).__name__}: {exc})"
+            ) from None
+        count = math.prod(shape)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if min(shape, default=0) < 0 or not 0 <= begin <= end or end - begin != count * itemsize:
+            raise CheckpointError(f"{path.name} is damaged: tensor {name!r} has inconsistent offsets")
+        if end > available:
+            raise CheckpointError(
+                f"{path.name} is damaged or truncated: tensor {name!r} ends at byte {start + end}, "
+                f"the file has {len(data)}"
+            )
+        if count == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+            continue
+        tensor = torch.frombuffer(data, dtype=dtype, count=count, offset=start + begin).reshape(shape)
+        tensors[name] = tensor.clone() if (start + begin) % itemsize else tensor
+    return tensors
+
+
 def _read_safetensors_header(path: Path) -> dict | None:
-    """BrainSynth metadata from a safetensors header; None for plain safetensors weights."""
+    """BrainSynth metadata from a safetensors header (reading only the header); None for plain weights."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
     except Exception as exc:
-        raise CheckpointError(
-            f"{path.name} is not a readable safetensors checkpoint (truncated or another kind of file): "
-            f"{_first_line(exc)}"
-        ) from None
+        raise _not_readable(path, _first_line(exc)) from None
+    return _brainsynth_header(path, meta)
+
+
+def _brainsynth_header(path: Path, meta: Mapping[str, str]) -> dict | None:
+    """The parsed ``"brainsynth"`` entry of safetensors metadata, checked; None when absent."""
     if "brainsynth" not in meta:
         return None
     try:
         header = json.loads(meta["brainsynth"])
-    except json.JSONDecodeError:
+    except (TypeError, json.JSONDecodeError):
         raise CheckpointError(f"{path.name}: its BrainSynth metadata is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path.name}: its BrainSynth metadata is not a JSON object")
     if header.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path.name}: unknown metadata format {header.get('format')!r}")
     if int(header.get("format_version", 0)) > FORMAT_VERSION:

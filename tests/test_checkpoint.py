@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from engine.checkpoint import Checkpoint, load_checkpoint, read_metadata, save_checkpoint
 from engine.errors import BrainSynthError, CheckpointError
 from engine.specs import PRESETS
 from training_cli.main import main as cli
@@ -199,3 +199,73 @@ def test_damaged_model_description_is_one_clear_error(tmp_path, tiny_checkpoint,
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(bad)
     assert str(info.value).startswith("edited.safetensors") and message in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_one_read_gives_the_files_sha256_and_reports_progress_to_the_end(
+    tmp_path, tiny_checkpoint, tiny_weights, suffix, monkeypatch
+):
+    import hashlib
+
+    if suffix == ".pt":
+        path = tmp_path / "weights.pt"
+        torch.save(tiny_weights, path)
+    else:
+        path = tiny_checkpoint
+    # Small chunks, so even the tiny file is read in several pieces.
+    chunk = 64 * 1024
+    assert path.stat().st_size > 4 * chunk
+    monkeypatch.setattr("engine.checkpoint._READ_CHUNK_BYTES", chunk)
+    fractions: list[float] = []
+    ckpt = load_checkpoint(path, preset="tiny" if suffix == ".pt" else None, progress=fractions.append)
+    assert ckpt.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert len(fractions) >= 4 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert 0.0 < fractions[0] < 1.0
+    assert set(ckpt.weights) == set(tiny_weights)
+
+
+def test_a_checkpoint_made_in_memory_has_no_file_hash(tiny_spec, tiny_weights):
+    assert Checkpoint(spec=tiny_spec, weights=dict(tiny_weights)).sha256 is None
+
+
+def test_our_safetensors_reader_agrees_with_safetensors_own(tiny_checkpoint):
+    from safetensors.torch import load_file
+
+    reference = load_file(str(tiny_checkpoint))
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ours = {f"model.{k}": v for k, v in ckpt.weights.items()} | {f"ema.{k}": v for k, v in ckpt.ema_weights.items()}
+    assert set(ours) == set(reference)
+    for key, value in reference.items():
+        assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), key
+
+
+def test_misaligned_and_damaged_tensor_entries(tmp_path):
+    import json
+
+    from engine.checkpoint import _safetensors_header, _safetensors_tensors
+
+    def file_bytes(layout: dict, payload: bytes) -> bytearray:
+        header = json.dumps(layout).encode()
+        return bytearray(len(header).to_bytes(8, "little") + header + payload)
+
+    path = tmp_path / "hand-made.safetensors"
+    values = torch.tensor([1.5, -2.0], dtype=torch.float32)
+    # A float32 tensor starting one byte in: read correctly (copied, never a misaligned view).
+    data = file_bytes(
+        {"flag": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+         "x": {"dtype": "F32", "shape": [2], "data_offsets": [1, 9]}},
+        b"\x07" + values.numpy().tobytes(),
+    )  # fmt: skip
+    layout, start = _safetensors_header(path, data)
+    tensors = _safetensors_tensors(path, data, layout, start)
+    assert torch.equal(tensors["x"], values) and tensors["flag"].tolist() == [7]
+    for entry, message in (
+        ({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}, "inconsistent offsets"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": [0, 8000]}, "inconsistent offsets"),
+        ({"dtype": "F32", "shape": [2000], "data_offsets": [0, 8000]}, "truncated"),
+        ({"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}, "described wrongly"),
+    ):
+        data = file_bytes({"x": entry}, values.numpy().tobytes())
+        layout, start = _safetensors_header(path, data)
+        with pytest.raises(CheckpointError, match=message):
+            _safetensors_tensors(path, data, layout, start)

@@ -129,6 +129,7 @@ def test_review_by_keyboard_skip_resume_and_finish(main_window, db_path, pools):
     assert first == order[0]
     assert review.windowTitle() == f"Pilot — Dr A — Case {first} · 1 of 4"
     assert review.layer.data is not None and review.layer.data.shape == (16, 24, 16)
+    assert list(review.state.layers) == ["case"]  # one layer in review mode
     assert_blind(review, pools)
 
     # Next is blocked until every required question is answered.
@@ -255,7 +256,9 @@ def test_create_study_from_the_app_with_session_volumes(qapp, db_path, pools, tm
 
     real, _ = pools
     rng = np.random.default_rng(1)
-    request = GenerationRequest(spec=tiny_spec, seeds=[11, 12], settings=SamplerSettings("ddim", 3), device="cpu")
+    request = GenerationRequest(
+        spec=tiny_spec, seeds=[11, 12], settings=SamplerSettings("ddim", 3), device="cpu", checkpoint_sha256="c" * 64
+    )
     volumes = [
         ExportVolume(
             number=n,
@@ -287,6 +290,10 @@ def test_create_study_from_the_app_with_session_volumes(qapp, db_path, pools, tm
         "synthetic_0001_seed11.nii.gz",
         "synthetic_0002_seed12.nii.gz",
     ]
+    import json
+
+    sidecar = json.loads((tmp_path / "exported" / "synthetic_0001_seed11.json").read_text())
+    assert sidecar["checkpoint_sha256"] == "c" * 64  # the hash the request carries, not a second read
 
 
 def test_evaluate_generated_volumes_from_the_app(qapp, tmp_path, tiny_checkpoint, tiny_spec, pools):
@@ -298,7 +305,7 @@ def test_evaluate_generated_volumes_from_the_app(qapp, tmp_path, tiny_checkpoint
 
     window = MainWindow(recent=RecentFiles(tmp_path / "recent.json"), quiet=True)
     try:
-        assert window.open_checkpoint(tiny_checkpoint)
+        assert window.open_checkpoint(tiny_checkpoint, wait=True)
         real, _ = pools
         assert window.open_scans([real])
         base = prepare_scan(Volume(*phantom()), tiny_spec).to_model()
@@ -333,3 +340,33 @@ def test_evaluate_generated_volumes_from_the_app(qapp, tmp_path, tiny_checkpoint
         dialog.close()
     finally:
         window.close()
+
+
+def test_cancelling_an_evaluation_says_cancelled_and_reports_no_error(qapp, tmp_path, tiny_spec):
+    import threading
+
+    from brainsynth_gui.evaluation_dialog import EvaluationDialog
+
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def real():
+        started.set()
+        release.wait(20)
+        calls.append("real")
+        return [np.zeros(tiny_spec.grid.shape, np.float32)] * 2, ["a", "b"]
+
+    def synthetic():
+        calls.append("synthetic")
+        return [np.zeros(tiny_spec.grid.shape, np.float32)] * 2, ["c", "d"]
+
+    dialog = EvaluationDialog(None, real=real, synthetic=synthetic, counts=(2, 2), spec=tiny_spec, quiet=True)
+    dialog.train_field.setText(str(tmp_path))  # its loading stage is where the cancel is seen
+    assert dialog.run()
+    assert started.wait(20)
+    dialog.progress_dialog.canceled.emit()  # the user presses Cancel while the real scans load
+    release.set()
+    wait_until(lambda: not dialog.running)
+    assert calls == ["real", "synthetic"]  # stopped at the next progress report, before the training scans
+    assert dialog.status.text() == "Cancelled." and not dialog.errors and dialog.result is None
+    dialog.close()

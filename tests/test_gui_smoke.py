@@ -13,7 +13,7 @@ from brainsynth_gui.recent_files import RecentFiles
 def test_window_shows_checkpoint(qtbot, tmp_path, tiny_checkpoint):
     window = MainWindow(recent=RecentFiles(tmp_path / "recent.json"))
     qtbot.addWidget(window)
-    assert window.open_checkpoint(tiny_checkpoint)
+    assert window.open_checkpoint(tiny_checkpoint, wait=True)
     assert "tiny" in window.model_info.text() and "16 x 24 x 16" in window.model_info.text()
 
 
@@ -22,7 +22,7 @@ def test_bad_checkpoint_is_reported_not_raised(qtbot, tmp_path):
     qtbot.addWidget(window)
     bad = tmp_path / "bad.safetensors"
     bad.write_text("nope")
-    assert not window.open_checkpoint(bad)
+    assert not window.open_checkpoint(bad, wait=True)
     assert "not a readable safetensors" in window.statusBar().currentMessage()
     assert window.errors and "not a readable safetensors" in window.errors[0]
 

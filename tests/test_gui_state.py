@@ -42,7 +42,8 @@ def test_state_module_is_qt_free():
     code = (
         "import sys, brainsynth_gui.state, brainsynth_gui.rendering, brainsynth_gui.animation, "
         "brainsynth_gui.media, brainsynth_gui.recent_files, brainsynth_gui.generation_request, "
-        "brainsynth_gui.volume_library, brainsynth_gui.checkpoint_info\n"
+        "brainsynth_gui.volume_library, brainsynth_gui.checkpoint_info, brainsynth_gui.rating_state, "
+        "brainsynth_gui.review_flow\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('PySide6', 'pyqtgraph', 'shiboken6')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -153,13 +154,30 @@ def test_trajectory_timeline():
 def test_layer_value_and_readout():
     state = ViewerState.for_grid(GRID)
     data = np.arange(np.prod(GRID.shape), dtype=np.float32).reshape(GRID.shape)
-    state.synthetic.set(data, "x")
+    state.layer("synthetic").set(data, "x")
     state.cursor.set_voxel((1, 2, 3))
-    assert state.synthetic.value_at((1, 2, 3)) == data[1, 2, 3]
+    assert state.layer("synthetic").value_at((1, 2, 3)) == data[1, 2, 3]
     assert ImageLayer("e").value_at((0, 0, 0)) is None
     text = state.readout()
     assert "voxel [1, 2, 3]" in text and f"synthetic {data[1, 2, 3]:.0f}" in text and "MNI (" in text
     assert "real" not in text
+
+
+def test_a_viewer_state_holds_any_number_of_named_layers():
+    data = np.full(GRID.shape, 7.0, np.float32)
+    three = ViewerState.for_grid(GRID, layer_names=("synthetic", "real", "mask"))
+    assert list(three.layers) == ["synthetic", "real", "mask"]
+    three.layer("mask").set(data, "brain mask")
+    three.layer("real").set(data * 2)
+    assert three.readout().endswith("real 14   mask 7")  # every layer with data, in order
+    one = ViewerState.for_grid(GRID, layer_names=("case",))  # review mode
+    assert list(one.layers) == ["case"] and one.layer("case").name == "case"
+    with pytest.raises(KeyError, match="no layer 'real'; this state has case"):
+        one.layer("real")
+    assert list(ViewerState.for_grid(GRID).layers) == ["synthetic", "real"]  # the main window's
+    for bad in ((), ("a", "a")):
+        with pytest.raises(ValueError, match="distinct names"):
+            ViewerState.for_grid(GRID, layer_names=bad)
 
 
 def test_orientation_of_slices_and_letters():
@@ -291,7 +309,7 @@ def test_generation_choices_and_time_left():
 def test_out_of_memory_says_what_to_lower():
     import torch
 
-    from brainsynth_gui.generation_worker import OOM_HINT, describe_failure
+    from brainsynth_gui.background import OOM_HINT, describe_failure
 
     oom = getattr(torch.cuda, "OutOfMemoryError", RuntimeError)("CUDA out of memory. Tried to allocate 2 GiB")
     assert describe_failure(oom) == OOM_HINT

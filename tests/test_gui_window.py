@@ -69,7 +69,7 @@ def drag(widget, start: QPoint, end: QPoint, button: Qt.MouseButton, steps: int 
 @pytest.fixture(scope="module")
 def window(qapp, tmp_path_factory, checkpoint_path, phantom_path):
     win = make_window(tmp_path_factory.mktemp("win"))
-    assert win.open_checkpoint(checkpoint_path)
+    assert win.open_checkpoint(checkpoint_path, wait=True)
     assert win.open_scans([phantom_path])
     assert win.start_generation(REQUEST)
     wait_until(lambda: not win.busy)
@@ -95,9 +95,9 @@ def test_generated_volumes_are_listed_and_shown(window):
     assert window.volume_list.count() == 2
     assert "seed 11" in window.volume_list.item(0).text() and "ddim 3 steps" in window.volume_list.item(0).text()
     entry = window.library.entries[0]
-    np.testing.assert_array_equal(window.state.synthetic.data, entry.standard())
+    np.testing.assert_array_equal(window.state.layer("synthetic").data, entry.standard())
     assert "tiny" in window.model_info.text() and "EMA" in window.model_info.text()
-    assert window.state.real.data is not None and window.state.real.data.shape == (16, 24, 16)
+    assert window.state.layer("real").data is not None and window.state.layer("real").data.shape == (16, 24, 16)
     assert "Done: 2 volumes" in window.generation_panel.status.text()
 
 
@@ -127,7 +127,7 @@ def test_click_in_one_view_moves_the_others(window, qtbot):
         assert sagittal.v_line.value() == pytest.approx(-mm[1])  # anterior on the left
     np.testing.assert_array_equal(
         window.viewer.view("synthetic", "coronal").image.image,
-        oriented_slice(window.state.synthetic.data, PLANES["coronal"], 17, radiological=True),
+        oriented_slice(window.state.layer("synthetic").data, PLANES["coronal"], 17, radiological=True),
     )
     assert "voxel [3, 17," in window.readout.text()
 
@@ -234,10 +234,10 @@ def test_scrub_and_play_the_trajectory(window, qtbot):
     assert len(traj) == 3 and traj.at_end
     window.timeline.slider.setValue(0)
     assert traj.index == 0
-    np.testing.assert_allclose(window.state.synthetic.data, entry.frame("x_t", 0))
+    np.testing.assert_allclose(window.state.layer("synthetic").data, entry.frame("x_t", 0))
     assert "step 1/3" in window.timeline.label.text()
     window.timeline.kind.setCurrentIndex(1)  # predicted x_0
-    np.testing.assert_allclose(window.state.synthetic.data, entry.frame("x0", 0))
+    np.testing.assert_allclose(window.state.layer("synthetic").data, entry.frame("x0", 0))
     assert "predicted x0" in window.viewer.synthetic_label.text()
     # Keyboard: "." steps forward (window shortcut).
     window.activateWindow()
@@ -253,7 +253,7 @@ def test_scrub_and_play_the_trajectory(window, qtbot):
     assert not traj.playing
     traj.set_kind("x_t")
     traj.set_index(2)
-    np.testing.assert_array_equal(window.state.synthetic.data, entry.standard())
+    np.testing.assert_array_equal(window.state.layer("synthetic").data, entry.standard())
     window.volume_list.setCurrentRow(0)
 
 
@@ -311,7 +311,7 @@ def test_png_of_the_views(window, tmp_path):
 def test_bad_files_give_dialogs_not_crashes(window, tmp_path, dialogs):
     bad_ckpt = tmp_path / "bad.safetensors"
     bad_ckpt.write_text("nope")
-    assert not window.open_checkpoint(bad_ckpt)
+    assert not window.open_checkpoint(bad_ckpt, wait=True)
     assert window.checkpoint is not None  # the previous model stays
     not_a_scan = tmp_path / "notes.nii.gz"
     not_a_scan.write_text("nope")
@@ -333,17 +333,54 @@ def test_bad_files_give_dialogs_not_crashes(window, tmp_path, dialogs):
     assert "notes.nii.gz" in messages["Cannot show scan"]
     assert window.scan_list.item(window.scan_list.count() - 1).text().startswith("⚠")
     window.scan_list.setCurrentRow(0)
-    assert window.state.real.data is not None  # the prepared phantom comes from the cache at once
+    assert window.state.layer("real").data is not None  # the prepared phantom comes from the cache at once
 
 
-def test_no_model_message_and_generate_without_model(qapp, tmp_path, dialogs):
+@pytest.fixture
+def no_bundled_resources(monkeypatch, tmp_path):
+    """An installation without bundled resources: the lookup points at an empty folder."""
+    from engine import resources
+
+    assert resources.bundled_checkpoint() is not None  # this checkout has one: the test below can fail
+    empty = tmp_path / "no-resources"
+    empty.mkdir()
+    monkeypatch.setattr(resources, "resources_dir", lambda: empty)
+    assert resources.bundled_checkpoint() is None and resources.bundled_demo_scans() == []
+    return empty
+
+
+def test_no_model_message_and_generate_without_model(qapp, tmp_path, dialogs, no_bundled_resources):
     win = make_window(tmp_path)
     assert not win.open_checkpoint(None) or win.checkpoint is not None  # bundled model only if installed
-    if win.checkpoint is None:
-        assert "No model loaded" in win.model_info.text()
-        assert not win.start_generation(REQUEST)
-        assert dialogs and "open a checkpoint" in dialogs[-1][1]
+    assert win.checkpoint is None and not win.loading_checkpoint
+    assert "No model loaded" in win.model_info.text()
+    assert "Open a checkpoint" in win.model_info.text() and "Ctrl+O" in win.model_info.text()
+    assert "open a checkpoint" in win.statusBar().currentMessage()
+    assert not win.generation_panel.generate_button.isEnabled() and not win.generate_action.isEnabled()
+    assert not win.start_generation(REQUEST)
+    assert dialogs and "open a checkpoint" in dialogs[-1][1]
     win.close()
+
+
+def test_app_starts_without_a_bundled_model(qapp, tmp_path, monkeypatch, no_bundled_resources):
+    """The real start-up (``brainsynth --screenshot``): the window opens, says how to open a model, Generate off."""
+    from brainsynth_gui import app
+    from brainsynth_gui.main_window import MainWindow
+
+    monkeypatch.setenv("BRAINSYNTH_CONFIG_DIR", str(tmp_path / "cfg"))
+    before = list(qapp.topLevelWidgets())  # kept alive, so no new widget can take an old one's place
+    shot = tmp_path / "start.png"
+    assert app.main(["--screenshot", str(shot)]) == 0  # nothing reported as an error
+    assert shot.is_file()
+    (win,) = [w for w in qapp.topLevelWidgets() if isinstance(w, MainWindow) and all(w is not b for b in before)]
+    try:
+        assert win.isVisible() and win.checkpoint is None and not win.errors
+        assert "No model loaded" in win.model_info.text() and "Open checkpoint" in win.model_info.text()
+        assert not win.generation_panel.generate_button.isEnabled()
+        assert win.scan_list.count() == 0  # no bundled demo scans either
+    finally:
+        win.close()
+        win.deleteLater()
 
 
 def test_drop_checkpoint_opens_it(qapp, tmp_path, checkpoint_path):
@@ -354,13 +391,15 @@ def test_drop_checkpoint_opens_it(qapp, tmp_path, checkpoint_path):
         QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
     )
     win.dropEvent(drop)
+    assert win.loading_checkpoint  # read in the background
+    wait_until(lambda: not win.loading_checkpoint)
     assert win.checkpoint is not None and win.recent.get("checkpoints") == [checkpoint_path.resolve()]
     win.close()
 
 
 def test_cancel_stops_within_one_step(qapp, tmp_path, checkpoint_path):
     win = make_window(tmp_path)
-    assert win.open_checkpoint(checkpoint_path)
+    assert win.open_checkpoint(checkpoint_path, wait=True)
     calls = []
     model = win.checkpoint.build_model(use_ema=True, device="cpu")
     model.register_forward_hook(lambda *a: calls.append(1))
@@ -386,7 +425,7 @@ def test_cancel_stops_within_one_step(qapp, tmp_path, checkpoint_path):
 def test_event_loop_never_stalls_during_generation(qapp, tmp_path, checkpoint_path):
     """The longest gap between 10 ms timer ticks while the tiny model generates stays under 100 ms."""
     win = make_window(tmp_path)
-    assert win.open_checkpoint(checkpoint_path)
+    assert win.open_checkpoint(checkpoint_path, wait=True)
     qapp.processEvents()
     gaps: list[float] = []
     last = [time.perf_counter()]
@@ -412,4 +451,86 @@ def test_event_loop_never_stalls_during_generation(qapp, tmp_path, checkpoint_pa
     longest = max(gaps)
     print(f"\nlongest event-loop stall during generation: {longest * 1000:.1f} ms over {len(gaps)} ticks")
     assert longest < 0.100
+    win.close()
+
+
+def test_export_sidecar_records_the_hash_read_with_the_checkpoint(window, checkpoint_path, tmp_path):
+    import hashlib
+    import json
+
+    expected = hashlib.sha256(checkpoint_path.read_bytes()).hexdigest()
+    assert window.checkpoint.sha256 == expected  # hashed while it was loaded, not read again
+    window.volume_list.clearSelection()
+    written = window.export_nifti(tmp_path, overwrite=False)
+    sidecar = json.loads(written[0].with_name(written[0].name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["checkpoint_sha256"] == expected
+
+
+def test_checkpoint_loads_in_the_background_while_the_window_stays_responsive(
+    qapp, tmp_path, checkpoint_path, monkeypatch, dialogs
+):
+    """The worker is held halfway through the file: only a load off the interface thread lets the timer run."""
+    import hashlib
+    import threading
+
+    import brainsynth_gui.main_window as main_window_module
+    from engine.checkpoint import load_checkpoint
+
+    monkeypatch.setattr("engine.checkpoint._READ_CHUNK_BYTES", 64 * 1024)  # several progress reports
+    release = threading.Event()
+
+    def held_load(path, *, progress):
+        def report(fraction):
+            progress(fraction)
+            if fraction >= 0.5 and not release.wait(20):
+                raise TimeoutError("the test never released the load")
+
+        return load_checkpoint(path, progress=report)
+
+    monkeypatch.setattr(main_window_module, "load_checkpoint", held_load)
+    win = make_window(tmp_path)
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    assert win.open_checkpoint(checkpoint_path)  # returns at once: the load has started
+    assert win.loading_checkpoint and win.busy and win.checkpoint is None
+    wait_until(lambda: win.checkpoint_progress.value() >= 500 and len(ticks) >= 10, timeout=15)
+    # Held halfway: the window is drawn, its timer fires, its controls answer, the panel still says no model.
+    assert win.checkpoint_progress.isVisible() and win.checkpoint_progress.value() < 1000
+    assert "No model loaded" in win.model_info.text()
+    assert not win.generation_panel.generate_button.isEnabled()
+    win.state.zoom.zoom_by(2.0)
+    assert win.state.zoom.factor == 2.0
+    assert not win.open_checkpoint(checkpoint_path)  # one load at a time
+    release.set()
+    wait_until(lambda: not win.loading_checkpoint, timeout=15)
+    timer.stop()
+    assert win.checkpoint is not None and win.checkpoint.path == checkpoint_path
+    assert win.checkpoint.sha256 == hashlib.sha256(checkpoint_path.read_bytes()).hexdigest()
+    assert "tiny" in win.model_info.text() and "16 x 24 x 16" in win.model_info.text()
+    assert win.checkpoint_progress.isHidden() and win.generation_panel.generate_button.isEnabled()
+    assert dialogs == [("Cannot open checkpoint", "another checkpoint is loading; wait for it to finish")]
+    win.close()
+
+
+def test_a_damaged_checkpoint_loaded_in_the_background_is_one_error_and_keeps_the_model(
+    qapp, tmp_path, checkpoint_path, dialogs
+):
+    win = make_window(tmp_path)
+    assert win.open_checkpoint(checkpoint_path, wait=True)
+    previous, panel = win.checkpoint, win.model_info.text()
+    data = checkpoint_path.read_bytes()
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(data[: len(data) // 2])
+    assert win.open_checkpoint(damaged)  # started in the background
+    wait_until(lambda: not win.loading_checkpoint)
+    qapp.processEvents()
+    assert len(dialogs) == 1 and len(win.errors) == 1
+    title, message = dialogs[0]
+    assert title == "Cannot open checkpoint" and "damaged.safetensors is damaged or truncated" in message
+    assert win.checkpoint is previous and win.model_info.text() == panel
+    assert win.generation_panel.generate_button.isEnabled() and win.checkpoint_progress.isHidden()
+    assert win.recent.get("checkpoints") == [checkpoint_path.resolve()]
     win.close()

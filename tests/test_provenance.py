@@ -44,7 +44,7 @@ def test_cli_app_and_study_write_the_same_sidecar(qapp, tmp_path, tiny_checkpoin
 
     window = MainWindow(recent=RecentFiles(tmp_path / "recent.json"), quiet=True)
     try:
-        assert window.open_checkpoint(tiny_checkpoint)
+        assert window.open_checkpoint(tiny_checkpoint, wait=True)
         choices = GenerationChoices(
             device="cpu", precision="fp32", sampler="ddim", steps=3, count=1, seed=seed, trajectory_frames=0
         )
