@@ -423,7 +423,9 @@ def test_cancel_stops_within_one_step(qapp, tmp_path, checkpoint_path):
 
 
 def test_event_loop_never_stalls_during_generation(qapp, tmp_path, checkpoint_path):
-    """The longest gap between 10 ms timer ticks while the tiny model generates stays under 100 ms."""
+    """The longest gap between 10 ms timer ticks while the tiny model generates stays under 100 ms,
+    or under 3x the longest gap of the same timer with nothing running (a reference measured in this
+    process, so a machine busy with other work does not fail the test)."""
     win = make_window(tmp_path)
     assert win.open_checkpoint(checkpoint_path, wait=True)
     qapp.processEvents()
@@ -438,9 +440,14 @@ def test_event_loop_never_stalls_during_generation(qapp, tmp_path, checkpoint_pa
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(tick)
+    timer.start()
+    last[0] = time.perf_counter()
+    idle_until = time.monotonic() + 1.0
+    wait_until(lambda: time.monotonic() > idle_until)
+    idle_longest = max(gaps)
+    gaps.clear()
     finished = []
     win.generation_finished.connect(finished.append)
-    timer.start()
     last[0] = time.perf_counter()
     assert win.start_generation(
         GenerationChoices(device="cpu", sampler="ddim", steps=25, count=2, trajectory_frames=10)
@@ -449,8 +456,11 @@ def test_event_loop_never_stalls_during_generation(qapp, tmp_path, checkpoint_pa
     timer.stop()
     assert win.volume_list.count() == 2
     longest = max(gaps)
-    print(f"\nlongest event-loop stall during generation: {longest * 1000:.1f} ms over {len(gaps)} ticks")
-    assert longest < 0.100
+    print(
+        f"\nlongest event-loop stall during generation: {longest * 1000:.1f} ms over {len(gaps)} ticks "
+        f"(idle: {idle_longest * 1000:.1f} ms)"
+    )
+    assert longest < max(0.100, 3 * idle_longest)
     win.close()
 
 
