@@ -58,7 +58,8 @@ class PreprocessSettings:
         skip: steps to leave out, from :data:`SKIPPABLE`.
         device: "cpu" or "cuda" for brain extraction (ANTs runs on the CPU).
         threads: compute threads per scan (ITK and torch).
-        fast: fewer registration and N4 iterations (tests, previews); recorded in the cache key.
+        fast: a smaller denoising search and fewer N4 and registration iterations (tests,
+            previews); recorded in the cache key.
     """
 
     registration: str = "affine"
@@ -231,7 +232,7 @@ def process_volume(
         notes.append("denoising skipped (--skip denoise)")
     else:
         clock.step("denoise")
-        image = denoise(image, region)
+        image = denoise(image, region, fast=settings.fast)
     if "bias-field" in settings.skip:
         notes.append("bias-field correction skipped (--skip bias-field)")
     else:

@@ -21,6 +21,7 @@ PLAUSIBLE = {
     "similarity": (0.75, 1.0),
     "compactness": (0.3, 1.0),
 }
+LABELS = {"brain_volume_ml": "brain volume (mL)", "similarity": "similarity", "compactness": "compactness"}
 ROBUST_Z_LIMIT = 3.5
 MIN_SCANS_FOR_OUTLIERS = 5
 
@@ -45,7 +46,7 @@ def flag_outliers(rows: Sequence[dict]) -> list[list[str]]:
         values = np.array([float(r.get(key, np.nan)) for r in rows])
         for i, v in enumerate(values):
             if np.isfinite(v) and not lo <= v <= hi:
-                flags[i].append(f"{key.replace('_', ' ')} {v:.3g} outside {lo:g}-{hi:g}")
+                flags[i].append(f"{LABELS[key]} {v:.4g} outside {lo:g}-{hi:g}")
         finite = values[np.isfinite(values)]
         if finite.size >= MIN_SCANS_FOR_OUTLIERS:
             median = float(np.median(finite))
@@ -54,7 +55,7 @@ def flag_outliers(rows: Sequence[dict]) -> list[list[str]]:
                 for i, v in enumerate(values):
                     z = (v - median) / spread
                     if np.isfinite(z) and abs(z) > ROBUST_Z_LIMIT:
-                        flags[i].append(f"{key.replace('_', ' ')} {v:.3g} far from the batch (median {median:.3g})")
+                        flags[i].append(f"{LABELS[key]} {v:.4g} far from the batch (median {median:.4g})")
     return flags
 
 
