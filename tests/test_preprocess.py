@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from engine.errors import BrainSynthError
 from engine.geometry import MNI_BOX_SHAPE, mni_box_affine
 from engine.preprocess import PreprocessError, PreprocessSettings, find_raw_scans
 from engine.preprocess.checks import check_raw_scan, stripped_brain_mask
@@ -43,11 +44,11 @@ def _ellipsoid(shape=(180, 210, 170), radii_mm=(65.0, 80.0, 60.0), spacing=1.0) 
 
 
 def test_settings_refuse_unknown_steps_registrations_and_devices():
-    with pytest.raises(PreprocessError, match="cannot skip brain"):
+    with pytest.raises(BrainSynthError, match="cannot skip brain"):
         PreprocessSettings(skip=("brain",))
-    with pytest.raises(PreprocessError, match="registration must be one of affine, syn"):
+    with pytest.raises(BrainSynthError, match="registration must be one of affine, syn"):
         PreprocessSettings(registration="rigid")
-    with pytest.raises(PreprocessError, match="device must be cpu or cuda"):
+    with pytest.raises(BrainSynthError, match="device must be cpu or cuda"):
         PreprocessSettings(device="tpu")
     # Threads and device do not change the result, so they are not part of the cache key.
     assert PreprocessSettings(threads=1).cache_key() == PreprocessSettings(threads=4, device="cuda").cache_key()
@@ -172,6 +173,9 @@ def test_nibabels_own_odd_files_are_refused_with_one_line_each(tmp_path, capsys)
     assert "covers only 66 x 82 x 50 mm" in reasons["anatomical.nii"]
     assert "covers only" in reasons["standard.nii.gz"] and "covers only" in reasons["reoriented_anat_moved.nii"]
     assert not list(out.glob("*.nii*"))  # nothing written for a refused scan
+    # Run again: the same content is not examined again, and says so.
+    assert cli(["preprocess", str(raw), "--out", str(out), *FAST]) == 1
+    assert capsys.readouterr().err.count("(refused before; --overwrite tries again)") == 5
 
 
 # -- the pipeline on a raw demo subject (known answer) ----------------------------------------
@@ -316,8 +320,8 @@ def test_a_non_brain_image_is_refused(tmp_path):
     rng = np.random.default_rng(5)
     from scipy import ndimage
 
-    data = ndimage.gaussian_filter(rng.random((160, 160, 160)).astype(np.float32), 3.0) * 1000
-    affine = np.diag([1.2, 1.2, 1.2, 1.0])
+    data = ndimage.gaussian_filter(rng.random((90, 90, 90)).astype(np.float32), 2.0) * 1000
+    affine = np.diag([1.8, 1.8, 1.8, 1.0])
     path = tmp_path / "noise.nii.gz"
     nib.save(nib.Nifti1Image(data, affine), path)
     out = tmp_path / "out"

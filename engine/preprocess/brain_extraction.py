@@ -6,6 +6,7 @@ holds it, and returns a brain mask on the same voxels.
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -19,7 +20,10 @@ def _extractor(device: str):
         from deepbet.bet import BrainExtraction
     except ImportError:
         raise missing("deepbet", "brain extraction") from None
-    return BrainExtraction(no_gpu=device != "cuda")
+    with warnings.catch_warnings():
+        # deepbet loads TorchScript files; torch 2.9+ warns that torch.jit.load is deprecated.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=DeprecationWarning)
+        return BrainExtraction(no_gpu=device != "cuda")
 
 
 def extract_brain(data: np.ndarray, *, device: str = "cpu", threshold: float = 0.5) -> np.ndarray:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.atomic import atomic_path, atomic_write_text
-from engine.errors import CancelledError
+from engine.errors import BrainSynthError, CancelledError, ExportError
 from engine.preprocess import checks
 from engine.preprocess.errors import PreprocessError
 from engine.preprocess.registration import REGISTRATIONS, Registration
@@ -70,16 +70,16 @@ class PreprocessSettings:
 
     def __post_init__(self) -> None:
         if self.registration not in REGISTRATIONS:
-            raise PreprocessError(f"registration must be one of {', '.join(REGISTRATIONS)}, not {self.registration!r}")
+            raise BrainSynthError(f"registration must be one of {', '.join(REGISTRATIONS)}, not {self.registration!r}")
         unknown = sorted(set(self.skip) - set(SKIPPABLE))
         if unknown:
-            raise PreprocessError(
+            raise BrainSynthError(
                 f"cannot skip {', '.join(unknown)}; steps that can be skipped: {', '.join(SKIPPABLE)}"
             )
         if self.device not in DEVICES:
-            raise PreprocessError(f"device must be cpu or cuda, not {self.device!r}")
+            raise BrainSynthError(f"device must be cpu or cuda, not {self.device!r}")
         if self.threads < 1:
-            raise PreprocessError("--threads-per-job must be at least 1")
+            raise BrainSynthError("--threads-per-job must be at least 1")
 
     def cache_key(self) -> dict:
         """What changes the result (not threads or device): part of every scan's cache key."""
@@ -122,6 +122,7 @@ class OutputPaths:
     transform: Path
     warp: Path
     qc_png: Path
+    refusal: Path
 
     @classmethod
     def for_stem(cls, out_dir: Path, stem: str) -> OutputPaths:
@@ -132,6 +133,7 @@ class OutputPaths:
             transform=out_dir / "transforms" / f"{stem}_to_mni.mat",
             warp=out_dir / "transforms" / f"{stem}_to_mni_warp.nii.gz",
             qc_png=out_dir / "qc" / f"{stem}.png",
+            refusal=out_dir / "refused" / f"{stem}.json",
         )
 
 
@@ -143,6 +145,8 @@ class ScanOutcome:
         source: the input file.
         status: "done", "cached" (finished before with the same content and settings) or "failed".
         message: the reason for a failure, else "".
+        remembered: a failure found in ``refused/`` (the same content was refused before with the
+            same settings), so nothing was recomputed.
         record: the sidecar's content (figures, timings, notes) for done and cached scans.
     """
 
@@ -150,6 +154,7 @@ class ScanOutcome:
     status: str
     message: str = ""
     record: dict | None = None
+    remembered: bool = False
 
 
 class _Clock:
@@ -333,14 +338,14 @@ def preprocess_file(
     start = time.perf_counter()
     volume = load_volume(path)
     if paths.scan.resolve() == path.resolve():
-        raise PreprocessError(f"{path.name}: the output would replace the raw scan; choose another --out folder")
+        raise ExportError(f"{path.name}: the output would replace the raw scan; choose another --out folder")
     key = {**settings.cache_key(), "input_sha256": sha256_file(path)}
     if not overwrite:
         record = _cached_record(paths, key)
         if record is not None:
             return ScanOutcome(source=path, status="cached", record=record)
         if paths.sidecar.exists() or paths.scan.exists():
-            raise PreprocessError(
+            raise ExportError(
                 f"{paths.scan} already exists but was made from other content or settings (or not by preprocess); "
                 f"pass --overwrite to redo it"
             )

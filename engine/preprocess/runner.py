@@ -4,7 +4,8 @@ Parallel over scans with worker processes ("spawn", so no worker inherits a half
 ITK or torch thread pool), each using ``threads`` compute threads. A scan that is refused does
 not stop the batch: it gets one line in ``failed.csv`` (rewritten every run, so it lists the
 current run's refusals) and in the outcome stream. Finished scans are skipped on the next run
-(:func:`engine.preprocess.pipeline.preprocess_file`), so a killed job simply resumes.
+(:func:`engine.preprocess.pipeline.preprocess_file`), and so are scans refused for their content
+before, so a killed job simply resumes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from engine.atomic import atomic_write_text
 from engine.errors import BrainSynthError, VolumeError
 from engine.preprocess.errors import MissingDependencyError
-from engine.preprocess.pipeline import PreprocessSettings, ScanOutcome, preprocess_file
+from engine.preprocess.pipeline import OutputPaths, PreprocessSettings, ScanOutcome, preprocess_file
 from engine.volumes import find_volumes, strip_extension
 
 BIDS_PATTERN = "*_T1w.nii*"
@@ -58,14 +59,42 @@ def find_raw_scans(inputs: Iterable[str | Path]) -> list[Path]:
     return unique
 
 
+def _refusal_key(path: Path, settings: PreprocessSettings) -> dict:
+    from engine.export import sha256_file
+
+    return {**settings.cache_key(), "input_sha256": sha256_file(path)}
+
+
 def _run_one(path: Path, out_dir: Path, settings: PreprocessSettings, overwrite: bool) -> ScanOutcome:
-    """One scan, refusals turned into a failed outcome (other errors still raise)."""
+    """One scan, refusals turned into a failed outcome (other errors still raise).
+
+    A refusal caused by the scan's content (:class:`VolumeError` and so
+    :class:`PreprocessError`) is remembered in ``refused/<stem>.json`` with the cache key, so a
+    resumed batch does not spend minutes refusing the same scan again; a changed file, other
+    settings or ``overwrite`` retry it. Refusals caused by the output folder (an existing file)
+    are not remembered.
+    """
+    refusal = OutputPaths.for_stem(out_dir, strip_extension(path)).refusal
     try:
-        return preprocess_file(path, out_dir, settings=settings, overwrite=overwrite)
+        if not overwrite and refusal.exists() and path.is_file():
+            try:
+                known = json.loads(refusal.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                known = {}
+            if known.get("cache_key") == _refusal_key(path, settings):
+                return ScanOutcome(source=path, status="failed", message=known.get("reason", ""), remembered=True)
+        outcome = preprocess_file(path, out_dir, settings=settings, overwrite=overwrite)
     except MissingDependencyError:
         raise
+    except VolumeError as exc:
+        if path.is_file():
+            payload = {"source": str(path.resolve()), "cache_key": _refusal_key(path, settings), "reason": str(exc)}
+            atomic_write_text(refusal, json.dumps(payload, indent=2) + "\n", overwrite=True)
+        return ScanOutcome(source=path, status="failed", message=str(exc))
     except BrainSynthError as exc:
         return ScanOutcome(source=path, status="failed", message=str(exc))
+    refusal.unlink(missing_ok=True)
+    return outcome
 
 
 def _init_worker(threads: int) -> None:

@@ -110,6 +110,8 @@ def run_pipeline(inputs, out_dir, args: argparse.Namespace, *, overwrite: bool =
     def progress(done: int, total: int, outcome) -> None:
         if outcome.status == "failed":
             line = f"refused {outcome.source}: {outcome.message}"
+            if outcome.remembered:
+                line += " (refused before; --overwrite tries again)"
             (bar.write(line, file=sys.stderr) if bar is not None else print(line, file=sys.stderr, flush=True))
         if bar is not None:
             bar.total = total
