@@ -346,3 +346,37 @@ def test_missing_antspyx_gives_the_install_hint(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ants", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'brainsynth\[preprocess\]'"):
         require_ants()
+
+
+@pytest.mark.slow
+def test_prepare_preprocess_runs_the_pipeline_first_and_caches_it(raw_subject, tmp_path, capsys):
+    _, truth, _ = raw_subject
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(truth, raw / "sub-07_T1w.nii.gz")
+    out = tmp_path / "prepared"
+    args = ["prepare", str(raw), "--out", str(out), "--preset", "tiny", "--preprocess", "--preprocess-skip", "denoise"]
+    assert cli([*args, "--preprocess-threads-per-job", "2"]) == 0
+    assert (out / "preprocessed" / "sub-07_T1w.nii.gz").exists()
+    assert nib.load(out / "sub-07_T1w.nii.gz").shape == (16, 24, 16)
+    # Again, with --overwrite for prepare's own files: the preprocessing is not redone.
+    assert cli([*args, "--overwrite"]) == 0
+    assert "0 of 1" not in capsys.readouterr().out
+    assert json.loads((out / "preprocessed" / "sub-07_T1w.json").read_text())["registration"] == "identity"
+
+
+def test_train_preprocess_refuses_raw_scans_it_cannot_use_in_one_line(tmp_path, capsys):
+    from nibabel.testing import data_path
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(Path(data_path) / "example4d.nii.gz", raw / "sub-01_T1w.nii.gz")
+    run_dir = tmp_path / "run"
+    code = cli(
+        ["train", "--preset", "tiny", "--data", str(raw), "--out", str(run_dir), "--epochs", "1", "--preprocess"]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "is 4-D" in err
+    assert "none of the raw scans could be preprocessed" in err
+    assert (run_dir / "preprocessed" / "failed.csv").read_text().count("\n") == 2

@@ -336,9 +336,11 @@ def preprocess_file(
     stem = strip_extension(path)
     paths = OutputPaths.for_stem(out_dir, stem)
     start = time.perf_counter()
-    volume = load_volume(path)
+    if not path.is_file():
+        load_volume(path)  # raises the right message (missing, a folder, ...)
     if paths.scan.resolve() == path.resolve():
         raise ExportError(f"{path.name}: the output would replace the raw scan; choose another --out folder")
+    # The cache is checked before the scan is read: resuming a batch of thousands costs a hash each.
     key = {**settings.cache_key(), "input_sha256": sha256_file(path)}
     if not overwrite:
         record = _cached_record(paths, key)
@@ -349,6 +351,7 @@ def preprocess_file(
                 f"{paths.scan} already exists but was made from other content or settings (or not by preprocess); "
                 f"pass --overwrite to redo it"
             )
+    volume = load_volume(path)
     load_s = time.perf_counter() - start
     result = process_volume(volume, settings, on_step=on_step, should_stop=should_stop)
     try:

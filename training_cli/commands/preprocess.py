@@ -87,7 +87,9 @@ def settings_from(args: argparse.Namespace):
     from engine.preprocess import PreprocessSettings
 
     jobs = max(1, int(args.pp_jobs))
-    threads = args.pp_threads if args.pp_threads is not None else max(1, (os.cpu_count() or 1) // jobs)
+    # The cores this process may use (a SLURM allocation or taskset), not all of the node's.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = args.pp_threads if args.pp_threads is not None else max(1, cores // jobs)
     return PreprocessSettings(
         registration=args.pp_registration,
         skip=tuple(dict.fromkeys(args.pp_skip)),
