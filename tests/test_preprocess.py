@@ -155,16 +155,25 @@ def test_ants_images_keep_the_world_position_of_an_oblique_scan():
 def test_nibabels_own_odd_files_are_refused_with_one_line_each(tmp_path, capsys):
     from nibabel.testing import data_path
 
-    names = ["example4d.nii.gz", "functional.nii", "anatomical.nii", "reoriented_anat_moved.nii", "standard.nii.gz"]
+    names = [
+        "example4d.nii.gz",
+        "functional.nii",
+        "anatomical.nii",
+        "reoriented_anat_moved.nii",
+        "standard.nii.gz",
+        "test.mgz",
+    ]
     raw = tmp_path / "raw"
     raw.mkdir()
     for name in names:
         shutil.copy(Path(data_path) / name, raw / name)
+    nib.save(nib.Nifti1Image(np.ones((256, 256, 1), np.int16), np.eye(4)), raw / "slice.nii.gz")  # 2-D
+    names.append("slice.nii.gz")
     out = tmp_path / "out"
     assert cli(["preprocess", str(raw), "--out", str(out), *FAST]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert "none of the 5 scans could be preprocessed" in err
+    assert f"none of the {len(names)} scans could be preprocessed" in err
     with open(out / "failed.csv", newline="") as fh:
         reasons = {Path(r["input"]).name: r["reason"] for r in csv.DictReader(fh)}
     assert set(reasons) == set(names)
@@ -172,10 +181,12 @@ def test_nibabels_own_odd_files_are_refused_with_one_line_each(tmp_path, capsys)
     assert "4-D" in reasons["functional.nii"]
     assert "covers only 66 x 82 x 50 mm" in reasons["anatomical.nii"]
     assert "covers only" in reasons["standard.nii.gz"] and "covers only" in reasons["reoriented_anat_moved.nii"]
+    assert "4-D (3x4x5x2)" in reasons["test.mgz"]
+    assert "a 3-D T1 volume is needed" in reasons["slice.nii.gz"]
     assert not list(out.glob("*.nii*"))  # nothing written for a refused scan
     # Run again: the same content is not examined again, and says so.
     assert cli(["preprocess", str(raw), "--out", str(out), *FAST]) == 1
-    assert capsys.readouterr().err.count("(refused before; --overwrite tries again)") == 5
+    assert capsys.readouterr().err.count("(refused before; --overwrite tries again)") == len(names)
 
 
 # -- the pipeline on a raw demo subject (known answer) ----------------------------------------

@@ -22,8 +22,9 @@ STRIPPED_BACKGROUND_SHARE = 0.3
 #: this range the image is not a whole brain (a phantom, another organ, a partial scan).
 BRAIN_VOLUME_ML = (600.0, 2600.0)
 #: Correlation with the template, within both brain masks, above which a scan counts as
-#: already in MNI space (registered demo subjects reach 0.9; raw scans in scanner space are
-#: far below).
+#: already in MNI space. Measured on a demo subject in MNI space: 0.91 as it is, 0.64 shifted by
+#: 3 mm, 0.74 scaled by 5 %; so only a scan within a mm or two of the template skips
+#: registration, and registering it would change it by about that much.
 ALREADY_MNI_SIMILARITY = 0.8
 #: Correlation after registration below which the registration has failed. Good affine
 #: registrations of T1 brains reach 0.85 to 0.95.
