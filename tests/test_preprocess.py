@@ -348,6 +348,13 @@ def test_a_non_brain_image_is_refused(tmp_path):
     assert "noise.nii.gz" in (out / "failed.csv").read_text()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_one_error_for_the_batch(tmp_path, capsys):
+    (tmp_path / "a.nii.gz").write_bytes(b"")
+    assert cli(["preprocess", str(tmp_path / "a.nii.gz"), "--out", str(tmp_path / "out"), "--device", "cuda"]) == 1
+    assert "no CUDA GPU is available" in capsys.readouterr().err
+
+
 def test_missing_antspyx_gives_the_install_hint(monkeypatch, tmp_path):
     import sys
 

@@ -16,6 +16,10 @@ from engine.preprocess.errors import missing
 
 @lru_cache(maxsize=2)
 def _extractor(device: str):
+    if device == "cuda":
+        from engine.device import resolve_device
+
+        resolve_device("cuda")  # a clear error when there is no CUDA GPU, not a silent CPU run
     try:
         from deepbet.bet import BrainExtraction
     except ImportError:

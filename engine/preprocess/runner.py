@@ -121,6 +121,10 @@ def preprocess_many(
         raise BrainSynthError(f"{out_dir} is a file; --out must be a folder")
     if jobs < 1:
         raise BrainSynthError("--jobs must be at least 1")
+    if settings.device == "cuda":
+        from engine.device import resolve_device
+
+        resolve_device("cuda")  # once for the batch, not once per scan
     claimed: dict[str, Path] = {}
     todo: list[Path] = []
     for path in paths:
