@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[dev,train,demo,video]"
+	$(BIN)/pip install --quiet -e ".[dev,train,demo,video,preprocess]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +213,20 @@ def _bias_field(strength: float, rng: np.random.Generator) -> np.ndarray:
     return np.exp(log_field).astype(np.float32)
 
 
+def pose_affine(params: SubjectParameters) -> np.ndarray:
+    """The subject's head size and pose as a 4x4 map of MNI mm (about the brain centre)."""
+    matrix = _rotation(params.rotation_deg) @ np.diag(params.scale)
+    affine = np.eye(4)
+    affine[:3, :3] = matrix
+    affine[:3, 3] = BRAIN_CENTRE_MM + np.asarray(params.shift_mm) - matrix @ BRAIN_CENTRE_MM
+    return affine
+
+
+def without_pose(params: SubjectParameters) -> SubjectParameters:
+    """The same subject with no head-size or pose change: what affine registration to MNI gives."""
+    return replace(params, scale=(1.0, 1.0, 1.0), rotation_deg=(0.0, 0.0, 0.0), shift_mm=(0.0, 0.0, 0.0))
+
+
 def subject_seed(population_seed: int, index: int) -> int:
     """Seed of subject ``index``; populations with different seeds share no subject."""
     return int(np.random.SeedSequence([population_seed, index]).generate_state(1)[0])
@@ -224,15 +238,23 @@ def build_population(
     count: int,
     seed: int,
     overwrite: bool = False,
+    raw: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Write ``count`` demo subjects as ``demo_s<seed>_<index>.nii.gz`` plus a JSON sidecar each.
+
+    With ``raw``, each subject is also written as a raw scanner-space head scan
+    (``raw/demo_s<seed>_<index>.nii.gz``, see :mod:`engine.demo_raw`): test data with a known
+    answer for ``preprocess``. The MNI-space file is then its ground truth: the same subject
+    without head-size and pose changes (those live in the raw scan's scanner transform, and an
+    affine registration to MNI takes them out again).
 
     Args:
         out_dir: output folder (created).
         count: number of subjects.
         seed: population seed (a held-out population simply uses another seed).
         overwrite: replace existing files.
+        raw: also write the raw scans.
         progress: called with (done, total) after each subject.
     """
     from engine.atomic import atomic_write_text, check_writable
@@ -242,14 +264,15 @@ def build_population(
         raise BrainSynthError("--count must be at least 1")
     out_dir = Path(out_dir)
     names = [out_dir / f"demo_s{seed}_{i:04d}.nii.gz" for i in range(count)]
-    for path in names:
+    raw_names = [out_dir / "raw" / path.name for path in names] if raw else []
+    for path in [*names, *raw_names]:
         check_writable(path, overwrite=overwrite)
         check_writable(sidecar_path(path), overwrite=overwrite)
     template = DemoTemplate.load()
     affine = mni_box_affine()
     for i, path in enumerate(names):
         params = draw_parameters(subject_seed(seed, i))
-        volume = synthesize_subject(template, params)
+        volume = synthesize_subject(template, without_pose(params) if raw else params)
         save_nifti(path, volume, affine, overwrite=overwrite, description="BrainSynth demo subject (MNI152-derived)")
         sidecar = {
             "kind": "BrainSynth demo subject: the MNI152 2009a template, deformed; not a patient",
@@ -258,7 +281,34 @@ def build_population(
             "parameters": asdict(params),
             "template_notice": TEMPLATE_NOTICE,
         }
+        if raw:
+            sidecar["ground_truth_of"] = str(raw_names[i].relative_to(out_dir))
         atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=2), overwrite=overwrite)
+        if raw:
+            _write_raw(raw_names[i], volume, params, sidecar, overwrite=overwrite)
         if progress:
             progress(i + 1, count)
     return names
+
+
+def _write_raw(path: Path, volume: np.ndarray, params: SubjectParameters, sidecar: dict, *, overwrite: bool) -> None:
+    """The subject as a raw head scan in scanner space, with a sidecar naming its ground truth."""
+    from engine.atomic import atomic_write_text
+    from engine.demo_raw import draw_geometry, head_in_padded_box, save_int16_nifti, to_scanner_space
+    from engine.export import sidecar_path
+
+    head, head_affine = head_in_padded_box(volume, seed=params.seed, noise_fraction=params.noise_fraction)
+    rotation, shift = draw_geometry(params.seed)
+    data, geometry = to_scanner_space(
+        head, head_affine, rotation_deg=rotation, shift_mm=shift, subject_affine=pose_affine(params)
+    )
+    del head
+    save_int16_nifti(path, data, np.asarray(geometry.affine), overwrite=overwrite)
+    raw_sidecar = {
+        **sidecar,
+        "kind": "BrainSynth raw demo head scan (scanner space): the MNI152 2009a template, deformed; not a patient",
+        "ground_truth": f"../{path.name}",
+        "scanner_geometry": geometry.to_dict(),
+    }
+    raw_sidecar.pop("ground_truth_of", None)
+    atomic_write_text(sidecar_path(path), json.dumps(raw_sidecar, indent=2), overwrite=overwrite)

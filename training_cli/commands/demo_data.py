@@ -20,6 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--count", type=int, default=16, metavar="N", help="number of subjects (default 16)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="population seed (default 0)")
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="also write each subject as a raw scanner-space head scan into DIR/raw (test data for preprocess)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
     parser.set_defaults(func=run)
 
@@ -33,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
         if show:
             print(f"\rdemo subjects {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    paths = build_population(args.out, count=args.count, seed=args.seed, overwrite=args.overwrite, progress=progress)
+    paths = build_population(
+        args.out, count=args.count, seed=args.seed, overwrite=args.overwrite, raw=args.raw, progress=progress
+    )
     print(f"wrote {len(paths)} demo subjects (1 mm MNI box, template-derived) to {args.out}")
+    if args.raw:
+        print(f"and their raw scanner-space head scans to {args.out}/raw (the MNI files are their ground truth)")
     return 0

@@ -30,6 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     parser.add_argument("--preset", default="demo", metavar="P", help="model preset whose grid to use (default: demo)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument(
+        "--preprocess",
+        action="store_true",
+        help="the inputs are raw scans: run `preprocess` into DIR/preprocessed first (cached; --preprocess-* options)",
+    )
+    from training_cli.commands.preprocess import add_pipeline_options
+
+    add_pipeline_options(parser, prefix="preprocess-")
     parser.set_defaults(func=run)
 
 
@@ -48,7 +56,12 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise BrainSynthError(f"{out_dir} is a file; --out must be a folder")
-    paths = find_volumes(args.inputs)
+    inputs = args.inputs
+    if args.preprocess:
+        from training_cli.commands.preprocess import preprocessed_scans
+
+        inputs = preprocessed_scans(args.inputs, out_dir / "preprocessed", args)
+    paths = find_volumes(inputs)
 
     prepared: list[Path] = []
     skipped: list[Path] = []

@@ -94,6 +94,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="progress lines: human on a terminal, key=value under SLURM or when piped (auto)",
     )
+    p.add_argument(
+        "--preprocess",
+        action="store_true",
+        help="--data holds raw scans: run `preprocess` into RUN_DIR/preprocessed first (cached; --preprocess-*)",
+    )
+    from training_cli.commands.preprocess import add_pipeline_options
+
+    add_pipeline_options(p, prefix="preprocess-")
     p.set_defaults(func=run)
 
 
@@ -119,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
     """Resolve the config, train, print one line per epoch; return the exit status."""
     from engine.training.logging import format_epoch_line, under_slurm
     from engine.training.trainer import train
+    from training_cli.commands.preprocess import preprocess_train_data
 
+    preprocess_train_data(args)
     config = resolve_config(args)
     resume_dir = getattr(args, "resume", None)
 
