@@ -348,7 +348,7 @@ class _Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _prepare_run_dir(self) -> None:
-        from engine.atomic import atomic_write_text
+        from engine.atomic import atomic_write_text, remove_orphaned_temporaries
 
         state = self.run_dir / RESUME_FILE
         if self.resume and not state.exists():
@@ -368,6 +368,7 @@ class _Trainer:
         if self.ctx.is_main:
             for sub in ("", CHECKPOINT_DIR, "logs", "resume"):
                 (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+            remove_orphaned_temporaries(self.run_dir, recursive=True)  # what a killed run left
             atomic_write_text(self.run_dir / CONFIG_FILE, self.config.to_toml(), overwrite=True)
         self.ctx.barrier()
 
@@ -484,6 +485,7 @@ class _Trainer:
         if not self.ctx.is_main:
             return
         from engine.atomic import atomic_path
+        from engine.training.logging import sync_logs
 
         c = self.counters
         state = {
@@ -510,6 +512,7 @@ class _Trainer:
             "data_order": torch.tensor(order, dtype=torch.int64),
             "rng": _rng_state(),
         }
+        sync_logs(self.run_dir / "logs")  # the logs on disk hold every row this state counts
         with atomic_path(self._state_path(), overwrite=True) as tmp:
             torch.save(state, tmp)
         self._last_state_save = time.monotonic()
