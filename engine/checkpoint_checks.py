@@ -234,13 +234,28 @@ def validate_weights(weights: Mapping[str, torch.Tensor], spec: ModelSpec, *, so
             f"{source} holds non-floating-point weights where the network has floating point: "
             f"{'; '.join(wrong_dtype[:4])}{' …' if len(wrong_dtype) > 4 else ''}; the file is damaged"
         )
-    not_finite = [k for k, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    not_finite = [k for k, t in weights.items() if t.is_floating_point() and not _all_finite(t)]
     if not_finite:
         raise CheckpointError(
             f"{source} holds NaN or infinite weights in {len(not_finite)} tensor(s) "
             f"({', '.join(not_finite[:3])}{' …' if len(not_finite) > 3 else ''}); the training diverged or the "
             "file is damaged: use an earlier checkpoint"
         )
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    # A float64 sum is NaN or infinite exactly when a value is (it cannot overflow for float32
+    # or narrower values); numpy's sum is ~100x faster than torch.isfinite on small CPU
+    # tensors. The exact test runs only to confirm a suspect.
+    import numpy as np
+
+    values = tensor.detach().cpu()
+    if values.dtype not in (torch.float16, torch.float32, torch.float64):
+        values = values.float()  # bfloat16 and others numpy lacks: exact in float32
+    array = values.numpy().reshape(-1)
+    if math.isfinite(float(np.add.reduce(array, dtype=np.float64))):
+        return True
+    return bool(np.isfinite(array).all())
 
 
 class _ShapesOnly:
