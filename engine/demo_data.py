@@ -28,7 +28,6 @@ representations about the suitability of this software for any purpose. It is pr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -235,8 +234,8 @@ def build_population(
         overwrite: replace existing files.
         progress: called with (done, total) after each subject.
     """
-    from engine.atomic import atomic_write_text, check_writable
-    from engine.export import save_nifti, sidecar_path
+    from engine.atomic import check_writable
+    from engine.export import save_nifti_with_sidecar, sidecar_path
 
     if count < 1:
         raise BrainSynthError("--count must be at least 1")
@@ -250,7 +249,6 @@ def build_population(
     for i, path in enumerate(names):
         params = draw_parameters(subject_seed(seed, i))
         volume = synthesize_subject(template, params)
-        save_nifti(path, volume, affine, overwrite=overwrite, description="BrainSynth demo subject (MNI152-derived)")
         sidecar = {
             "kind": "BrainSynth demo subject: the MNI152 2009a template, deformed; not a patient",
             "population_seed": seed,
@@ -258,7 +256,9 @@ def build_population(
             "parameters": asdict(params),
             "template_notice": TEMPLATE_NOTICE,
         }
-        atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=2), overwrite=overwrite)
+        save_nifti_with_sidecar(  # both files or neither
+            path, volume, affine, sidecar, overwrite=overwrite, description="BrainSynth demo subject (MNI152-derived)"
+        )
         if progress:
             progress(i + 1, count)
     return names
