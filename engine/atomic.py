@@ -61,6 +61,9 @@ def failure_reason(exc: BaseException) -> str:
         return _WRITE_ERRNOS[code]
     if isinstance(exc, OSError):
         return exc.strerror or str(exc) or type(exc).__name__
+    text = str(exc).lower()
+    if "no space left" in text or "os error 28" in text or "storagefull" in text:
+        return _WRITE_ERRNOS[errno.ENOSPC]
     return "the disk is full or the file cannot be written; free some space and try again"
 
 
