@@ -143,7 +143,10 @@ def estimate_memory(spec: ModelSpec) -> MemoryEstimate:
 
     The network is laid out on PyTorch's ``meta`` device (shapes only, no memory), so the
     parameter count is exact; the step's activations are an estimate from the grid and the
-    channels of each level (each level halves every axis).
+    channels of each level (each level halves every axis). It is a lower bound: convolution
+    backends add workspace on top (measured on CPU, one thread: 142 MB for the demo preset
+    against 71 MB estimated, 713 MB against 593 MB for the paper network on a 40 x 64 x 40
+    grid), which is well within the factor the refusal bounds leave.
     """
     parameters = sum(math.prod(shape) for shape, _ in expected_state(spec).values())
     unet = spec.unet
@@ -184,8 +187,8 @@ def check_memory(spec: ModelSpec, *, source: str) -> MemoryEstimate:
     if estimate.step_bytes > MAX_STEP_BYTES:
         raise CheckpointError(
             f"{source}: one sampling step of its model ({len(spec.unet.channels)} levels of up to "
-            f"{max(spec.unet.channels)} channels on a {' x '.join(map(str, spec.grid.shape))} grid) would need about "
-            f"{_gib(estimate.step_bytes)} of memory (at most {_gib(MAX_STEP_BYTES)} are supported); "
+            f"{max(spec.unet.channels)} channels on a {' x '.join(map(str, spec.grid.shape))} grid) would "
+            f"need at least {_gib(estimate.step_bytes)} of memory (at most {_gib(MAX_STEP_BYTES)} are supported); "
             "its model description is damaged"
         )
     return estimate

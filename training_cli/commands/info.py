@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         f"intensity    {printable(spec.intensity.kind)}: "
         f"brain p{spec.intensity.upper_percentile:g} → {spec.intensity.scale:g}",
         f"sampler      {sampler.name}, {sampler.steps} steps by default ({whose})",
+        f"memory       {_memory_line(spec)}",
     ]
     for key, value in ckpt.provenance.items():
         shown = json.dumps(value) if isinstance(value, dict | list) else value
@@ -53,3 +54,13 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"{printable(key):<12} {printable(shown)}")
     print("\n".join(lines))
     return 0
+
+
+def _memory_line(spec) -> str:
+    from engine.checkpoint_checks import estimate_memory
+
+    estimate = estimate_memory(spec)
+    return (
+        f"weights {estimate.model_bytes / 2**20:,.0f} MB; one sampling step of one volume at least "
+        f"{estimate.step_bytes / 2**30:,.2f} GiB (+{estimate.attention_bytes / 2**30:,.2f} GiB without fused attention)"
+    )
