@@ -189,9 +189,17 @@ def load_volume(path: str | os.PathLike) -> Volume:
     Returns:
         The scan as float32 in RAS+, with its affine (mm) and source path.
 
+    Before a byte of voxel data is read, the header's own numbers are checked: a scan larger
+    than :data:`MAX_SCAN_VOXELS` (a decompression bomb or a damaged header) and voxel data
+    starting inside a single-file NIfTI header are refused, as is anything nibabel's header
+    checks call an error. A compressed file is inflated once in full (in chunks, constant
+    memory) to verify its gzip checksum, which nibabel never reads. A scan whose brain is
+    centred far from the MNI brain gets a warning (probably not registered).
+
     Raises:
-        VolumeError: the file is missing, not a supported or readable image, damaged,
-            not 3-D, empty, all NaN, or has a broken orientation (affine).
+        VolumeError: the file is missing, not a supported or readable image, damaged (a failed
+            gzip checksum, cut short, more data than its header describes), too large, has an
+            invalid header, is not 3-D, empty, all NaN, or has a broken orientation (affine).
     """
     import nibabel as nib
     from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
