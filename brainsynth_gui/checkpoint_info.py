@@ -5,6 +5,7 @@ from __future__ import annotations
 from html import escape
 
 from engine.checkpoint import Checkpoint
+from engine.display_text import printable
 from engine.samplers import default_settings
 
 NO_MODEL_HTML = (
@@ -49,5 +50,5 @@ def describe_checkpoint(checkpoint: Checkpoint) -> str:
         for key, value in list(training.items())[:8]:
             rows.append((f"Training {key}".replace("_", " "), _value(value)))
     name = checkpoint.path.name if checkpoint.path else "checkpoint"
-    body = "".join(f"<tr><td><i>{escape(k)}</i></td><td>{escape(str(v))}</td></tr>" for k, v in rows)
+    body = "".join(f"<tr><td><i>{escape(printable(k))}</i></td><td>{escape(printable(v))}</td></tr>" for k, v in rows)
     return f"<b>{escape(name)}</b><table cellspacing='2'>{body}</table>"

@@ -34,11 +34,10 @@ import torch
 
 from engine import __version__
 from engine.atomic import atomic_path
+from engine.checkpoint_checks import FORMAT_NAME, FORMAT_VERSION, parse_metadata, validate_metadata, validate_weights
 from engine.errors import BrainSynthError, CheckpointError
 from engine.specs import PRESETS, ModelSpec, get_preset
 
-FORMAT_NAME = "brainsynth-checkpoint"
-FORMAT_VERSION = 1
 NATIVE_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 # Keys under which training scripts commonly nest the weights, most preferred first.
@@ -90,11 +89,21 @@ class Checkpoint:
             device: where to put the model.
             use_flash_attention: MONAI's fused attention (GPU only).
         """
-        model = self.spec.build_model(use_flash_attention=use_flash_attention)
         _, weights = self.select_weights(prefer_ema=use_ema)
-        check_state_dict(model, weights, source=self.describe_source())
-        model.load_state_dict(weights, strict=True)
-        return model.to(device).eval()
+        source = self.describe_source()
+        try:
+            model = self.spec.build_model(use_flash_attention=use_flash_attention)
+            check_state_dict(model, weights, source=source)
+            model.load_state_dict(weights, strict=True)
+            return model.to(device).eval()
+        except BrainSynthError:
+            raise
+        except MemoryError:
+            raise CheckpointError(f"not enough memory to build the network of {source}") from None
+        except Exception as exc:  # MONAI and torch raise many types for a network they cannot make
+            raise CheckpointError(
+                f"{source}: its network cannot be built or loaded ({type(exc).__name__}: {_first_line(exc)})"
+            ) from None
 
     def metadata(self) -> dict:
         return {
@@ -304,6 +313,8 @@ def _import_state_dict_bytes(path: Path, data: mmap.mmap | bytearray, *, spec: M
     check_state_dict(model, weights, source=path.name, spec_name=spec.name)
     if ema is not None:
         check_state_dict(model, ema, source=f"{path.name} (ema)", spec_name=spec.name)
+        validate_weights(ema, spec, source=f"{path.name} (ema)")
+    validate_weights(weights, spec, source=path.name)
     return ckpt
 
 
@@ -335,10 +346,13 @@ def check_state_dict(
 
 
 def _presets_that_fit(weights: Mapping[str, torch.Tensor]) -> list[str]:
+    from engine.checkpoint_checks import expected_state
+
     names = []
     for name, spec in PRESETS.items():
-        expected = spec.build_model().state_dict()
-        if set(expected) == set(weights) and all(tuple(expected[k].shape) == tuple(weights[k].shape) for k in expected):
+        # shapes only (meta device): building the paper preset for real would take 190 MB and a second
+        expected = expected_state(spec)
+        if set(expected) == set(weights) and all(expected[k][0] == tuple(weights[k].shape) for k in expected):
             names.append(name)
     return names
 
@@ -391,15 +405,9 @@ def _load_safetensors(path: Path, data: mmap.mmap | bytearray, preset: str | Mod
         spec = _as_spec(preset)
         weights = _clean_keys(tensors, path)
         check_state_dict(spec.build_model(), weights, source=path.name, spec_name=spec.name)
+        validate_weights(weights, spec, source=path.name)
         return Checkpoint(spec=spec, weights=weights, provenance={"source": f"imported from {path.name}"}, path=path)
-    try:
-        spec = ModelSpec.from_dict(header["spec"])
-    except BrainSynthError as exc:
-        raise CheckpointError(f"{path.name}: {exc}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CheckpointError(
-            f"{path.name} has a damaged model description ({type(exc).__name__}: {_first_line(exc)})"
-        ) from None
+    spec = validate_metadata(header, source=path.name)
     if preset is not None:
         asked = _as_spec(preset)
         if (asked.unet, asked.grid) != (spec.unet, spec.grid):
@@ -411,6 +419,9 @@ def _load_safetensors(path: Path, data: mmap.mmap | bytearray, preset: str | Mod
     ema = {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")} or None
     if not weights:
         raise CheckpointError(f"{path.name} has BrainSynth metadata but no model weights")
+    validate_weights(weights, spec, source=path.name)
+    if ema is not None:
+        validate_weights(ema, spec, source=f"{path.name} (ema)")
     return Checkpoint(spec=spec, weights=weights, ema_weights=ema, provenance=header.get("provenance", {}), path=path)
 
 
@@ -511,20 +522,7 @@ def _brainsynth_header(path: Path, meta: Mapping[str, str]) -> dict | None:
     """The parsed ``"brainsynth"`` entry of safetensors metadata, checked; None when absent."""
     if "brainsynth" not in meta:
         return None
-    try:
-        header = json.loads(meta["brainsynth"])
-    except (TypeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path.name}: its BrainSynth metadata is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path.name}: its BrainSynth metadata is not a JSON object")
-    if header.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path.name}: unknown metadata format {header.get('format')!r}")
-    if int(header.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path.name} was written by a newer BrainSynth (format {header['format_version']}); "
-            f"this version reads format {FORMAT_VERSION} — please upgrade"
-        )
-    return header
+    return parse_metadata(meta["brainsynth"], source=path.name)
 
 
 def _existing_file(path: str | Path) -> Path:

@@ -28,7 +28,6 @@ representations about the suitability of this software for any purpose. It is pr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -257,8 +256,8 @@ def build_population(
         raw: also write the raw scans.
         progress: called with (done, total) after each subject.
     """
-    from engine.atomic import atomic_write_text, check_writable
-    from engine.export import save_nifti, sidecar_path
+    from engine.atomic import check_writable
+    from engine.export import save_nifti_with_sidecar, sidecar_path
 
     if count < 1:
         raise BrainSynthError("--count must be at least 1")
@@ -273,7 +272,6 @@ def build_population(
     for i, path in enumerate(names):
         params = draw_parameters(subject_seed(seed, i))
         volume = synthesize_subject(template, without_pose(params) if raw else params)
-        save_nifti(path, volume, affine, overwrite=overwrite, description="BrainSynth demo subject (MNI152-derived)")
         sidecar = {
             "kind": "BrainSynth demo subject: the MNI152 2009a template, deformed; not a patient",
             "population_seed": seed,
@@ -283,7 +281,9 @@ def build_population(
         }
         if raw:
             sidecar["ground_truth_of"] = str(raw_names[i].relative_to(out_dir))
-        atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=2), overwrite=overwrite)
+        save_nifti_with_sidecar(  # both files or neither
+            path, volume, affine, sidecar, overwrite=overwrite, description="BrainSynth demo subject (MNI152-derived)"
+        )
         if raw:
             _write_raw(raw_names[i], volume, params, sidecar, overwrite=overwrite)
         if progress:

@@ -41,3 +41,10 @@ class DeviceError(SamplingError):
 
 class CancelledError(BrainSynthError):
     """The user cancelled a long-running operation."""
+
+
+class WriteError(ExportError):
+    """A file cannot be written: the disk is full, the folder is read-only or not ours.
+
+    An :class:`ExportError` too, so that callers that handle export failures handle these.
+    """

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.atomic import atomic_path, atomic_write_text, check_writable
+from engine.atomic import atomic_group, atomic_path, check_writable, remove_orphaned_temporaries
 from engine.errors import ExportError
 
 if TYPE_CHECKING:  # engine.specs imports torch; not needed at run time here
@@ -103,13 +103,45 @@ def _write_nifti(img, path: Path, *, overwrite: bool) -> None:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def _write_json(path: Path, payload: dict, *, overwrite: bool) -> None:
+def _write_nifti_and_sidecar(img, path: Path, sidecar: Path, payload: dict, *, overwrite: bool) -> None:
+    """Write a NIfTI image and its JSON sidecar as one atomic group: both or neither.
+
+    The sidecar is renamed into place last, so a reader that finds it finds its image too.
+    """
+    import nibabel as nib
+
+    text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
     try:
-        atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n", overwrite=overwrite)
+        with atomic_group() as group:
+            nib.save(img, group.path(path, overwrite=overwrite))
+            group.path(sidecar, overwrite=overwrite).write_text(text, encoding="utf-8")
     except ExportError:
         raise
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def save_nifti_with_sidecar(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    affine: np.ndarray,
+    sidecar: dict,
+    *,
+    overwrite: bool = False,
+    description: str = "",
+) -> Path:
+    """:func:`save_nifti` plus its JSON sidecar (:func:`sidecar_path`), both or neither.
+
+    Raises:
+        ExportError: as :func:`save_nifti`, for either file.
+    """
+    path = Path(path)
+    js = sidecar_path(path)
+    _check_target(path, overwrite=overwrite)
+    _check_target(js, overwrite=overwrite)
+    img = _build_nifti(data, affine, description=description)
+    _write_nifti_and_sidecar(img, path, js, sidecar, overwrite=overwrite)
+    return path
 
 
 def save_nifti(
@@ -264,6 +296,7 @@ def export_batch(
         raise ExportError(f"cannot create {out_dir}: {exc.strerror or exc}") from exc
     if not os.access(out_dir, os.W_OK):
         raise ExportError(f"{out_dir} is not writable; choose another output folder")
+    remove_orphaned_temporaries(out_dir)  # what an earlier, killed export left
 
     if resample_to_1mm:
         out_affine, out_shape = mni_box_affine(), tuple(MNI_BOX_SHAPE)
@@ -282,10 +315,7 @@ def export_batch(
                     standard, grid, target_affine=out_affine, target_shape=out_shape, order=resample_order
                 )
             img = _build_nifti(standard, out_affine, description=f"BrainSynth synthetic T1, seed {volume.seed}")
-            for target in (nii, js):
-                if not target.exists():
-                    created.append(target)
-            _write_nifti(img, nii, overwrite=overwrite)
+            new_targets = [t for t in (nii, js) if not t.exists()]
             sidecar = {
                 "format": SIDECAR_FORMAT,
                 "format_version": SIDECAR_FORMAT_VERSION,
@@ -311,7 +341,8 @@ def export_batch(
                 "resampled_to_1mm": bool(resample_to_1mm),
                 "resample_order": int(resample_order) if resample_to_1mm else None,
             }
-            _write_json(js, sidecar, overwrite=overwrite)
+            _write_nifti_and_sidecar(img, nii, js, sidecar, overwrite=overwrite)
+            created.extend(new_targets)
             written.append(nii)
             if progress is not None:
                 progress(done, total)
@@ -367,23 +398,15 @@ def save_trajectory_nifti(
     _check_target(path, overwrite=overwrite)
     _check_target(js, overwrite=overwrite)
     img = _build_nifti(np.moveaxis(frames.astype(np.float32, copy=False), 0, -1), affine, description=description)
-    created = [p for p in (path, js) if not p.exists()]
-    try:
-        _write_nifti(img, path, overwrite=overwrite)
-        payload = {
-            "format": SIDECAR_FORMAT,
-            "format_version": SIDECAR_FORMAT_VERSION,
-            "kind": "trajectory",
-            "file": path.name,
-            "frame_axis": 3,
-            "steps": steps,
-            "created": now_iso(),
-            **(metadata or {}),
-        }
-        _write_json(js, payload, overwrite=overwrite)
-    except BaseException:
-        for p in created:
-            if p.is_file():
-                p.unlink(missing_ok=True)
-        raise
+    payload = {
+        "format": SIDECAR_FORMAT,
+        "format_version": SIDECAR_FORMAT_VERSION,
+        "kind": "trajectory",
+        "file": path.name,
+        "frame_axis": 3,
+        "steps": steps,
+        "created": now_iso(),
+        **(metadata or {}),
+    }
+    _write_nifti_and_sidecar(img, path, js, payload, overwrite=overwrite)
     return path

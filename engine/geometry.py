@@ -15,9 +15,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.errors import BrainSynthError
+from engine.field_checks import check_float, check_int, check_keys, check_sequence
+
 MNI_BOX_SHAPE: tuple[int, int, int] = (181, 217, 181)
 MNI_BOX_SPACING_MM: tuple[float, float, float] = (1.0, 1.0, 1.0)
 MNI_BOX_ORIGIN_MM: tuple[float, float, float] = (-90.0, -126.0, -72.0)
+
+#: Largest model grid along one axis, and in all (voxels): 16x the reference study's grid,
+#: beyond which one float32 volume alone is over half a gigabyte.
+MAX_GRID_SIZE = 1024
+MAX_GRID_VOXELS = 2**27
 
 
 def mni_box_affine() -> np.ndarray:
@@ -40,6 +48,26 @@ class GridGeometry:
     shape: tuple[int, int, int]
     spacing_mm: tuple[float, float, float]
     origin_mm: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        shape = check_sequence(self.shape, "grid.shape", min_len=3, max_len=3)
+        shape = tuple(check_int(n, f"grid.shape[{i}]", lo=1, hi=MAX_GRID_SIZE) for i, n in enumerate(shape))
+        voxels = shape[0] * shape[1] * shape[2]
+        if voxels > MAX_GRID_VOXELS:
+            raise BrainSynthError(
+                f"grid {' x '.join(map(str, shape))} has {voxels:,} voxels; at most {MAX_GRID_VOXELS:,} are supported "
+                f"(one volume alone would take {voxels * 4 / 2**30:.1f} GiB)"
+            )
+        spacing = check_sequence(self.spacing_mm, "grid.spacing_mm", min_len=3, max_len=3)
+        spacing = tuple(
+            check_float(v, f"grid.spacing_mm[{i}]", lo=0.0, hi=100.0, lo_open=True) for i, v in enumerate(spacing)
+        )
+        origin = check_sequence(self.origin_mm, "grid.origin_mm", min_len=3, max_len=3)
+        origin = tuple(check_float(v, f"grid.origin_mm[{i}]", lo=-1e5, hi=1e5) for i, v in enumerate(origin))
+        # Plain tuples of Python numbers, whatever came in (lists from JSON, numpy scalars).
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "spacing_mm", spacing)
+        object.__setattr__(self, "origin_mm", origin)
 
     @classmethod
     def over_mni_box(cls, shape: tuple[int, int, int]) -> GridGeometry:
@@ -79,8 +107,6 @@ class GridGeometry:
 
     @classmethod
     def from_dict(cls, data: dict) -> GridGeometry:
-        return cls(
-            shape=tuple(int(v) for v in data["shape"]),
-            spacing_mm=tuple(float(v) for v in data["spacing_mm"]),
-            origin_mm=tuple(float(v) for v in data["origin_mm"]),
-        )
+        """The grid a :meth:`to_dict` record describes (``affine`` and the labels are derived, not read)."""
+        check_keys(data, "grid", allowed=("shape", "spacing_mm", "origin_mm", "affine", "space", "orientation"))
+        return cls(shape=data["shape"], spacing_mm=data["spacing_mm"], origin_mm=data["origin_mm"])

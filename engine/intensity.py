@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from engine.field_checks import check_float, check_keys, check_str
+
 
 @dataclass(frozen=True)
 class IntensityMapping:
@@ -33,6 +35,12 @@ class IntensityMapping:
     upper_percentile: float = 99.5
     scale: float = 1000.0
     kind: str = "brain-percentile"
+
+    def __post_init__(self) -> None:
+        check_float(self.upper_percentile, "intensity.upper_percentile", lo=0.0, hi=100.0, lo_open=True)
+        # scale 0 would map every volume to all zeros on export.
+        check_float(self.scale, "intensity.scale", lo=0.0, hi=1e9, lo_open=True)
+        check_str(self.kind, "intensity.kind")
 
     def scanner_to_standard(self, data: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Scale a scan so that background is 0 and the brain's upper percentile is ``scale``.
@@ -71,4 +79,5 @@ class IntensityMapping:
 
     @classmethod
     def from_dict(cls, data: dict) -> IntensityMapping:
+        check_keys(data, "intensity", allowed=("upper_percentile", "scale", "kind"))
         return cls(**{k: data[k] for k in ("upper_percentile", "scale", "kind") if k in data})

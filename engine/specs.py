@@ -7,17 +7,38 @@ JSON in every checkpoint.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
 from engine.errors import BrainSynthError
+from engine.field_checks import (
+    check_bool,
+    check_float,
+    check_int,
+    check_keys,
+    check_mapping,
+    check_sequence,
+    check_str,
+)
 from engine.geometry import GridGeometry
 from engine.intensity import IntensityMapping
 from engine.sampler_registry import SamplerSettings
 
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 """What a network may be trained to output (MONAI's ``DDPMPredictionType`` values)."""
+SCHEDULES: tuple[str, ...] = ("scaled_linear_beta", "linear_beta")
+"""The noise schedules :meth:`ScheduleSpec.betas` computes (MONAI's names)."""
+
+# Bounds of what a spec may say. They are far beyond any model BrainSynth trains (the reference
+# study: T = 1000, 3 levels of at most 256 channels, 2 residual blocks) and exist so that a
+# damaged or hostile checkpoint is refused before it allocates anything: T = 1e10 would make
+# 80 GB of betas, a million residual blocks a million modules.
+MAX_TIMESTEPS = 100_000
+MAX_LEVELS = 6
+MAX_CHANNELS = 4096
+MAX_RES_BLOCKS = 16
+MAX_IO_CHANNELS = 16
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,18 @@ class ScheduleSpec:
             raise BrainSynthError(
                 f"unknown prediction type {self.prediction_type!r}; use one of: {', '.join(PREDICTION_TYPES)}"
             )
+        check_int(self.num_train_timesteps, "schedule.num_train_timesteps", lo=1, hi=MAX_TIMESTEPS)
+        if self.schedule not in SCHEDULES:
+            raise BrainSynthError(
+                f"unknown noise schedule {self.schedule!r}; use 'scaled_linear_beta' or 'linear_beta'"
+            )
+        start = check_float(self.beta_start, "schedule.beta_start", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        end = check_float(self.beta_end, "schedule.beta_end", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        if end < start:
+            raise BrainSynthError(
+                f"schedule.beta_end ({end:g}) is smaller than beta_start ({start:g}); noise must grow with t"
+            )
+        check_bool(self.clip_sample, "schedule.clip_sample")
 
     def training_target(
         self, x0: torch.Tensor, eps: torch.Tensor, sqrt_abar: torch.Tensor, sqrt_one_minus_abar: torch.Tensor
@@ -168,6 +201,40 @@ class UNetSpec:
     in_channels: int = 1
     out_channels: int = 1
 
+    def __post_init__(self) -> None:
+        # Lists (from JSON) become tuples, so that specs stay hashable and compare equal.
+        object.__setattr__(
+            self, "channels", tuple(check_sequence(self.channels, "unet.channels", min_len=1, max_len=MAX_LEVELS))
+        )
+        levels = len(self.channels)
+        object.__setattr__(
+            self,
+            "attention_levels",
+            tuple(check_sequence(self.attention_levels, "unet.attention_levels", min_len=levels, max_len=levels)),
+        )
+        for i, (c, a) in enumerate(zip(self.channels, self.attention_levels, strict=True)):
+            check_int(c, f"unet.channels[{i}]", lo=1, hi=MAX_CHANNELS)
+            check_bool(a, f"unet.attention_levels[{i}]")
+        check_int(self.num_res_blocks, "unet.num_res_blocks", lo=1, hi=MAX_RES_BLOCKS)
+        heads = check_int(self.num_head_channels, "unet.num_head_channels", lo=1, hi=MAX_CHANNELS)
+        groups = check_int(self.norm_num_groups, "unet.norm_num_groups", lo=1, hi=MAX_CHANNELS)
+        if self.spatial_dims != 3 or isinstance(self.spatial_dims, bool):
+            raise BrainSynthError(f"unet.spatial_dims must be 3 (BrainSynth models are 3-D), not {self.spatial_dims!r}")
+        check_int(self.in_channels, "unet.in_channels", lo=1, hi=MAX_IO_CHANNELS)
+        check_int(self.out_channels, "unet.out_channels", lo=1, hi=MAX_IO_CHANNELS)
+        # MONAI's own conditions, checked here so that they are one clear line, not its ValueError.
+        if any(c % groups for c in self.channels):
+            raise BrainSynthError(
+                f"unet.norm_num_groups ({groups}) must divide every level's channels {tuple(self.channels)}"
+            )
+        # The middle block at the deepest level always has attention.
+        for i, (c, a) in enumerate(zip(self.channels, self.attention_levels, strict=True)):
+            if (a or i == levels - 1) and c % heads:
+                raise BrainSynthError(
+                    f"unet.num_head_channels ({heads}) must divide the channels ({c}) of every attention level "
+                    "and of the deepest level"
+                )
+
     def build(self, *, use_flash_attention: bool = False) -> torch.nn.Module:
         """A freshly initialised MONAI ``DiffusionModelUNet`` for this spec."""
         from monai.networks.nets import DiffusionModelUNet
@@ -208,6 +275,7 @@ class ModelSpec:
     default_sampler: SamplerSettings | None = None
 
     def __post_init__(self) -> None:
+        check_str(self.name, "name")
         if self.default_sampler is not None:
             self.default_sampler.validate(self.schedule)
         factor = self.unet.downsampling_factor
@@ -232,20 +300,26 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
-        unet = data["unet"]
+        """The spec a :meth:`to_dict` record describes, every field checked.
+
+        Raises:
+            BrainSynthError: a field of the wrong type or out of bounds, or unknown fields.
+            KeyError: a required field is missing.
+        """
+        check_mapping(data, "the model spec")
+        check_keys(data, "the model spec", allowed=("name", "unet", "schedule", "grid", "intensity", "default_sampler"))
+        unet = check_mapping(data["unet"], "unet")
+        check_keys(unet, "unet", allowed=[f.name for f in fields(UNetSpec)])
+        schedule = check_mapping(data.get("schedule", {}), "schedule")
+        check_keys(schedule, "schedule", allowed=[f.name for f in fields(ScheduleSpec)])
+        sampler = data.get("default_sampler")
         return cls(
             name=data.get("name", "custom"),
-            unet=UNetSpec(
-                **{
-                    **unet,
-                    "channels": tuple(unet["channels"]),
-                    "attention_levels": tuple(bool(a) for a in unet["attention_levels"]),
-                }
-            ),
-            schedule=ScheduleSpec(**data.get("schedule", {})),
-            grid=GridGeometry.from_dict(data["grid"]),
-            intensity=IntensityMapping.from_dict(data.get("intensity", {})),
-            default_sampler=_sampler_from_dict(data["default_sampler"]) if data.get("default_sampler") else None,
+            unet=UNetSpec(**{**unet, "channels": unet["channels"], "attention_levels": unet["attention_levels"]}),
+            schedule=ScheduleSpec(**schedule),
+            grid=GridGeometry.from_dict(check_mapping(data["grid"], "grid")),
+            intensity=IntensityMapping.from_dict(check_mapping(data.get("intensity", {}), "intensity")),
+            default_sampler=_sampler_from_dict(check_mapping(sampler, "default_sampler")) if sampler else None,
         )
 
     def build_random_model(self, *, seed: int = 0) -> torch.nn.Module:

@@ -12,7 +12,11 @@ that names the file and says what to do, e.g.
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
+import struct
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,18 @@ _SUPPORTED_HINT = "BrainSynth reads NIfTI (.nii, .nii.gz) and FreeSurfer MGH (.m
 # Below this voxel size (mm) an affine is treated as broken: no scanner images at 1 µm, and
 # tiny or zero scales are what a header with missing pixdims or a zeroed sform produces.
 _MIN_VOXEL_SIZE_MM = 1e-3
+
+#: Most voxels a scan may have: 2^28 (268 M, 1 GiB as float32). A 0.5 mm whole-head T1 has
+#: about 100 M; anything larger is a damaged header or a decompression bomb, refused before a
+#: byte of voxel data is read.
+MAX_SCAN_VOXELS = 2**28
+#: Bytes a compressed scan may unpack to beyond what its header describes (extensions,
+#: FreeSurfer's tags after the data); more means the file is not what its header says.
+_GZIP_SLACK_BYTES = 16 * 2**20
+_GZIP_CHUNK = 2**20
+#: A brain centred farther than this from the MNI brain's centre is probably not registered
+#: (the same bound engine.preprocessing.prepare_scan refuses at, after resampling).
+_REGISTERED_CENTRE_TOLERANCE_MM = 50.0
 
 
 @dataclass
@@ -173,9 +189,17 @@ def load_volume(path: str | os.PathLike) -> Volume:
     Returns:
         The scan as float32 in RAS+, with its affine (mm) and source path.
 
+    Before a byte of voxel data is read, the header's own numbers are checked: a scan larger
+    than :data:`MAX_SCAN_VOXELS` (a decompression bomb or a damaged header) and voxel data
+    starting inside a single-file NIfTI header are refused, as is anything nibabel's header
+    checks call an error. A compressed file is inflated once in full (in chunks, constant
+    memory) to verify its gzip checksum, which nibabel never reads. A scan whose brain is
+    centred far from the MNI brain gets a warning (probably not registered).
+
     Raises:
-        VolumeError: the file is missing, not a supported or readable image, damaged,
-            not 3-D, empty, all NaN, or has a broken orientation (affine).
+        VolumeError: the file is missing, not a supported or readable image, damaged (a failed
+            gzip checksum, cut short, more data than its header describes), too large, has an
+            invalid header, is not 3-D, empty, all NaN, or has a broken orientation (affine).
     """
     import nibabel as nib
     from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
@@ -193,6 +217,9 @@ def load_volume(path: str | os.PathLike) -> Volume:
         )
         raise VolumeError(f"{name} has an unsupported format ({suffix}); {_SUPPORTED_HINT}.{hint}")
 
+    # Before nibabel: the header's own numbers (size, voxel offset), read from at most a few
+    # kilobytes, so that a decompression bomb is refused before it is inflated.
+    declared_bytes = _check_raw_header(path, name)
     # Reading the header only: a text file or a PNG renamed .nii fails here.
     try:
         img = nib.load(path)
@@ -211,8 +238,13 @@ def load_volume(path: str | os.PathLike) -> Volume:
         kind = "colour (RGB)" if dtype.names is not None else "complex"
         raise VolumeError(f"{name} holds {kind} voxels; a greyscale 3-D T1 magnitude volume is needed")
     shape = _check_dimensions(name, shape)
-
+    _check_size(name, shape, dtype.itemsize)
+    _check_header_validity(name, img)
     _check_affine(name, affine)
+    if _is_gzip(path):
+        # nibabel reads only as far as the voxels go, so the gzip checksum (at the end) is never
+        # checked and a damaged file unpacks to garbage: check the whole stream first.
+        _check_gzip_stream(path, name, limit=(declared_bytes or 0) + shape_bytes(shape, dtype.itemsize))
 
     # Reading the voxels: a truncated or corrupt file fails here, since nibabel loads lazily.
     try:
@@ -229,7 +261,192 @@ def load_volume(path: str | os.PathLike) -> Volume:
     ornt = io_orientation(affine)
     data = np.ascontiguousarray(apply_orientation(data, ornt), dtype=np.float32)
     affine = affine @ inv_ornt_aff(ornt, shape)
-    return Volume(data=data, affine=affine, source=path, warnings=warnings)
+    volume = Volume(data=data, affine=affine, source=path, warnings=warnings)
+    offset = registration_offset_mm(volume)
+    if offset is not None and offset > _REGISTERED_CENTRE_TOLERANCE_MM:
+        warnings.append(
+            f"its brain is centred {offset:.0f} mm from where a scan registered to MNI space has it; "
+            "it may not be registered (register it to MNI152 before preparing it)"
+        )
+    return volume
+
+
+def registration_offset_mm(volume: Volume) -> float | None:
+    """Distance (mm) from the centre of the scan's bright tissue to the MNI brain's centre.
+
+    A quick look, not a registration: voxels above a fifth of the robust maximum are taken
+    as tissue and their centre is compared with where the MNI152 brain's centre lies
+    (:data:`engine.preprocessing.MNI_BRAIN_CENTRE_MM`). A registered scan is within a few mm;
+    a scan in scanner coordinates is often centimetres away.
+
+    Returns:
+        The distance in mm, or None when the scan has no tissue above its background.
+    """
+    from engine.preprocessing import MNI_BRAIN_CENTRE_MM
+
+    data = volume.data
+    # A strided view is enough to find the threshold and keeps this cheap on large scans.
+    step = max(1, round((data.size / 2e5) ** (1 / 3)))
+    sample = data[::step, ::step, ::step]
+    background = float(sample.min())
+    top = float(np.percentile(sample, 99.5))
+    if not top > background:
+        return None
+    tissue = data > background + 0.2 * (top - background)
+    count = int(np.count_nonzero(tissue))
+    if count == 0:
+        return None
+    centre_ijk = [
+        float(np.dot(np.arange(n), tissue.sum(axis=tuple(a for a in range(3) if a != axis))) / count)
+        for axis, n in enumerate(tissue.shape)
+    ]
+    centre_mm = np.asarray(volume.affine)[:3, :3] @ np.asarray(centre_ijk) + np.asarray(volume.affine)[:3, 3]
+    return float(np.linalg.norm(centre_mm - MNI_BRAIN_CENTRE_MM))
+
+
+def shape_bytes(shape: tuple[int, ...], itemsize: int) -> int:
+    """Bytes of a voxel array of ``shape`` and ``itemsize`` (Python ints: no overflow)."""
+    return math.prod(int(n) for n in shape) * int(itemsize)
+
+
+def _check_size(name: str, shape: tuple[int, ...], itemsize: int) -> None:
+    voxels = math.prod(shape)
+    if voxels > MAX_SCAN_VOXELS:
+        raise VolumeError(
+            f"{name} would unpack to {_size(shape_bytes(shape, itemsize))} ({_format_dims(shape)} voxels, "
+            f"{_size(voxels * 4)} in memory); a T1 scan is a few hundred MB at most, so its header is damaged"
+        )
+
+
+def _size(n: float) -> str:
+    if n >= 2**30:
+        return f"{n / 2**30:,.1f} GiB"
+    return f"{n / 2**20:,.0f} MB"
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _read_head(path: Path, n: int = 4096) -> bytes:
+    """The first ``n`` bytes of the (uncompressed) file; gzip is inflated only that far."""
+    with open(path, "rb") as raw:
+        magic = raw.read(2)
+    opener = gzip.open if magic == b"\x1f\x8b" else open
+    try:
+        with opener(path, "rb") as fh:
+            return fh.read(n)
+    except (OSError, EOFError, zlib.error):
+        return b""  # nibabel's own reading says what is wrong
+
+
+def _check_raw_header(path: Path, name: str) -> int | None:
+    """Check the size and voxel offset a NIfTI or MGH header declares, before nibabel reads it.
+
+    Returns:
+        Bytes before the voxel data (the header and its extensions), when the header is one
+        of ours to understand; None otherwise (nibabel then reports what it makes of the file).
+
+    Raises:
+        VolumeError: the header declares more voxels than any scan has, or (single-file
+            NIfTI) voxel data starting inside the header.
+    """
+    head = _read_head(path)
+    ext = _extension(path)
+    if ext in (".mgh", ".mgz"):
+        if len(head) < 28:
+            return None
+        version, width, height, depth, frames, code = struct.unpack(">6i", head[:24])
+        dims = (width, height, depth)
+        itemsize = {0: 1, 1: 4, 3: 4, 4: 2}.get(code)
+        if version != 1 or itemsize is None or min(*dims, frames) < 1:
+            return None
+        _check_size(name, (*dims, frames), itemsize)
+        return 284
+    if len(head) < 348:
+        return None
+    for order in "<>":
+        sizeof_hdr = struct.unpack(order + "i", head[:4])[0]
+        if sizeof_hdr == 348:
+            dims = struct.unpack(order + "8h", head[40:56])
+            bitpix = struct.unpack(order + "h", head[72:74])[0]
+            offset = struct.unpack(order + "f", head[108:112])[0]
+            magic, minimum = head[344:348], 352
+            break
+        if sizeof_hdr == 540 and len(head) >= 540:
+            dims = struct.unpack(order + "8q", head[16:80])
+            bitpix = struct.unpack(order + "h", head[14:16])[0]
+            offset = struct.unpack(order + "q", head[168:176])[0]
+            magic, minimum = head[4:8], 544
+            break
+    else:
+        return None
+    ndim = dims[0]
+    if 1 <= ndim <= 7 and all(n >= 1 for n in dims[1 : ndim + 1]) and bitpix > 0:
+        _check_size(name, tuple(dims[1 : ndim + 1]), max(1, bitpix // 8))
+    single_file = magic in (b"n+1\x00", b"n+2\x00")
+    if single_file and not (math.isfinite(offset) and offset >= minimum):
+        raise VolumeError(
+            f"{name} has a damaged header: its voxel data would start at byte {offset:g}, inside the "
+            f"header (at least {minimum} for a single-file NIfTI); copy or export the file again"
+        )
+    return int(offset) if single_file else None
+
+
+def _check_header_validity(name: str, img) -> None:
+    """Refuse what nibabel's own header checks call an error (problem level 40 and up)."""
+    header = getattr(img, "header", None)
+    checks = getattr(type(header), "_get_checks", None)
+    if checks is None:
+        return
+    for check in checks():
+        try:
+            _, report = check(header.copy(), fix=False)
+        except Exception:  # a check that cannot even run on this header: nibabel's load says why
+            continue
+        if report.problem_level >= 40:
+            raise VolumeError(
+                f"{name} has an invalid header ({report.problem_msg}); re-export it from the scanner or converter"
+            )
+
+
+def _check_gzip_stream(path: Path, name: str, *, limit: int) -> None:
+    """Inflate the whole file in chunks (constant memory), checking checksum, length and size.
+
+    Raises:
+        VolumeError: a failed CRC or length check, a stream cut short, or more data than
+            ``limit`` plus a little slack (a decompression bomb behind a plausible header).
+    """
+    cap = limit + _GZIP_SLACK_BYTES
+    total = 0
+    inflater = zlib.decompressobj(wbits=31)
+    fed = False  # whether the current gzip member has begun
+    with open(path, "rb") as fh:
+        try:
+            while chunk := fh.read(_GZIP_CHUNK):
+                while chunk:
+                    if not fed and not chunk.strip(b"\x00"):
+                        chunk = b""  # zero padding after the last member, as some tools write
+                        break
+                    fed = True
+                    total += len(inflater.decompress(chunk, _GZIP_CHUNK))
+                    chunk = inflater.unconsumed_tail
+                    if total > cap:
+                        raise VolumeError(
+                            f"{name} unpacks to more than {_size(cap)}, far more than its header describes "
+                            f"({_size(limit)}); the file is damaged or not a scan"
+                        )
+                    if inflater.eof:  # another gzip member may follow (concatenation is valid gzip)
+                        chunk = inflater.unused_data
+                        inflater, fed = zlib.decompressobj(wbits=31), False
+        except zlib.error as exc:
+            what = "fails its gzip checksum" if "check" in str(exc) else "holds damaged compressed data"
+            raise VolumeError(f"{name} is damaged: it {what} ({exc}); copy or export the file again") from exc
+    if fed:
+        raise VolumeError(
+            f"{name} is damaged or incomplete: its compressed data is cut short; copy or export the file again"
+        )
 
 
 def _damaged(name: str, exc: BaseException) -> VolumeError:

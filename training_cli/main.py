@@ -7,6 +7,7 @@ stderr with exit status 1; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from engine.errors import BrainSynthError
 
@@ -48,6 +52,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"brainsynth-cli {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # A full disk or a read-only folder met outside the engine's write helpers: the
+        # environment, not a bug, so one line too.
+        from engine.atomic import failure_reason
+
+        if args.debug or exc.errno not in _WRITE_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"brainsynth-cli {args.command}: error: {where}{failure_reason(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"brainsynth-cli {args.command}: interrupted", file=sys.stderr)

@@ -15,6 +15,12 @@ schema, and hands out the two ways of using it, :meth:`~DatabaseConnection.read`
   (not a network share).
 * **Versioned schema.** ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`; a database
   made by a newer BrainSynth is refused instead of being misread.
+* **Read-only files are readable.** A database whose file or folder cannot be written (a
+  read-only share, an archive copy) opens read-only: listing, progress and reports work,
+  and anything that would change it says "read-only" instead of "damaged".
+* **Copies are made with SQLite's backup API** (:meth:`DatabaseConnection.backup`,
+  ``brainsynth-cli study backup``): copying the file while a reader works misses the answers
+  still in its ``-wal`` file.
 """
 
 from __future__ import annotations
@@ -145,6 +151,8 @@ class DatabaseConnection:
         self.path = Path(path) if path is not None else default_database_path()
         self._lock = threading.RLock()
         self._closed = False
+        #: True when the file or its folder cannot be written: reading works, changes are refused.
+        self.read_only = False
         self._conn = self._open()
 
     # ------------------------------------------------------------------------ using the file
@@ -168,6 +176,8 @@ class DatabaseConnection:
         """
         with self._lock, self._sql_errors():
             self._check_open()
+            if self.read_only:
+                raise StudyError(self._read_only_message())
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
@@ -175,6 +185,36 @@ class DatabaseConnection:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+
+    def backup(self, target: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Copy the whole database to ``target`` with SQLite's online backup API.
+
+        The copy is one consistent snapshot that includes the answers still in the ``-wal``
+        file, even while other processes (the app, other readers) keep writing; copying the
+        ``.db`` file itself would miss those. It is checked (``quick_check``) and written
+        atomically, so ``target`` is complete or absent.
+
+        Raises:
+            StudyError: the copy cannot be made; ExportError if ``target`` exists (without
+                ``overwrite``) or cannot be written.
+        """
+        from engine.atomic import atomic_path
+
+        target = Path(target)
+        if target.resolve() == self.path.resolve():
+            raise StudyError(f"{target} is the study database itself; choose another file for the backup")
+        with self._lock, self._sql_errors():
+            self._check_open()
+            with atomic_path(target, overwrite=overwrite) as tmp:
+                copy = sqlite3.connect(tmp)
+                try:
+                    self._conn.backup(copy)
+                    check = copy.execute("PRAGMA quick_check").fetchone()[0]
+                finally:
+                    copy.close()
+                if check != "ok":
+                    raise StudyError(f"the backup of {self.path} failed its check ({_one_line(check)})")
+        return target
 
     def close(self) -> None:
         """Close the connection (all answers are already committed)."""
@@ -194,42 +234,97 @@ class DatabaseConnection:
         path = self.path
         if path.is_dir():
             raise StudyError(f"{path} is a folder; the study database must be a file")
+        wal = path.with_name(path.name + "-wal")
+        if path.is_file() and path.stat().st_size == 0 and not (wal.is_file() and wal.stat().st_size > 0):
+            # SQLite would silently make a new, empty database of it and every study would seem gone.
+            raise StudyError(
+                f"{path} is an empty file (0 bytes), not a study database (a crash or an interrupted copy "
+                "leaves one); restore it from a backup, or delete it to start a new database"
+            )
+        if not path.exists():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StudyError(
+                    f"cannot create the folder for the study database {path}: {exc.strerror or exc}"
+                ) from exc
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StudyError(f"cannot create the folder for the study database {path}: {exc.strerror or exc}") from exc
+            return self._connect(read_only=False)
+        except _CannotWrite as exc:
+            if not path.is_file():
+                raise StudyError(
+                    f"cannot create the study database {path}: its folder is read-only ({exc}); "
+                    "point --db at a file in a folder you can write to"
+                ) from None
+        self.read_only = True
         try:
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            return self._connect(read_only=True)
+        except _CannotWrite:
+            # SQLite reads a WAL database read-only only where it can make the -shm file, or
+            # when told the file is immutable. Immutable is right when no -wal file holds
+            # answers (nothing can change in a read-only folder), wrong otherwise.
+            if wal.is_file() and wal.stat().st_size > 0:
+                raise StudyError(
+                    f"the study database {path} is read-only and has answers in {wal.name} that SQLite can only "
+                    "read with write access to the folder; copy the folder to a place you can write to"
+                ) from None
+            return self._connect(read_only=True, immutable=True)
+
+    def _connect(self, *, read_only: bool, immutable: bool = False) -> sqlite3.Connection:
+        path = self.path
+        target: str | Path = path
+        if read_only:
+            target = path.resolve().as_uri() + ("?immutable=1" if immutable else "?mode=ro")
+        try:
+            conn = sqlite3.connect(
+                target, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False, uri=read_only
+            )
         except sqlite3.Error as exc:
+            if not immutable and _is_read_only_error(exc):
+                raise _CannotWrite(str(exc)) from None
             raise StudyError(f"cannot open the study database {path}: {exc}") from exc
         try:
             conn.execute("PRAGMA foreign_keys = ON")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StudyError(
-                    f"the study database {path} cannot use write-ahead logging (journal mode {mode}); "
-                    "keep it on a local disk, not a network share"
-                )
-            # FULL: a committed answer survives a power cut too, not only a killed process.
-            conn.execute("PRAGMA synchronous = FULL")
-            self._check_or_create_schema(conn)
+            if not read_only:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StudyError(
+                        f"the study database {path} cannot use write-ahead logging (journal mode {mode}); "
+                        "keep it on a local disk, not a network share"
+                    )
+                # FULL: a committed answer survives a power cut too, not only a killed process.
+                conn.execute("PRAGMA synchronous = FULL")
+            self._check_or_create_schema(conn, create=not read_only)
         except StudyError:
             conn.close()
             raise
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if not immutable and _is_read_only_error(exc):
+                raise _CannotWrite(str(exc)) from None
             raise StudyError(
-                f"{path} is not a BrainSynth study database or is damaged ({exc}); "
+                f"{path} is not a BrainSynth study database or is damaged ({_one_line(exc)}); "
                 f"restore it from a backup, or point --db at another file"
             ) from exc
         return conn
 
-    def _check_or_create_schema(self, conn: sqlite3.Connection) -> None:
+    def _read_only_message(self) -> str:
+        return (
+            f"the study database {self.path} is read-only (the file or its folder cannot be written): "
+            "studies can be listed and reported, not changed; copy it to a folder you can write to "
+            "(brainsynth-cli study backup) or ask for write access"
+        )
+
+    def _check_or_create_schema(self, conn: sqlite3.Connection, *, create: bool = True) -> None:
         integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
         if integrity != "ok":
-            raise StudyError(f"the study database {self.path} is damaged ({integrity}); restore it from a backup")
+            raise StudyError(
+                f"the study database {self.path} is damaged ({_one_line(integrity)}); restore it from a backup"
+            )
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version == 0 and not tables and not create:
+            raise StudyError(f"the study database {self.path} is read-only and holds no studies yet")
         if version == 0 and not tables:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -266,16 +361,39 @@ class DatabaseConnection:
         try:
             yield
         except sqlite3.OperationalError as exc:
+            if _is_read_only_error(exc):
+                raise StudyError(self._read_only_message()) from exc
             if "locked" in str(exc) or "busy" in str(exc):
                 raise StudyError(
                     f"the study database {self.path} is busy (another program kept it locked for "
                     f"{BUSY_TIMEOUT_S:g} s); try again"
                 ) from exc
-            raise StudyError(f"the study database {self.path} cannot be used: {exc}") from exc
+            raise StudyError(f"the study database {self.path} cannot be used: {_one_line(exc)}") from exc
         except sqlite3.DatabaseError as exc:
-            raise StudyError(f"the study database {self.path} is damaged ({exc}); restore it from a backup") from exc
+            raise StudyError(
+                f"the study database {self.path} is damaged ({_one_line(exc)}); restore it from a backup"
+            ) from exc
 
     def _check_open(self) -> None:
         # sqlite3 reports use after close as a DatabaseError, which would read as "damaged".
         if self._closed:
             raise StudyError(f"the study database {self.path} was closed; open it again to go on")
+
+
+class _CannotWrite(Exception):
+    """The database file or its folder cannot be written (opened read-only instead)."""
+
+
+def _is_read_only_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "readonly" in text or "read-only" in text or "unable to open database file" in text
+
+
+def _one_line(text: object, *, limit: int = 160) -> str:
+    """SQLite's report (``quick_check`` lists one line per damaged page) as one short line."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip() and not line.startswith("***")]
+    first = lines[0] if lines else str(text).strip()
+    more = f" (+{len(lines) - 1} more problems)" if len(lines) > 1 else ""
+    if len(first) > limit:
+        first = first[: limit - 1] + "…"
+    return first + more

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import __version__
-from engine.atomic import atomic_path, atomic_write_text
+from engine.atomic import atomic_group, atomic_write_text, remove_orphaned_temporaries
 from engine.errors import BrainSynthError
 from engine.training.errors import TrainingError
 
@@ -198,6 +198,7 @@ class PreparationCache:
         )
         self.fingerprint = hashlib.sha256(payload.encode()).hexdigest()
         self.root = Path(cache_dir).expanduser() / self.fingerprint[:16]
+        remove_orphaned_temporaries(self.root)  # what a killed preparation left
 
     def array_path(self, sha: str) -> Path:
         return self.root / f"{sha}.npy"
@@ -229,11 +230,11 @@ class PreparationCache:
             atomic_write_text(failure, json.dumps({"source": item.path.name, "reason": str(exc)}), overwrite=True)
             return PreparedItem(item, sha, reason=str(exc))
         self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target, overwrite=True) as tmp:
-            np.save(tmp, data, allow_pickle=False)
-        atomic_write_text(
-            target.with_suffix(".json"), json.dumps({"source": item.path.name, "warnings": warnings}), overwrite=True
-        )
+        # Both files or neither; the array, which readers look for, is renamed into place last.
+        with atomic_group() as group:
+            meta = json.dumps({"source": item.path.name, "warnings": warnings})
+            group.path(target.with_suffix(".json"), overwrite=True).write_text(meta, encoding="utf-8")
+            np.save(group.path(target, overwrite=True), data, allow_pickle=False)
         return PreparedItem(item, sha, array_path=target, warnings=warnings)
 
     def _prepare_array(self, path: Path) -> tuple[np.ndarray, list[str]]:

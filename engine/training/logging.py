@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.atomic import atomic_path
+from engine.atomic import atomic_path, fsync_folder, write_errors
 
 STEP_COLUMNS = ("epoch", "step_in_epoch", "global_step", "loss", "lr", "grad_norm", "elapsed_s", "cpu_s")
 EPOCH_COLUMNS = (
@@ -48,36 +48,93 @@ class CsvLog:
     """An append-only CSV file with a fixed header, flushed after every row.
 
     Flushing each row means a killed run keeps every row it logged; :meth:`truncate`
-    drops rows a resumed run will redo, so the log never counts a step twice.
+    drops rows a resumed run will redo, so the log never counts a step twice. A file left
+    damaged by a power cut (a last row cut short, NUL bytes where the disk had not yet
+    written) is repaired when it is opened: incomplete rows are dropped, every complete row
+    is kept. :func:`sync_logs` puts the logs on disk (the trainer calls it with every saved
+    state, so the logs on disk hold every row the state counts).
     """
 
     def __init__(self, path: Path, columns: Sequence[str]) -> None:
         self.path = path
         self.columns = tuple(columns)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists() or path.stat().st_size == 0:
-            path.write_text(",".join(self.columns) + "\n", encoding="utf-8")
-        self._fh = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - kept open for the run
+        with write_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists() or path.stat().st_size == 0:
+                path.write_text(",".join(self.columns) + "\n", encoding="utf-8")
+            else:
+                self.repair()
+            self._fh = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - kept open for the run
         self._writer = csv.writer(self._fh, lineterminator="\n")
 
     def write(self, row: dict) -> None:
-        self._writer.writerow([_format(row.get(c)) for c in self.columns])
-        self._fh.flush()
+        with write_errors(self.path):
+            self._writer.writerow([_format(row.get(c)) for c in self.columns])
+            self._fh.flush()
+
+    def repair(self) -> int:
+        """Drop incomplete rows (what a crash or power cut leaves) atomically; returns how many.
+
+        A row is complete when it ends in a newline, holds no NUL byte and has one field per
+        column. The header is rewritten if it was damaged.
+        """
+        raw = self.path.read_bytes()
+        text = raw.decode("utf-8", errors="replace")
+        lines = text.split("\n")
+        tail = lines.pop()  # after the last newline: empty, or a row cut short
+        header, rows = (lines[0], lines[1:]) if lines else ("", [])
+        kept = []
+        for line in rows:
+            if not line or "\x00" in line or "\ufffd" in line:
+                continue
+            fields = next(csv.reader([line]), [])
+            if len(fields) == len(self.columns):
+                kept.append(line)
+        dropped = len(rows) - len(kept) + (1 if tail else 0)
+        expected_header = ",".join(self.columns)
+        if dropped == 0 and header == expected_header:
+            return 0
+        with atomic_path(self.path, overwrite=True) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in [expected_header, *kept]), encoding="utf-8")
+        return dropped
 
     def truncate(self, *, key: str, keep_through: int) -> None:
         """Keep only the rows whose ``key`` column is at most ``keep_through`` (atomically)."""
         self._fh.close()
         rows = read_csv(self.path)
-        kept = [r for r in rows if int(float(r[key])) <= keep_through]
+        kept = [r for r in rows if _row_number(r.get(key)) is not None and int(_row_number(r.get(key))) <= keep_through]
         with atomic_path(self.path, overwrite=True) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(self.columns)
             writer.writerows([[r.get(c, "") for c in self.columns] for r in kept])
-        self._fh = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        with write_errors(self.path):
+            self._fh = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
         self._writer = csv.writer(self._fh, lineterminator="\n")
 
     def close(self) -> None:
         self._fh.close()
+
+
+def sync_logs(folder: str | os.PathLike) -> None:
+    """Flush every CSV log in ``folder`` to disk (``fsync``), e.g. before a resume state is saved.
+
+    The logs are flushed to the operating system after every row already; this makes them
+    survive a power cut too. fsync works on any descriptor of a file, so the logs' own open
+    handles need not be known here.
+    """
+    folder = Path(folder)
+    for path in sorted(folder.glob("*.csv")):
+        with write_errors(path), open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    fsync_folder(folder)
+
+
+def _row_number(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _format(value) -> str:

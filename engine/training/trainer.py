@@ -291,7 +291,7 @@ class _StepOutcome:
 
 
 def _prepare_run_dir(config: TrainConfig, ctx: DistContext, *, resume: bool) -> None:
-    from engine.atomic import atomic_write_text
+    from engine.atomic import atomic_write_text, remove_orphaned_temporaries
 
     run_dir = config.run_dir
     check_run_dir(run_dir, resume=resume)
@@ -301,6 +301,7 @@ def _prepare_run_dir(config: TrainConfig, ctx: DistContext, *, resume: bool) -> 
     if ctx.is_main:
         for sub in ("", CHECKPOINT_DIR, "logs", RESUME_FILE.parent):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        remove_orphaned_temporaries(run_dir, recursive=True)  # what a killed run left
         atomic_write_text(run_dir / CONFIG_FILE, config.to_toml(), overwrite=True)
     ctx.barrier()
 
@@ -474,6 +475,9 @@ class _Trainer:
     # ------------------------------------------------------------------ resume state
     def _save_state(self, order: list[int]) -> None:
         if self.ctx.is_main:
+            from engine.training.logging import sync_logs
+
+            sync_logs(self.run_dir / "logs")  # the logs on disk hold every row this state counts
             nets = self.nets
             ResumeState(
                 model={k: v.detach().cpu() for k, v in nets.model.state_dict().items()},

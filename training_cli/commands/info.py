@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.checkpoint import load_checkpoint
+    from engine.display_text import printable
     from engine.samplers import default_settings
     from engine.specs import format_shape
 
@@ -30,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     n_params = sum(t.numel() for t in ckpt.weights.values())
     grid = spec.grid
     lines = [
-        f"checkpoint   {ckpt.path}",
-        f"preset       {spec.name}   ({n_params / 1e6:.2f} M parameters, "
+        f"checkpoint   {printable(ckpt.path)}",
+        f"preset       {printable(spec.name)}   ({n_params / 1e6:.2f} M parameters, "
         f"EMA weights: {'yes' if ckpt.has_ema else 'no'})",
         f"network      MONAI DiffusionModelUNet, channels {tuple(spec.unet.channels)}, "
         f"attention {tuple(spec.unet.attention_levels)}, {spec.unet.num_res_blocks} res blocks/level, "
@@ -42,11 +43,24 @@ def run(args: argparse.Namespace) -> int:
         f"schedule     {spec.schedule.schedule}, T={spec.schedule.num_train_timesteps}, "
         f"beta {spec.schedule.beta_start} → {spec.schedule.beta_end}, clip x0: {spec.schedule.clip_sample}, "
         f"predicts {spec.schedule.prediction_type}",
-        f"intensity    {spec.intensity.kind}: brain p{spec.intensity.upper_percentile:g} → {spec.intensity.scale:g}",
+        f"intensity    {printable(spec.intensity.kind)}: "
+        f"brain p{spec.intensity.upper_percentile:g} → {spec.intensity.scale:g}",
         f"sampler      {sampler.name}, {sampler.steps} steps by default ({whose})",
+        f"memory       {_memory_line(spec)}",
     ]
     for key, value in ckpt.provenance.items():
         shown = json.dumps(value) if isinstance(value, dict | list) else value
-        lines.append(f"{key:<12} {shown}")
+        # Text from the file: escaped, so that a checkpoint cannot drive the user's terminal.
+        lines.append(f"{printable(key):<12} {printable(shown)}")
     print("\n".join(lines))
     return 0
+
+
+def _memory_line(spec) -> str:
+    from engine.checkpoint_checks import estimate_memory
+
+    estimate = estimate_memory(spec)
+    return (
+        f"weights {estimate.model_bytes / 2**20:,.0f} MB; one sampling step of one volume at least "
+        f"{estimate.step_bytes / 2**30:,.2f} GiB (+{estimate.attention_bytes / 2**30:,.2f} GiB without fused attention)"
+    )

@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from engine import __version__
-    from engine.errors import BrainSynthError
-    from engine.export import save_nifti, sidecar_path
+    from engine.errors import BrainSynthError, WriteError
+    from engine.export import save_nifti_with_sidecar, sidecar_path
     from engine.preprocessing import prepare_scan
     from engine.specs import format_shape, get_preset
     from engine.volumes import find_volumes, load_volume, strip_extension
@@ -78,18 +78,17 @@ def run(args: argparse.Namespace) -> int:
             # Check the sidecar too before writing the image, so a clash leaves no orphan image.
             if not args.overwrite and sidecar.exists():
                 raise BrainSynthError(f"{sidecar} already exists; choose another output folder or pass --overwrite")
-            save_nifti(
+            # Image and sidecar as one atomic group: an image without its sidecar is half a result.
+            save_nifti_with_sidecar(
                 target,
                 scan.data,
                 scan.affine,
+                _sidecar(scan=scan, spec=spec, version=__version__),
                 overwrite=args.overwrite,
                 description=f"BrainSynth prepared T1, {spec.name} grid",
             )
-            try:
-                _write_sidecar(sidecar, scan=scan, spec=spec, version=__version__, overwrite=args.overwrite)
-            except BaseException:
-                target.unlink(missing_ok=True)  # an image without its sidecar is half a result
-                raise
+        except WriteError:
+            raise  # a full disk or read-only folder fails every file alike: stop with one line
         except BrainSynthError as exc:
             print(f"skipped {path}: {exc}", file=sys.stderr)
             skipped.append(path)
@@ -110,13 +109,10 @@ def run(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
-def _write_sidecar(path, *, scan, spec, version: str, overwrite: bool) -> None:
-    import json
-
-    from engine.atomic import atomic_write_text
+def _sidecar(*, scan, spec, version: str) -> dict:
     from engine.export import SIDECAR_FORMAT, SIDECAR_FORMAT_VERSION
 
-    payload = {
+    return {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_FORMAT_VERSION,
         "kind": "prepared",
@@ -129,4 +125,3 @@ def _write_sidecar(path, *, scan, spec, version: str, overwrite: bool) -> None:
         "warnings": list(scan.warnings),
         "software_version": version,
     }
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n", overwrite=overwrite)

@@ -15,6 +15,7 @@ Subcommands::
     study check NAME
     study report NAME --out DIR [--overwrite]
     study export NAME --out FILE.csv|FILE.json [--with-sources] [--overwrite]
+    study backup NAME --out FILE.sqlite [--overwrite]   (a consistent copy, also of a live study)
 
 Every subcommand takes ``--db PATH`` (default: ``$BRAINSYNTH_STUDY_DB`` or the user data
 directory). Nothing a reader runs (next, answer, skip, rate, status) prints a case's truth or
@@ -110,6 +111,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, metavar="FILE", help="a .csv or .json file")
     export.add_argument("--with-sources", action="store_true", help="add each case's source file path")
     export.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
+
+    backup = add(
+        "backup",
+        "copy the database holding a study, consistently even while readers work (SQLite's backup API)",
+        _backup,
+    )
+    backup.add_argument("--out", required=True, metavar="FILE", help="the copy (a new .sqlite file)")
+    backup.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
 
     parser.set_defaults(func=lambda args: _usage(parser))
 
@@ -280,6 +289,16 @@ def _export(args: argparse.Namespace) -> int:
     with _db(args) as db:
         path = export_answers(db, args.name, args.out, include_sources=args.with_sources, overwrite=args.overwrite)
         print(f"wrote {path}")
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    with _db(args) as db:
+        db.study(args.name)  # an unknown name is an error, not a silent copy of something else
+        names = [s.name for s in db.list_studies()]
+        path = db.backup(args.out, overwrite=args.overwrite)
+        others = f" and {len(names) - 1} other stud{'y' if len(names) == 2 else 'ies'}" if len(names) > 1 else ""
+        print(f"backed up {args.name!r}{others} from {db.path} to {path} (every saved answer included)")
     return 0
 
 
