@@ -28,6 +28,7 @@ representations about the suitability of this software for any purpose. It is pr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
