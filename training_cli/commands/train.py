@@ -105,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-_NOT_CONFIG = {"config", "resume", "log_format", "func", "command", "debug"}
+_NOT_CONFIG = {"config", "resume", "log_format", "func", "command", "debug", "preprocess"}
 
 
 def resolve_config(args: argparse.Namespace):
@@ -114,7 +114,8 @@ def resolve_config(args: argparse.Namespace):
     from engine.training.config import load_config
     from engine.training.resume import resume_config
 
-    given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    # pp_*: the --preprocess-* pipeline options (training_cli.commands.preprocess), not training options.
+    given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and not k.startswith("pp_")}
     resume_dir = getattr(args, "resume", None)
     if resume_dir:
         if getattr(args, "config", None):
