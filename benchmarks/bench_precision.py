@@ -191,6 +191,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed runs per precision (5)")
     parser.add_argument("--volume-repeats", type=int, default=3, help="whole default volumes per precision (3)")
     parser.add_argument("--train-batch", type=int, default=4, help="training batch (4)")
+    parser.add_argument(
+        "--volume-threads", type=int, help="threads for auto and the whole volumes (default: one per physical core)"
+    )
+    parser.add_argument("--no-training-auto", action="store_true", help="skip auto's timed training step")
     parser.add_argument("--checkpoint", help="default: the bundled demo model")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
@@ -269,12 +273,14 @@ def main() -> int:
                     f"{speedup:>15}"
                 )
     # auto, at one thread per physical core (what sample and train use by default)
+    cores = args.volume_threads or cores
     torch.set_num_threads(cores)
-    from engine.training.precision import choose_training_precision
+    if not args.no_training_auto:
+        from engine.training.precision import choose_training_precision
 
-    train_choice = choose_training_precision("auto", device=CPU, spec=train_spec, batch_size=args.train_batch)
-    results["auto_training"] = {"precision": train_choice.precision, "reason": train_choice.reason}
-    print(f"auto, training ({cores} threads): {train_choice.reason}")
+        train_choice = choose_training_precision("auto", device=CPU, spec=train_spec, batch_size=args.train_batch)
+        results["auto_training"] = {"precision": train_choice.precision, "reason": train_choice.reason}
+        print(f"auto, training ({cores} threads): {train_choice.reason}")
 
     volumes: dict[str, list[float]] = {"fp32": [], "auto": []}
     arrays: dict[str, np.ndarray] = {}

@@ -89,13 +89,18 @@ def compiled_call(
         out = compiled(x, timesteps=timesteps)
         return out.clone() if clone else out
 
-    # Warm-up: compile now (and record the CUDA graphs), not inside the first sampling step.
+    # Warm-up: compile now (and record the CUDA graphs), not inside the first sampling step. The
+    # sampler's first x is an ordinary tensor and every later one an inference tensor (made under
+    # inference mode, as are the timesteps); tensors of the two kinds differ in dispatch keys,
+    # which the compiled graph's guards check, so both are compiled here.
     try:
-        x = torch.zeros(sample_shape, device=device, dtype=dtype)
-        t = torch.full((sample_shape[0],), 500.0, device=device)
+        first = torch.zeros(sample_shape, device=device, dtype=dtype)
         with torch.inference_mode():
-            for _ in range(3 if clone else 1):  # cudagraph trees record on the second or third call
-                run(x, timesteps=t)
+            later = torch.zeros(sample_shape, device=device, dtype=dtype)
+            t = torch.full((sample_shape[0],), 500.0, device=device)
+            for x in (first, later):
+                for _ in range(3 if clone else 1):  # cudagraph trees record on the second or third call
+                    run(x, timesteps=t)
     except Exception as exc:  # inductor fails in many ways (no compiler, unsupported op)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise SamplingError(f"the model could not be compiled here ({first}); sample without --compile") from exc

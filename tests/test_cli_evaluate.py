@@ -126,6 +126,7 @@ def test_the_fid_network_runs_in_the_precision_asked_and_records_it(folders, tmp
     assert auto["parameters"]["precision_reason"] == "auto: fp32, no fast bf16 on this device"
     assert auto["value"] == fp32["value"]
     argv = [*_args(folders, tmp_path / "refused"), "--fid-weights", str(folders["weights"]), "--precision", "bf16"]
+    capsys.readouterr()
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "bf16 precision is not available here" in err and err.count("\n") == 1
