@@ -1,6 +1,6 @@
 """Issue 5's quality bar for the bundled demo model, measured.
 
-    python benchmarks/demo_model_quality.py --heldout DIR [--checkpoint CKPT] [--out DIR]
+    python benchmarks/demo_model_quality.py --heldout DIR [--checkpoint CKPT] [--precision fp32|bf16|auto] [--out DIR]
 
 * generates ``--count`` (32) volumes with the model's default sampler (or ``--sampler``/``--steps``);
 * prepares ``2 x --count`` held-out demo scans (a population seed the model never saw) onto
@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from engine.checkpoint import load_checkpoint
 from engine.generation import GenerationRequest, generate, seeds_from
 from engine.metrics.mmd import unbiased_mmd_from_kernels
+from engine.precision import PRECISION_CHOICES
 from engine.resources import default_checkpoint
 from engine.sampler_registry import SAMPLER_NAMES
 from engine.samplers import default_settings
@@ -92,6 +93,12 @@ def main() -> None:
     parser.add_argument("--out", default="quality")
     parser.add_argument("--splits", type=int, default=50, help="random held-out half-splits for the spread")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (2: this project's CPU machine)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="fp32",
+        help="the generator's precision: fp32 (default, as measured before), bf16 or auto",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -107,6 +114,7 @@ def main() -> None:
     start = time.perf_counter()
     settings = default_settings(spec, sampler=args.sampler, steps=args.steps)
     generated = []
+    precision = args.precision
     for event in generate(
         ckpt.build_model(),
         GenerationRequest(
@@ -116,8 +124,10 @@ def main() -> None:
             device="cpu",
             batch_size=4,
             preview_every=0,
+            precision=args.precision,
         ),
     ):
+        precision = event.finished[0].provenance["precision"] if event.finished else precision
         generated += [np.asarray(spec.intensity.model_to_standard(v.array)) for v in event.finished]
     seconds = time.perf_counter() - start
 
@@ -143,6 +153,7 @@ def main() -> None:
         "checkpoint": str(ckpt_path),
         "sampler": settings.name,
         "steps": settings.steps,
+        "precision": precision,
         "generated": args.count,
         "heldout_per_set": args.count,
         "generation_seconds": round(seconds, 1),

@@ -119,15 +119,26 @@ def physical_cores_available() -> int:
     return max(1, len(cores))
 
 
-def set_cpu_threads(requested: int | None = None) -> str:
+def set_cpu_threads(requested: int | None = None, *, processes: int = 1) -> str:
     """Set PyTorch's intra-op threads: ``requested``, or one per available physical core.
 
+    Args:
+        requested: threads to use; None or 0 for one per physical core available.
+        processes: processes of one job on this machine that share those cores (a CPU
+            ``torchrun`` with several processes per node): each then takes its share.
+
     Returns:
-        What was set and why, for the progress output, e.g. ``"2 compute threads (2 physical
-        cores available to this process)"``.
+        What was set and why, for the progress output, e.g. ``"2 compute thread(s), one per core
+        (2 physical core(s) available to this process)"``.
     """
     cores = physical_cores_available()
-    threads = requested if requested else cores
+    share = max(1, cores // max(1, processes))
+    threads = requested if requested else share
     torch.set_num_threads(threads)
-    why = "asked for" if requested else "one per core"
+    if requested:
+        why = "asked for"
+    elif processes > 1:
+        why = f"one per core, the cores shared by {processes} processes"
+    else:
+        why = "one per core"
     return f"{threads} compute thread(s), {why} ({cores} physical core(s) available to this process)"

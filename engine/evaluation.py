@@ -54,6 +54,7 @@ from engine.metrics.mmd import mmd_from_gram
 from engine.metrics.msssim import MSSSIMSettings, choose_settings, ms_ssim, sample_pairs, summarise
 from engine.metrics.results import EvaluationOptions, EvaluationResult, IntensityResult, MSSSIMResult
 from engine.metrics.volume_sets import VolumeSet, check_same_shape, check_standard_range, make_set
+from engine.precision import PrecisionChoice
 
 if TYPE_CHECKING:
     from engine.volumes import Volume
@@ -253,6 +254,7 @@ def _fid_3d(
     except DeviceError as exc:  # the same message, as this command's error type
         raise EvaluationError(str(exc)) from exc
     network = load_medicalnet(options.fid_weights, device=device)
+    choice = _fid_precision(network, real, options=options, device=device)
     total = len(real) + len(synth)
 
     def features(vset: VolumeSet, offset: int) -> np.ndarray:
@@ -261,6 +263,7 @@ def _fid_3d(
             network,
             vset.volumes,
             batch_size=options.fid_batch_size,
+            precision=choice.precision,
             progress=(lambda d, _t: report(offset + d, total)) if report else None,
         )
 
@@ -278,6 +281,8 @@ def _fid_3d(
             "weights_sha256": network.sha256,
             "input_normalisation": "whole-volume z-score per volume",
             "device": str(device),
+            "precision": choice.precision,
+            "precision_reason": choice.reason,
             "note": (
                 "fewer volumes than feature dimensions: the covariances are singular and FID is biased upwards; "
                 "compare only evaluations with the same numbers of volumes"
@@ -286,6 +291,33 @@ def _fid_3d(
             ),
         },
     )
+
+
+def _fid_precision(network, real: VolumeSet, *, options: EvaluationOptions, device) -> PrecisionChoice:
+    """The FID network's precision (``options.precision`` checked; ``auto`` times one forward
+    pass of a batch of the first real volume in fp32 and bf16, cached like the generator's)."""
+    import torch
+
+    from engine.errors import SamplingError
+    from engine.metrics.medicalnet import zscore
+    from engine.precision import autocast, choose_precision, model_cache_key
+
+    model = network.model
+    batch = np.stack([zscore(real.volume(0, scale=options.scale))] * min(options.fid_batch_size, len(real)))[:, None]
+    x = torch.from_numpy(batch).to(device)
+
+    def step(precision: str) -> None:
+        with torch.no_grad(), autocast(device, precision):
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    try:
+        return choose_precision(
+            options.precision, device=device, step=step, cache_key=f"fid|{model_cache_key(model, tuple(x.shape))}"
+        )
+    except SamplingError as exc:  # the same message, as this command's error type
+        raise EvaluationError(str(exc)) from None
 
 
 def _memorisation(

@@ -101,3 +101,32 @@ def test_bad_inputs_exit_1_with_one_line(folders, tmp_path, capsys):
     assert main([*_args(folders, tmp_path / "d"), "--fid-weights", str(notes)]) == 1
     err = capsys.readouterr().err
     assert "cannot be read as PyTorch weights" in err and err.count("\n") == 1
+
+
+def test_the_fid_network_runs_in_the_precision_asked_and_records_it(folders, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from engine.precision import bf16_support
+
+    def fid_of(out: Path, *extra: str) -> dict:
+        argv = [*_args(folders, out), "--fid-weights", str(folders["weights"]), "--pairs", "2", *extra]
+        assert main(argv) == 0, capsys.readouterr().err
+        return json.loads((out / "evaluation.json").read_text())["fid_3d"]
+
+    fp32 = fid_of(tmp_path / "fp32")  # the default
+    assert (fp32["parameters"]["precision"], fp32["parameters"]["precision_reason"]) == ("fp32", "fp32 (asked for)")
+    assert "network in fp32 (asked for)" in capsys.readouterr().out
+    if bf16_support(torch.device("cpu")) is not None:
+        bf16 = fid_of(tmp_path / "bf16", "--precision", "bf16")
+        assert bf16["parameters"]["precision"] == "bf16"
+        assert bf16["value"] == pytest.approx(fp32["value"], rel=0.05, abs=1e-3)  # rounding, not another metric
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    auto = fid_of(tmp_path / "auto", "--precision", "auto")
+    assert auto["parameters"]["precision_reason"] == "auto: fp32, no fast bf16 on this device"
+    assert auto["value"] == fp32["value"]
+    argv = [*_args(folders, tmp_path / "refused"), "--fid-weights", str(folders["weights"]), "--precision", "bf16"]
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "bf16 precision is not available here" in err and err.count("\n") == 1

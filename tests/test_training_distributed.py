@@ -131,7 +131,7 @@ def _final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir):
     cli = [sys.executable, "-m", "training_cli"]
-    options = {"epochs": 2, "batch_size": 1, "resume_every_steps": 2}
+    options = {"epochs": 2, "batch_size": 1, "resume_every_steps": 2, "precision": "fp32"}
     per_epoch = steps_per_epoch(6, batch_size=1, grad_accum=1, world_size=1)
     total = 2 * per_epoch
 
@@ -240,6 +240,7 @@ def _one_step(data_dir: str, init_from: str, out: str, batch_size: int, grad_acc
         "sample_every": 0,
         "tensorboard": False,
         "device": "cpu",
+        "precision": "fp32",
     }
     config = load_config(None, values)
     ctx = setup(config.device)

@@ -44,6 +44,7 @@ def _config(tmp_path, data_dir, **overrides):
         "resume_every_minutes": 0.0,
         "cache_dir": str(tmp_path / "cache"),
         "tensorboard": False,
+        "precision": "fp32",
         **overrides,
     }
     return load_config(None, values)

@@ -288,6 +288,7 @@ def extract_features(
     volumes: Sequence[np.ndarray],
     *,
     batch_size: int = 2,
+    precision: str = "fp32",
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """(N, feature_dim) float64 features, ``batch_size`` volumes at a time.
@@ -296,13 +297,18 @@ def extract_features(
         network: from :func:`load_medicalnet`.
         volumes: 3-D volumes of one shape (any intensity scale: each is z-scored).
         batch_size: volumes per forward pass (memory grows linearly with it).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast; the features are returned in float64 either way).
         progress: called as ``progress(done, total)``.
     """
+    from engine.precision import autocast
+
     device = next(network.model.parameters()).device
     out = []
     for start in range(0, len(volumes), batch_size):
         batch = np.stack([zscore(v) for v in volumes[start : start + batch_size]])[:, None]
-        out.append(network.model(torch.from_numpy(batch).to(device)).double().cpu().numpy())
+        with autocast(device, precision):
+            features = network.model(torch.from_numpy(batch).to(device))
+        out.append(features.double().cpu().numpy())
         if progress is not None:
             progress(min(start + batch_size, len(volumes)), len(volumes))
     return np.concatenate(out)

@@ -37,6 +37,11 @@ class EvaluationOptions:
         fid_2d_slices: slices per orientation and volume for ``fid_2d``.
         fid_batch_size: volumes per MedicalNet forward pass.
         device: "auto", "cpu", "cuda", ... for the FID network.
+        precision: what the FID network computes in: ``"fp32"`` (the default: a metric that
+            is compared between evaluations should not change with the machine), ``"bf16"``
+            (autocast, where the device has bf16) or ``"auto"`` (bf16 where one timed forward
+            pass says it is faster; :func:`engine.precision.choose_precision`). The FID is the
+            only part of an evaluation that runs a network.
         copy_threshold: flag synthetic volumes whose nearest training r exceeds this.
         n_closest_pairs: closest synthetic/training pairs shown in the figure.
         mask_threshold: brain-mask threshold in standard units.
@@ -56,6 +61,7 @@ class EvaluationOptions:
     fid_2d_slices: int = 8
     fid_batch_size: int = 2
     device: str = "auto"
+    precision: str = "fp32"
     copy_threshold: float = DEFAULT_COPY_THRESHOLD
     n_closest_pairs: int = 4
     mask_threshold: float = 20.0
@@ -64,6 +70,11 @@ class EvaluationOptions:
     memory_budget_mb: float = 512.0
 
     def __post_init__(self) -> None:
+        from engine.precision import PRECISION_CHOICES
+
+        if self.precision not in PRECISION_CHOICES:
+            choices = ", ".join(PRECISION_CHOICES)
+            raise EvaluationError(f"unknown precision {self.precision!r} for the FID network; choose one of: {choices}")
         if self.n_pairs < 1:
             raise EvaluationError(f"the number of MS-SSIM pairs must be at least 1 (got {self.n_pairs})")
         if not 0.0 < self.copy_threshold <= 1.0:

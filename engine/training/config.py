@@ -74,8 +74,11 @@ class TrainConfig:
         adam_betas: Adam's (beta1, beta2).
         weight_decay: Adam's L2 weight decay (0 in the reference study).
         grad_clip: clip the global gradient L2 norm to this value (0 = no clipping).
-        precision: ``auto`` (bf16 autocast on a GPU that supports it, else fp32), ``fp32``,
-            ``bf16`` or ``fp16`` (autocast with a gradient scaler, for GPUs without bf16).
+        precision: ``auto`` (bf16 autocast on a GPU that supports it, and on a CPU with bf16
+            units where one timed training step says it is faster; else fp32), ``fp32``,
+            ``bf16`` (a GPU with bf16 or a CPU with AMX / AVX-512 BF16) or ``fp16`` (autocast
+            with a gradient scaler, for GPUs without bf16). Weights, Adam and the EMA stay
+            fp32. A resumed run keeps the precision it started with.
         ema_decay: decay of the exponential moving average of the weights (0 = no EMA).
             The effective decay warms up as ``min(decay, (1 + n) / (10 + n))`` after n updates,
             so early EMA weights are not dominated by the random initialisation.
@@ -105,7 +108,8 @@ class TrainConfig:
         workers: ignored; kept so that configs written by earlier versions still load. Prepared
             volumes are memory-mapped and loading a batch costs well under 1 % of a step, so
             batches load in the training process without worker processes.
-        cpu_threads: PyTorch compute threads per process (0 = PyTorch's default, one per core).
+        cpu_threads: PyTorch compute threads per process (0 = one per physical core this
+            process may use, shared out among the processes of a CPU job on one machine).
             On a CPU shared with other jobs, 1 avoids oversubscription: on a busy 2-core machine
             one thread trained the demo preset 3.5x faster than two.
         tensorboard: also log to TensorBoard when it is installed.

@@ -6,6 +6,10 @@ stopped: the weights, the EMA, the optimizer and gradient-scaler state, the prog
 counters (:class:`TrainingProgress`), the batch layout the run used, the epoch's data order
 and the global RNG states.
 
+It also keeps the precision the run computes in, so a resumed run continues in it (see
+:mod:`engine.training.precision`); states written before that resume in the precision the
+old rule gave.
+
 ``state.pt`` is a ``torch.save`` of tensors and plain containers only, loaded with
 ``weights_only=True`` (no pickled code runs). Its keys are flat, one per counter, as they have
 been since version 1; a damaged or foreign file is a :class:`TrainingError` naming it.
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.training.config import RESUMABLE_OVERRIDES, TrainConfig, load_config
+from engine.training.config import PRECISIONS, RESUMABLE_OVERRIDES, TrainConfig, load_config
 from engine.training.errors import TrainingError
 
 RESUME_FORMAT = "brainsynth-resume"
@@ -146,6 +150,9 @@ class ResumeState:
         seed: the run's seed.
         data_order: the epoch's global sample order (checks a mid-epoch resume sees the same data).
         rng: the global RNG states (:func:`rng_state`).
+        precision: the precision the run computes in (``fp32``, ``bf16``, ``fp16``), so a
+            resumed run keeps it; None in states written before it was saved.
+        precision_reason: why that precision was chosen, as reported when the run started.
     """
 
     model: dict[str, torch.Tensor]
@@ -160,6 +167,8 @@ class ResumeState:
     seed: int
     data_order: list[int]
     rng: dict[str, Any]
+    precision: str | None = None
+    precision_reason: str | None = None
 
     def write(self, path: Path) -> None:
         """Write the state atomically (a killed write leaves the previous state intact)."""
@@ -180,6 +189,8 @@ class ResumeState:
             "seed": self.seed,
             "data_order": torch.tensor(self.data_order, dtype=torch.int64),
             "rng": self.rng,
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
         }
         with atomic_path(path, overwrite=True) as tmp:
             torch.save(state, tmp)
@@ -202,6 +213,9 @@ class ResumeState:
         if foreign or int(state.get("version", 0)) > RESUME_VERSION:
             raise TrainingError(f"{path} is not a resume state this version of BrainSynth can read")
         progress = TrainingProgress.from_dict(state, source=path)
+        precision, reason = state.get("precision"), state.get("precision_reason")
+        if precision is not None and precision not in PRECISIONS[1:]:
+            raise TrainingError(f"the resume state {path} is damaged (precision {precision!r})")
         try:
             return cls(
                 model=state["model"],
@@ -216,6 +230,8 @@ class ResumeState:
                 seed=int(state["seed"]),
                 data_order=state["data_order"].tolist(),
                 rng=state["rng"],
+                precision=precision,
+                precision_reason=reason if isinstance(reason, str) else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TrainingError(f"the resume state {path} is damaged (bad or missing entry {exc})") from None

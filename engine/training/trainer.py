@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from engine.device import set_cpu_threads
 from engine.training.config import TrainConfig
 from engine.training.distributed import DistContext, no_sync_if, setup, shard_indices
 from engine.training.errors import TrainingError
@@ -56,6 +57,12 @@ from engine.training.logging import (
     plot_sample_slices,
 )
 from engine.training.networks import Networks, build_networks
+from engine.training.precision import (
+    check_training_precision,
+    choose_training_precision,
+    resumed_precision,
+    training_autocast,
+)
 from engine.training.resume import (
     CONFIG_FILE,
     RESUME_FILE,
@@ -185,26 +192,6 @@ class StepNoise:
         return t, eps
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → ``bf16`` on a CUDA GPU with bf16 support, else ``fp32``.
-
-    On the CPU bf16 autocast of 3-D convolutions is about 100x slower than fp32, so it is
-    never chosen automatically there.
-
-    Raises:
-        TrainingError: bf16/fp16 asked for on a device that cannot do it.
-    """
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
-    if precision in ("bf16", "fp16") and device.type != "cuda":
-        raise TrainingError(f"{precision} mixed precision needs a CUDA GPU; on {device.type} use fp32 (or auto)")
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise TrainingError("this GPU does not support bf16; use --precision fp16 or fp32")
-    return precision
-
-
 def train(
     config: TrainConfig,
     *,
@@ -235,8 +222,6 @@ def train(
             and resume state are kept).
     """
     config.validate()
-    if config.cpu_threads:
-        torch.set_num_threads(config.cpu_threads)
     ctx = setup(config.device)
     try:
         return _Trainer.create(config, ctx, resume=resume, callback=callback, stop_requested=stop_requested).run()
@@ -288,6 +273,34 @@ class _StepOutcome:
     volumes: float
     grad_norm: float
     stop: bool
+
+
+def _set_threads(config: TrainConfig, ctx: DistContext) -> str:
+    """Set the compute threads (``cpu_threads``, else one per physical core available, shared
+    among this job's processes on the machine) and say what was set.
+
+    An ``OMP_NUM_THREADS`` in the environment is a choice someone made (a job script, or
+    torchrun's one thread per process) and is kept when ``cpu_threads`` is 0.
+    """
+    import os
+
+    if not config.cpu_threads and os.environ.get("OMP_NUM_THREADS"):
+        return f"{torch.get_num_threads()} compute thread(s), as OMP_NUM_THREADS says"
+    return set_cpu_threads(config.cpu_threads or None, processes=_processes_on_this_machine(ctx))
+
+
+def _processes_on_this_machine(ctx: DistContext) -> int:
+    """Processes of this job sharing this machine's cores: torchrun's ``LOCAL_WORLD_SIZE`` when
+    it is set (a CPU job of several processes per node), else 1 (SLURM gives each task its own
+    cores, which :func:`engine.device.physical_cores_available` reads from the affinity)."""
+    import os
+
+    if not ctx.distributed:
+        return 1
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def _prepare_run_dir(config: TrainConfig, ctx: DistContext, *, resume: bool) -> None:
@@ -358,10 +371,11 @@ def _prepare_data(
     )
 
 
-def _restore(nets: Networks, *, config: TrainConfig, ctx: DistContext, n_train: int, emit: _Emit) -> TrainingProgress:
-    """Put the saved state of ``config.run_dir`` into ``nets`` and the global RNGs; returns the counters."""
+def _restore(
+    nets: Networks, state: ResumeState, *, config: TrainConfig, ctx: DistContext, n_train: int, emit: _Emit
+) -> TrainingProgress:
+    """Put the saved ``state`` of ``config.run_dir`` into ``nets`` and the global RNGs; returns the counters."""
     path = config.run_dir / RESUME_FILE
-    state = ResumeState.read(path)
     progress = state.progress
     order = epoch_order(n_train, seed=config.seed, epoch=progress.epoch)
     state.check_fits(world_size=ctx.world_size, epoch_order=order, source=path)
@@ -403,6 +417,7 @@ class _Trainer:
         ctx: DistContext,
         spec: ModelSpec,
         precision: str,
+        precision_reason: str,
         data: _TrainingData,
         nets: Networks,
         progress: TrainingProgress,
@@ -414,6 +429,7 @@ class _Trainer:
         self.ctx = ctx
         self.spec = spec
         self.precision = precision
+        self.precision_reason = precision_reason
         self.data = data
         self.nets = nets
         self.progress = progress
@@ -451,19 +467,40 @@ class _Trainer:
         from engine.specs import get_preset
 
         spec = get_preset(config.preset)
-        precision = resolve_precision(config.precision, ctx.device)
+        check_training_precision(config.precision, ctx.device)  # before minutes of data preparation
         emit = _emitter(callback if ctx.is_main else None)
+        threads = _set_threads(config, ctx)
+        if ctx.device.type == "cpu":
+            emit("info", f"using {threads}")
         _prepare_run_dir(config, ctx, resume=resume)
         data = _prepare_data(config, ctx, spec, resume=resume, emit=emit)
-        nets = build_networks(config, ctx, spec, precision=precision, init_seed=_mix(config.seed, "init"), report=emit)
+        state = ResumeState.read(config.run_dir / RESUME_FILE) if resume else None
+        if state is not None:
+            choice = resumed_precision(
+                state.precision, state.precision_reason, configured=config.precision, device=ctx.device
+            )
+        else:
+            # Rank 0 decides (and times, alone) for every rank: all must compute alike.
+            choice = None
+            if ctx.is_main:
+                choice = choose_training_precision(
+                    config.precision, device=ctx.device, spec=spec, batch_size=config.batch_size
+                )
+            choice = ctx.broadcast_object(choice)
+            check_training_precision(choice.precision, ctx.device)
+        emit("info", f"precision: {choice.reason}")
+        nets = build_networks(
+            config, ctx, spec, precision=choice.precision, init_seed=_mix(config.seed, "init"), report=emit
+        )
         progress = TrainingProgress()
-        if resume:
-            progress = _restore(nets, config=config, ctx=ctx, n_train=len(data.train_set), emit=emit)
+        if state is not None:
+            progress = _restore(nets, state, config=config, ctx=ctx, n_train=len(data.train_set), emit=emit)
         return cls(
             config=config,
             ctx=ctx,
             spec=spec,
-            precision=precision,
+            precision=choice.precision,
+            precision_reason=choice.reason,
             data=data,
             nets=nets,
             progress=progress,
@@ -492,6 +529,8 @@ class _Trainer:
                 seed=self.config.seed,
                 data_order=order,
                 rng=rng_state(),
+                precision=self.precision,
+                precision_reason=self.precision_reason,
             ).write(self.run_dir / RESUME_FILE)
         self.last_state_save = time.monotonic()
 
@@ -515,6 +554,7 @@ class _Trainer:
                 "effective_batch_size": self.effective_batch_size,
                 "world_size": self.ctx.world_size,
                 "precision": self.precision,
+                "precision_reason": self.precision_reason,
                 "config": self.config.to_dict(),
                 **self.nets.init_info,
                 **extra,
@@ -554,10 +594,7 @@ class _Trainer:
         return batch.to(self.device, non_blocking=True)
 
     def _autocast(self):
-        if self.precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            return torch.autocast(device_type="cuda", dtype=dtype)
-        return torch.autocast(device_type=self.device.type, enabled=False)
+        return training_autocast(self.device, self.precision)
 
     def _noised_and_target(
         self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor

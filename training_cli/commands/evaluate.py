@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine.precision import PRECISION_CHOICES
+
 FID_WEIGHTS_HELP = (
     "MedicalNet 3-D ResNet weights for the FID, downloaded once by you: resnet_10_23dataset.pth or "
     "resnet_50_23dataset.pth from https://github.com/Tencent/MedicalNet (release files) or "
@@ -57,6 +59,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--device", default="auto", metavar="D", help="device for the FID network: auto, cpu, cuda, cuda:N, mps"
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISION_CHOICES,
+        help=(
+            "what the FID network computes in (the only network an evaluation runs): fp32 (default, "
+            "the same figure on every machine), bf16 (autocast where the device has bf16) or auto (bf16 "
+            "where one timed pass is faster; the FID may then differ in its last digits)"
+        ),
     )
     parser.add_argument(
         "--memory-mb",
@@ -114,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         fid_weights=Path(args.fid_weights) if args.fid_weights else None,
         fid_2d=args.fid_2d,
         device=args.device,
+        precision=args.precision,
         copy_threshold=args.copy_threshold,
         memory_budget_mb=args.memory_mb,
     )
@@ -121,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
         from engine.metrics.medicalnet import load_medicalnet
 
         load_medicalnet(options.fid_weights)  # a wrong file fails now, not after loading every scan
+        from engine.device import resolve_device
+        from engine.precision import check_precision
+
+        check_precision(options.precision, resolve_device(options.device))  # so does bf16 without bf16 units
     progress = _Progress()
     try:
         result = evaluate_folders(
@@ -136,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
     written = write_report(result, out_dir, overwrite=args.overwrite)
 
     ms = result.msssim
-    fid = f"{result.fid_3d.value:.2f}" if result.fid_3d.available else "unavailable (no --fid-weights)"
+    fid = "unavailable (no --fid-weights)"
+    if result.fid_3d.available:
+        fid = f"{result.fid_3d.value:.2f} (network in {result.fid_3d.parameters['precision_reason']})"
     print(f"real {result.n_real}, synthetic {result.n_synthetic} volumes of {' x '.join(map(str, result.shape))}")
     print(f"MMD (unbiased, linear kernel): {result.mmd.value:.4g}")
     print(f"FID (MedicalNet 3-D): {fid}")

@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     rg.add_argument("--out", metavar="RUN_DIR", help="run directory (created)")
     rg.add_argument("--device", metavar="DEV", help="auto, cpu or cuda (default: auto)")
-    rg.add_argument("--cpu-threads", type=int, metavar="N", help="compute threads per process, 0 = all cores (0)")
+    rg.add_argument(
+        "--cpu-threads", type=int, metavar="N", help="compute threads per process, 0 = one per physical core (0)"
+    )
     rg.add_argument("--seed", type=int, metavar="N", help="seed for split, initial weights, order and noise (0)")
 
     opt = p.add_argument_group("optimisation")
@@ -54,7 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     opt.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (5e-5)")
     opt.add_argument("--weight-decay", type=float, metavar="W", help="Adam weight decay (0)")
     opt.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm, 0 = off (1.0)")
-    opt.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="mixed precision (auto)")
+    opt.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="auto (bf16 on a GPU with bf16, and on a CPU with bf16 units where a timed step is faster; "
+        "else fp32), fp32, bf16 or fp16 (GPU); a resumed run keeps its own (auto)",
+    )
     opt.add_argument("--ema-decay", type=float, metavar="D", help="EMA decay of the weights, 0 = off (0.999)")
 
     data = p.add_argument_group("data")
