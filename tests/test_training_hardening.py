@@ -14,7 +14,8 @@ from engine.atomic import TEMP_MARKER, temporary_path
 from engine.errors import WriteError
 from engine.training.config import load_config
 from engine.training.logging import STEP_COLUMNS, CsvLog, read_csv
-from engine.training.trainer import resume_config, train
+from engine.training.resume import resume_config
+from engine.training.trainer import train
 from tests.training_data import write_volumes
 
 
