@@ -42,6 +42,10 @@ MAX_MODEL_BYTES = 16 * 2**30
 #: attention (float32); a model beyond it cannot run on any single machine.
 MAX_STEP_BYTES = 256 * 2**30
 _BYTES_PER_VALUE = 4  # float32
+#: Largest weight magnitude accepted. Trained diffusion UNets hold weights of order 1 (the
+#: bundled model's largest is below 10); a 1e23 weight (one flipped exponent bit) is finite
+#: but overflows float32 in the first convolution, so every sample would be NaN.
+MAX_ABS_WEIGHT = 1e6
 
 
 def parse_metadata(text: str, *, source: str) -> dict:
@@ -237,28 +241,39 @@ def validate_weights(weights: Mapping[str, torch.Tensor], spec: ModelSpec, *, so
             f"{source} holds non-floating-point weights where the network has floating point: "
             f"{'; '.join(wrong_dtype[:4])}{' …' if len(wrong_dtype) > 4 else ''}; the file is damaged"
         )
-    not_finite = [k for k, t in weights.items() if t.is_floating_point() and not _all_finite(t)]
+    largest = {k: _largest_magnitude(t) for k, t in weights.items() if t.is_floating_point()}
+    not_finite = [k for k, m in largest.items() if not math.isfinite(m)]
     if not_finite:
         raise CheckpointError(
             f"{source} holds NaN or infinite weights in {len(not_finite)} tensor(s) "
             f"({', '.join(not_finite[:3])}{' …' if len(not_finite) > 3 else ''}); the training diverged or the "
             "file is damaged: use an earlier checkpoint"
         )
+    huge = [f"{k} ({m:.3g})" for k, m in largest.items() if m > MAX_ABS_WEIGHT]
+    if huge:
+        raise CheckpointError(
+            f"{source} holds weights far beyond any trained network's (largest magnitude allowed {MAX_ABS_WEIGHT:g}): "
+            f"{'; '.join(huge[:3])}{' …' if len(huge) > 3 else ''}; the file is damaged: use an earlier checkpoint"
+        )
 
 
-def _all_finite(tensor: torch.Tensor) -> bool:
-    # A float64 sum is NaN or infinite exactly when a value is (it cannot overflow for float32
-    # or narrower values); numpy's sum is ~100x faster than torch.isfinite on small CPU
-    # tensors. The exact test runs only to confirm a suspect.
-    import numpy as np
+def _largest_magnitude(tensor: torch.Tensor) -> float:
+    """max |value| of a floating-point tensor; NaN if any value is NaN, inf if any is infinite.
+
+    Through numpy (min and max in place, no temporary), ~100x faster than torch.isfinite on
+    the many small CPU tensors of a checkpoint.
+    """
 
     values = tensor.detach().cpu()
     if values.dtype not in (torch.float16, torch.float32, torch.float64):
         values = values.float()  # bfloat16 and others numpy lacks: exact in float32
     array = values.numpy().reshape(-1)
-    if math.isfinite(float(np.add.reduce(array, dtype=np.float64))):
-        return True
-    return bool(np.isfinite(array).all())
+    if array.size == 0:
+        return 0.0
+    lo, hi = float(array.min()), float(array.max())  # NaN propagates through both
+    if math.isnan(lo) or math.isnan(hi):
+        return math.nan
+    return max(abs(lo), abs(hi))
 
 
 class _ShapesOnly:

@@ -244,7 +244,10 @@ def load_volume(path: str | os.PathLike) -> Volume:
     if _is_gzip(path):
         # nibabel reads only as far as the voxels go, so the gzip checksum (at the end) is never
         # checked and a damaged file unpacks to garbage: check the whole stream first.
-        _check_gzip_stream(path, name, limit=(declared_bytes or 0) + shape_bytes(shape, dtype.itemsize))
+        limit = (declared_bytes or 0) + shape_bytes(shape, dtype.itemsize)
+        gzip_warnings = _check_gzip_stream(path, name, limit=limit)
+    else:
+        gzip_warnings = []
 
     # Reading the voxels: a truncated or corrupt file fails here, since nibabel loads lazily.
     try:
@@ -252,7 +255,7 @@ def load_volume(path: str | os.PathLike) -> Volume:
     except Exception as exc:
         raise _damaged(name, exc) from exc
 
-    warnings = _check_intensities(name, data)
+    warnings = _check_intensities(name, data) + gzip_warnings
     if isinstance(img, nib.Nifti1Image) and int(img.header["sform_code"]) == 0 and int(img.header["qform_code"]) == 0:
         warnings.append("the header stores no orientation (sform and qform codes are 0); RAS+ was assumed")
 
@@ -411,7 +414,7 @@ def _check_header_validity(name: str, img) -> None:
             )
 
 
-def _check_gzip_stream(path: Path, name: str, *, limit: int) -> None:
+def _check_gzip_stream(path: Path, name: str, *, limit: int) -> list[str]:
     """Inflate the whole file in chunks (constant memory), checking checksum, length and size.
 
     Raises:
@@ -422,6 +425,7 @@ def _check_gzip_stream(path: Path, name: str, *, limit: int) -> None:
     total = 0
     inflater = zlib.decompressobj(wbits=31)
     fed = False  # whether the current gzip member has begun
+    members = 0
     with open(path, "rb") as fh:
         try:
             while chunk := fh.read(_GZIP_CHUNK):
@@ -429,6 +433,11 @@ def _check_gzip_stream(path: Path, name: str, *, limit: int) -> None:
                     if not fed and not chunk.strip(b"\x00"):
                         chunk = b""  # zero padding after the last member, as some tools write
                         break
+                    if not fed and members and chunk[:2] != b"\x1f\x8b":
+                        # Bytes after a complete, checked stream that are not another gzip member:
+                        # the image is intact (gzip itself only warns), so they are ignored.
+                        rest = len(chunk) + len(fh.read())
+                        return [f"{rest} byte{'s' if rest != 1 else ''} after the compressed image were ignored"]
                     fed = True
                     total += len(inflater.decompress(chunk, _GZIP_CHUNK))
                     chunk = inflater.unconsumed_tail
@@ -440,13 +449,16 @@ def _check_gzip_stream(path: Path, name: str, *, limit: int) -> None:
                     if inflater.eof:  # another gzip member may follow (concatenation is valid gzip)
                         chunk = inflater.unused_data
                         inflater, fed = zlib.decompressobj(wbits=31), False
+                        members += 1
         except zlib.error as exc:
-            what = "fails its gzip checksum" if "check" in str(exc) else "holds damaged compressed data"
+            checksum = "data check" in str(exc) or "length check" in str(exc)
+            what = "fails its gzip checksum" if checksum else "holds damaged compressed data"
             raise VolumeError(f"{name} is damaged: it {what} ({exc}); copy or export the file again") from exc
     if fed:
         raise VolumeError(
             f"{name} is damaged or incomplete: its compressed data is cut short; copy or export the file again"
         )
+    return []
 
 
 def _damaged(name: str, exc: BaseException) -> VolumeError:

@@ -162,6 +162,23 @@ def test_non_finite_weights_are_refused_before_sampling(tmp_path, tiny_checkpoin
     _refused(_write(tmp_path, tiny_checkpoint, tensors=tensors), "NaN or infinite weights", key[4:])
 
 
+def test_a_flipped_exponent_bit_is_refused(tmp_path, tiny_checkpoint):
+    # Finite, but 5.7e23 overflows float32 in the first convolution: every sample would be NaN.
+    tensors = load_file(str(tiny_checkpoint))
+    key = next(k for k in tensors if k.startswith("model.") and k.endswith("conv1.conv.weight"))
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[5] = 5.6771e23
+    _refused(_write(tmp_path, tiny_checkpoint, tensors=tensors), "weights far beyond any trained network's", key[6:])
+
+
+def test_the_bundled_weights_are_well_within_the_bound():
+    from engine.checkpoint_checks import MAX_ABS_WEIGHT
+    from tests.fuzz_cases import BUNDLED_CHECKPOINT
+
+    largest = max(float(t.abs().max()) for t in load_file(str(BUNDLED_CHECKPOINT)).values())
+    assert largest < MAX_ABS_WEIGHT / 1e4
+
+
 def test_half_precision_weights_are_accepted(tmp_path, tiny_checkpoint):
     tensors = {k: v.half() for k, v in load_file(str(tiny_checkpoint)).items()}
     ckpt = load_checkpoint(_write(tmp_path, tiny_checkpoint, tensors=tensors))

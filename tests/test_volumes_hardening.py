@@ -64,6 +64,14 @@ def test_corrupted_compressed_voxels_are_refused(tmp_path, where):
         load_volume(path)
 
 
+def test_bytes_after_the_compressed_image_are_ignored_with_a_warning(tmp_path):
+    path = tmp_path / "tail.nii.gz"
+    path.write_bytes(DEMO_SCAN.read_bytes() + b"not gzip at all")
+    vol = load_volume(path)
+    np.testing.assert_array_equal(vol.data, load_volume(DEMO_SCAN).data)
+    assert vol.warnings == ["15 bytes after the compressed image were ignored"]
+
+
 def test_concatenated_gzip_members_are_valid(tmp_path):
     raw = bytes(_raw_nifti())
     path = tmp_path / "two_members.nii.gz"
