@@ -45,6 +45,11 @@ def run(args: argparse.Namespace) -> int:
         f"intensity    {spec.intensity.kind}: brain p{spec.intensity.upper_percentile:g} → {spec.intensity.scale:g}",
         f"sampler      {sampler.name}, {sampler.steps} steps by default ({whose})",
     ]
+    if spec.conditions is None:
+        lines.append("conditions   none (unconditional)")
+    else:
+        lines.append(f"conditions   whole-condition dropout {spec.conditions.dropout:g}; covariates:")
+        lines += [f"               {cov.describe()}" for cov in spec.conditions.covariates]
     for key, value in ckpt.provenance.items():
         shown = json.dumps(value) if isinstance(value, dict | list) else value
         lines.append(f"{key:<12} {shown}")
