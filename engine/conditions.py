@@ -188,7 +188,7 @@ class ConditionSpec:
             if value is None or (isinstance(value, str) and value.strip().lower() in (ANY_VALUE, "")):
                 continue
             if cov.kind == "continuous":
-                number = _number(value)
+                number = as_number(value)
                 if number is None:
                     raise ConditionError(f"{cov.name} must be a number (got {value!r})")
                 if not allow_extrapolation and not cov.minimum <= number <= cov.maximum:
@@ -260,7 +260,7 @@ def apply_dropout(encoded: torch.Tensor, spec: ConditionSpec, generator: torch.G
     return torch.cat([encoded[:, :n] * keep, encoded[:, n:] * keep], dim=1)
 
 
-def _number(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     try:

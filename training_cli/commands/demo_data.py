@@ -20,6 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--count", type=int, default=16, metavar="N", help="number of subjects (default 16)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="population seed (default 0)")
+    parser.add_argument(
+        "--ftd-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of subjects with an FTD-like pattern (a caricature from one template; default 0)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
     parser.set_defaults(func=run)
 
@@ -33,6 +40,16 @@ def run(args: argparse.Namespace) -> int:
         if show:
             print(f"\rdemo subjects {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    paths = build_population(args.out, count=args.count, seed=args.seed, overwrite=args.overwrite, progress=progress)
-    print(f"wrote {len(paths)} demo subjects (1 mm MNI box, template-derived) to {args.out}")
+    paths = build_population(
+        args.out,
+        count=args.count,
+        seed=args.seed,
+        ftd_fraction=args.ftd_fraction,
+        overwrite=args.overwrite,
+        progress=progress,
+    )
+    print(
+        f"wrote {len(paths)} demo subjects (1 mm MNI box, template-derived) and participants.tsv "
+        f"(age, sex, group) to {args.out}"
+    )
     return 0
