@@ -312,3 +312,56 @@ def covariate_embedding(spec: ConditionSpec, out_dim: int):
             return self.out(torch.nn.functional.silu(total))
 
     return CovariateEmbedding()
+
+
+def parse_assignments(texts: Sequence[str]) -> dict[str, str]:
+    """``["age=70", "sex=F"]`` (``--condition``) -> ``{"age": "70", "sex": "F"}``.
+
+    Raises:
+        ConditionError: an item without ``=``, an empty name, or a covariate given twice.
+    """
+    out: dict[str, str] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConditionError(f"--condition takes NAME=VALUE, e.g. age=70 (got {text!r})")
+        if name in out:
+            raise ConditionError(f"--condition {name} is given twice")
+        out[name] = value.strip()
+    return out
+
+
+def read_conditions_csv(path) -> list[dict[str, str]]:
+    """Per-volume conditions from a CSV: a header of covariate names, one row per volume.
+
+    An empty cell (or ``any``, ``n/a``) is that covariate's null for that volume.
+
+    Raises:
+        ConditionError: an unreadable or empty file, or a row of the wrong length.
+    """
+    import csv
+    import io
+    from pathlib import Path
+
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConditionError(f"cannot read the conditions file {path}: {exc}") from None
+    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise ConditionError(f"{path.name} needs a header of covariate names and one row per volume")
+    header = [c.strip() for c in rows[0]]
+    out = []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise ConditionError(f"{path.name}, line {line}: {len(row)} cells where the header has {len(header)}")
+        out.append(
+            {
+                name: cell.strip()
+                for name, cell in zip(header, row, strict=True)
+                if cell.strip().lower() not in MISSING_VALUES
+            }
+        )
+    return out
