@@ -302,6 +302,14 @@ def subject_seed(population_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([population_seed, index]).generate_state(1)[0])
 
 
+def is_ftd_subject(population_seed: int, index: int, ftd_fraction: float) -> bool:
+    """Whether subject ``index`` gets the FTD-like pattern: evenly spread with a seeded phase,
+    so every first n subjects hold ``ftd_fraction * n`` of them to within one, and a subject's
+    group does not depend on how many subjects are built (a larger population extends a smaller)."""
+    phase = float(np.random.default_rng([population_seed, 3]).random())
+    return int(np.floor((index + 1) * ftd_fraction + phase)) > int(np.floor(index * ftd_fraction + phase))
+
+
 def build_population(
     out_dir: str | Path,
     *,
@@ -318,8 +326,8 @@ def build_population(
         out_dir: output folder (created).
         count: number of subjects.
         seed: population seed (a held-out population simply uses another seed).
-        ftd_fraction: share of subjects with the FTD-like pattern, in [0, 1]; exactly
-            ``round(ftd_fraction * count)`` of them, chosen by the seed.
+        ftd_fraction: share of subjects with the FTD-like pattern, in [0, 1]
+            (:func:`is_ftd_subject`: within one of ``ftd_fraction * count`` for any count).
         overwrite: replace existing files.
         progress: called with (done, total) after each subject.
     """
@@ -337,8 +345,7 @@ def build_population(
         check_writable(sidecar_path(path), overwrite=overwrite)
     participants = out_dir / PARTICIPANTS_FILE
     check_writable(participants, overwrite=overwrite)
-    order = np.random.default_rng([seed, 3]).permutation(count)
-    ftd_subjects = {int(i) for i in order[: round(ftd_fraction * count)]}
+    ftd_subjects = {i for i in range(count) if is_ftd_subject(seed, i, ftd_fraction)}
     rows = ["participant_id\tage\tsex\tgroup"]
     template = DemoTemplate.load()
     affine = mni_box_affine()
