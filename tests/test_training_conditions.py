@@ -144,3 +144,19 @@ def test_init_from_an_unconditional_checkpoint_starts_as_that_model(tmp_path, ti
         expected = old(x, timesteps=t)
         for labels in (conditions.encode([{"age": 45.0}, {}]), conditions.null(2)):
             assert torch.equal(model.eval()(x, timesteps=t, class_labels=labels), expected)
+
+
+def test_bids_names_find_their_participant_rows(tmp_path):
+    from engine.training.covariates import CovariateSources
+    from engine.training.data import DataItem
+
+    root = tmp_path / "bids"
+    (root / "sub-01" / "anat").mkdir(parents=True)
+    (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t63\nsub-02\t71\n")
+    sources = CovariateSources()
+    assert sources.row(DataItem(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")) == {"age": "63"}
+    assert sources.row(DataItem(root / "sub-02_T1w.nii.gz")) == {"age": "71"}
+    assert sources.row(DataItem(root / "sub-03_T1w.nii.gz")) is None
+    # A manifest's columns add to (and override) the table's.
+    item = DataItem(root / "sub-02_T1w.nii.gz", group="ftd", covariates=(("age", "72"),))
+    assert sources.row(item) == {"age": "72", "group": "ftd"}

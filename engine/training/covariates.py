@@ -125,7 +125,9 @@ class CovariateSources:
         """The covariates of a :class:`engine.training.data.DataItem`, or None when no source has it."""
         path = Path(item.path)
         found: dict[str, str] | None = None
-        keys = [_stem(path)] + [_stem(path).split("_")[0]] + [p.name for p in path.parents if p.name.startswith("sub-")]
+        stem = _stem(path)
+        keys = [stem] + ([stem.split("_")[0]] if stem.startswith("sub-") else [])
+        keys += [p.name for p in path.parents if p.name.startswith("sub-")]
         for folder in list(path.parents)[:3]:
             table = self._table(folder)
             if table is None:
