@@ -1,18 +1,22 @@
-"""The Generate panel: device, sampler, steps, count, seed, trajectory frames, progress, cancel."""
+"""The Generate panel: device, sampler, steps, count, seed, trajectory frames, the conditions
+of a conditional model and guidance, progress, cancel."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QRegularExpression, Signal
+from PySide6.QtCore import QRegularExpression, Qt, Signal
 from PySide6.QtGui import QRegularExpressionValidator
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QSlider,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -20,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from brainsynth_gui.generation_request import GenerationChoices, format_seconds
 from brainsynth_gui.generation_worker import ProgressReport
+from engine.conditions import ANY_VALUE, Covariate
 from engine.sampler_registry import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS, sampler_info
 from engine.samplers import default_settings, default_steps
 from engine.specs import ModelSpec
@@ -44,6 +49,95 @@ class SeedEdit(QLineEdit):
 
     def setValue(self, seed: int) -> None:
         self.setText(str(min(max(int(seed), 0), MAX_SEED)))
+
+
+def _guidance_box() -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setRange(0.0, 20.0)
+    box.setSingleStep(0.5)
+    box.setDecimals(2)
+    box.setValue(1.0)
+    box.setToolTip(
+        "Classifier-free guidance: 1 = the plain conditional model, 0 = ignore the conditions, above 1 ="
+        " follow them more strongly (each step then runs the network twice as wide)"
+    )
+    return box
+
+
+class ContinuousCovariate(QWidget):
+    """A continuous covariate: "any" (its null), or a value on a slider and in a field, both
+    limited to the model's training range."""
+
+    STEPS = 1000  # slider positions across the training range
+
+    def __init__(self, covariate: Covariate, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.covariate = covariate
+        lo, hi = covariate.minimum, covariate.maximum
+        self.any = QCheckBox(ANY_VALUE)
+        self.any.setChecked(True)
+        self.any.setToolTip(f"No condition on {covariate.name}: the whole training population")
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, self.STEPS)
+        self.field = QDoubleSpinBox()
+        self.field.setRange(lo, hi)
+        self.field.setDecimals(1)
+        self.field.setSingleStep(max((hi - lo) / 40, 0.1))
+        self.field.setValue((lo + hi) / 2)
+        self.field.setToolTip(f"{covariate.name}: training range {lo:g} to {hi:g}")
+        self.slider.setValue(self._position(self.field.value()))
+        self.slider.valueChanged.connect(self._slid)
+        self.field.valueChanged.connect(lambda v: self._sync_slider(v))
+        self.any.toggled.connect(self._any_toggled)
+        self._any_toggled(True)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.any)
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.field)
+
+    def _position(self, value: float) -> int:
+        lo, hi = self.covariate.minimum, self.covariate.maximum
+        return round((value - lo) / ((hi - lo) or 1.0) * self.STEPS)
+
+    def _slid(self, position: int) -> None:
+        lo, hi = self.covariate.minimum, self.covariate.maximum
+        self.field.setValue(lo + (hi - lo) * position / self.STEPS)
+
+    def _sync_slider(self, value: float) -> None:
+        self.slider.blockSignals(True)
+        self.slider.setValue(self._position(value))
+        self.slider.blockSignals(False)
+
+    def _any_toggled(self, on: bool) -> None:
+        self.slider.setEnabled(not on)
+        self.field.setEnabled(not on)
+
+    def value(self) -> float | None:
+        return None if self.any.isChecked() else float(self.field.value())
+
+    def set_value(self, value) -> None:
+        self.any.setChecked(value is None)
+        if value is not None:
+            self.field.setValue(float(value))
+
+
+class CategoricalCovariate(QComboBox):
+    """A categorical covariate: "any" (its null) or one of the model's categories."""
+
+    def __init__(self, covariate: Covariate, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.covariate = covariate
+        self.addItem(ANY_VALUE, None)
+        for category in covariate.categories:
+            self.addItem(category, category)
+        self.setToolTip(f"{covariate.name}: one of {', '.join(covariate.categories)}, or any")
+
+    def value(self) -> str | None:
+        return self.currentData()
+
+    def set_value(self, value) -> None:
+        self.setCurrentIndex(max(self.findData(value), 0) if value is not None else 0)
 
 
 class GenerationPanel(QWidget):
@@ -109,6 +203,13 @@ class GenerationPanel(QWidget):
         form.addRow("Seed", seed_row)
         form.addRow("Trajectory frames", self.frames)
 
+        # One control per covariate of the loaded model (built in set_model), and guidance.
+        self.conditions_box = QGroupBox("Conditions")
+        self.conditions_form = QFormLayout(self.conditions_box)
+        self.covariate_controls: dict[str, ContinuousCovariate | CategoricalCovariate] = {}
+        self.guidance = _guidance_box()
+        self.conditions_box.setVisible(False)
+
         self.generate_button = QPushButton("Generate")
         self.generate_button.setDefault(True)
         self.generate_button.clicked.connect(lambda: self.generate_requested.emit(self.choices()))
@@ -127,6 +228,7 @@ class GenerationPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
+        layout.addWidget(self.conditions_box)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -145,6 +247,28 @@ class GenerationPanel(QWidget):
         self._spec = spec
         self.steps.setMaximum(spec.schedule.num_train_timesteps)
         self.select_sampler(default_settings(spec).name)
+        self._build_condition_controls(spec)
+
+    def _build_condition_controls(self, spec: ModelSpec) -> None:
+        """One control per covariate of ``spec`` (none, and the box hidden, for an unconditional model)."""
+        while self.conditions_form.rowCount():
+            self.conditions_form.removeRow(0)  # deletes the row's widgets, guidance included
+        self.covariate_controls = {}
+        self.guidance = _guidance_box()
+        conditions = spec.conditions
+        self.conditions_box.setVisible(conditions is not None)
+        if conditions is None:
+            return
+        for covariate in conditions.covariates:
+            if covariate.kind == "continuous":
+                control: ContinuousCovariate | CategoricalCovariate = ContinuousCovariate(covariate)
+                label = f"{covariate.name} ({covariate.minimum:g}–{covariate.maximum:g})"
+            else:
+                control = CategoricalCovariate(covariate)
+                label = covariate.name
+            self.covariate_controls[covariate.name] = control
+            self.conditions_form.addRow(label, control)
+        self.conditions_form.addRow("Guidance", self.guidance)
 
     def choices(self) -> GenerationChoices:
         """The settings as entered."""
@@ -158,6 +282,8 @@ class GenerationPanel(QWidget):
             random_seed=self.random_seed.isChecked(),
             trajectory_frames=self.frames.value(),
             batch_size=self.batch.value(),
+            conditions=tuple((name, control.value()) for name, control in self.covariate_controls.items()),
+            guidance=self.guidance.value(),
         )
 
     def set_choices(self, choices: GenerationChoices) -> None:
@@ -173,6 +299,10 @@ class GenerationPanel(QWidget):
         self.random_seed.setChecked(choices.random_seed)
         self.frames.setValue(choices.trajectory_frames)
         self.batch.setValue(choices.batch_size)
+        for name, value in choices.conditions:
+            if name in self.covariate_controls:
+                self.covariate_controls[name].set_value(value)
+        self.guidance.setValue(choices.guidance)
 
     def set_running(self, running: bool) -> None:
         self.generate_button.setEnabled(not running)

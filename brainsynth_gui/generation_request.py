@@ -28,6 +28,9 @@ class GenerationChoices:
         random_seed: draw a fresh first seed.
         trajectory_frames: frames of the denoising kept per volume for the timeline (0 = none).
         batch_size: volumes denoised together (only speed and memory change, never the volumes).
+        conditions: ``(covariate, value)`` pairs for every volume, for a conditional model;
+            a covariate left out (or None) is "any" (its null); empty = the whole population.
+        guidance: classifier-free guidance weight (1 = plain conditional, 0 = unconditional).
     """
 
     device: str = "auto"
@@ -39,6 +42,8 @@ class GenerationChoices:
     random_seed: bool = False
     trajectory_frames: int = 20
     batch_size: int = 1
+    conditions: tuple[tuple[str, object], ...] = ()
+    guidance: float = 1.0
 
     def resolve_seeds(self, rng: random.Random | None = None) -> list[int]:
         """One seed per volume; a random first seed is drawn below 2**31 so it is easy to type back."""
@@ -47,7 +52,8 @@ class GenerationChoices:
 
     def to_request(self, checkpoint: Checkpoint, rng: random.Random | None = None) -> GenerationRequest:
         """The engine's request for ``checkpoint`` (EMA weights when it has them), seeds
-        resolved; previews on every step for the live view.
+        resolved; previews on every step for the live view. Conditions and guidance go to a
+        conditional model only (an unconditional one takes none).
 
         Raises:
             BrainSynthError: for settings the model or this machine cannot run.
@@ -62,7 +68,14 @@ class GenerationChoices:
             batch_size=self.batch_size,
             trajectory_frames=self.trajectory_frames,
             preview_every=1,
+            **self._conditional(checkpoint),
         )
+
+    def _conditional(self, checkpoint: Checkpoint) -> dict:
+        if checkpoint.spec.conditions is None:
+            return {}
+        given = {name: value for name, value in self.conditions if value is not None}
+        return {"conditions": (given,) if given else (), "guidance": float(self.guidance) if given else None}
 
 
 class RemainingTime:

@@ -54,7 +54,7 @@ class SyntheticEntry:
         frames = len(self.volume.trajectory) if self.volume.trajectory is not None else 0
         return (
             f"#{self.number}  seed {p['seed']}  ·  {p['sampler']} {p['steps']} steps  ·  {p['weights']} weights"
-            f"  ·  {frames} frames"
+            f"  ·  {frames} frames{describe_conditions(p)}"
         )
 
     @property
@@ -158,3 +158,16 @@ class RealScans:
         if key not in self._cache:
             self._cache[key] = prepare_scan(load_volume(path), spec)
         return self._cache[key]
+
+
+def describe_conditions(provenance: dict) -> str:
+    """``"  ·  age 70, sex F, guidance 2"`` for a conditional volume, ``"  ·  any condition"`` for
+    a conditional model's null, ``""`` for an unconditional model (its provenance has none)."""
+    if "conditions" not in provenance:
+        return ""
+    condition = provenance["conditions"] or {}
+    if not condition:
+        return "  ·  any condition"
+    shown = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in condition.items())
+    guidance = provenance.get("guidance")
+    return f"  ·  {shown}" + (f", guidance {guidance:g}" if guidance not in (None, 1.0) else "")

@@ -8,14 +8,22 @@ scanners differ:
 * a smooth random diffeomorphic deformation (a stationary velocity field integrated by
   scaling and squaring, so folds never cross), a few mm at most;
 * a global affine: scaling (head size), small rotations and shifts;
-* ventricle enlargement (a radial pull towards the lateral ventricles) and cortical
-  atrophy (grey matter partly replaced by CSF signal), both driven by one atrophy score;
+* an age (45 to 85 years) that drives one atrophy score, as ageing does: ventricle
+  enlargement (a radial pull towards the lateral ventricles) and cortical atrophy (grey
+  matter partly replaced by CSF signal);
+* a sex that shifts head size (F about 2.5 % smaller, M about 2.5 % larger in each axis);
+* for a share of subjects (``ftd_fraction``), an FTD-like pattern: extra frontal and anterior
+  temporal cortical atrophy, enlarged frontal horns, stronger on one side. This pattern is a
+  caricature made from one template, drawn by hand from the textbook description of
+  behavioural-variant FTD; it is not a model of the disease and no real patient contributed;
 * a smooth multiplicative bias field and Rician scanner noise, a random scanner gain.
 
 They are written as skull-stripped float NIfTI volumes in the 1 mm MNI box
 (181 x 217 x 181, RAS+), like a real preprocessed data set, so they go through the same
 ``prepare``/``train`` path a real data set does. They are template-derived: every one is the
 same anatomy, deformed. Use them to try the software, never as evidence about brains.
+``participants.tsv`` (BIDS style: participant_id, age, sex, group) lists every subject's
+covariates; its participant_id is the file name without ``.nii.gz``.
 
 Template notice (ICBM 2009a, reproduced as distributed by the MNI): Copyright (C) 1993–2009
 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill
@@ -43,6 +51,12 @@ TEMPLATE_NOTICE = __doc__.split("Template notice")[1].strip(" :\n")
 # Approximate centre of the lateral ventricles in MNI space (mm, RAS).
 VENTRICLE_CENTRE_MM = np.array([0.0, -12.0, 18.0])
 BRAIN_CENTRE_MM = np.array([0.0, -18.0, 18.0])
+# Frontal horns of the lateral ventricles and the anterior temporal poles (mm, RAS; left first).
+FRONTAL_HORNS_MM = np.array([[-13.0, 14.0, 12.0], [13.0, 14.0, 12.0]])
+TEMPORAL_POLES_MM = np.array([[-40.0, 10.0, -28.0], [40.0, 10.0, -28.0]])
+AGE_RANGE = (45.0, 85.0)
+GROUPS = ("control", "ftd")
+PARTICIPANTS_FILE = "participants.tsv"
 _COARSE_STEP_MM = 4  # velocity fields live on a 4 mm grid and are upsampled once
 
 
@@ -59,6 +73,11 @@ class SubjectParameters:
     bias_strength: float
     noise_fraction: float
     gain: float
+    age: float = 65.0
+    sex: str = "F"
+    group: str = "control"
+    ftd_severity: float = 0.0
+    ftd_laterality: float = 0.0
 
 
 @dataclass
@@ -95,27 +114,45 @@ class DemoTemplate:
         return cls(*arrays)
 
 
-def draw_parameters(seed: int) -> SubjectParameters:
-    """The subject's random parameters; a fixed function of ``seed``."""
+def draw_parameters(seed: int, *, ftd: bool = False) -> SubjectParameters:
+    """The subject's random parameters; a fixed function of ``seed`` and ``ftd``.
+
+    Age is uniform over :data:`AGE_RANGE`; the atrophy score rises with age (0.05 at 45 to
+    0.65 at 85, plus individual spread of 0.07); sex scales the head by 0.975 (F) or 1.025 (M).
+    An FTD-like subject also gets a severity in [0.5, 1] and a laterality in [-0.5, 0.5]
+    (negative: the left side more affected).
+    """
     rng = np.random.default_rng(seed)
-    head = rng.normal(1.0, 0.04)
-    return SubjectParameters(
+    age = round(float(rng.uniform(*AGE_RANGE)), 1)
+    sex = "F" if rng.random() < 0.5 else "M"
+    head = rng.normal(1.0, 0.035) * (0.975 if sex == "F" else 1.025)
+    young, old = AGE_RANGE
+    atrophy = float(np.clip(0.05 + 0.6 * (age - young) / (old - young) + rng.normal(0.0, 0.07), 0.0, 1.0))
+    params = dict(
         seed=int(seed),
         scale=tuple(float(head * rng.normal(1.0, 0.015)) for _ in range(3)),
         rotation_deg=tuple(float(v) for v in rng.normal(0.0, 2.0, 3)),
         shift_mm=tuple(float(v) for v in rng.normal(0.0, 1.5, 3)),
         deformation_mm=float(rng.uniform(1.5, 4.0)),
-        atrophy=float(rng.beta(2.0, 4.0)),
+        atrophy=atrophy,
         bias_strength=float(rng.uniform(0.03, 0.12)),
         noise_fraction=float(rng.uniform(0.01, 0.03)),
         gain=float(rng.uniform(600.0, 1400.0)),
+        age=age,
+        sex=sex,
     )
+    severity, laterality = float(rng.uniform(0.5, 1.0)), float(rng.uniform(-0.5, 0.5))
+    if ftd:
+        params.update(group="ftd", ftd_severity=severity, ftd_laterality=laterality)
+    return SubjectParameters(**params)
 
 
 def synthesize_subject(template: DemoTemplate, params: SubjectParameters) -> np.ndarray:
     """One demo T1 volume in the 1 mm MNI box (scanner-like units, background 0)."""
     rng = np.random.default_rng([params.seed, 1])
     t1 = _atrophied_t1(template, params.atrophy, rng)
+    if params.ftd_severity > 0:
+        t1 = _ftd_atrophy(t1, template, params, np.random.default_rng([params.seed, 2]))
     coords = _sampling_coordinates(params, rng)
     warped = ndimage.map_coordinates(t1, coords, order=1, mode="constant", cval=0.0)
     brain = ndimage.map_coordinates((template.t1 > 0.05).astype(np.float32), coords, order=1) > 0.5
@@ -138,6 +175,44 @@ def _atrophied_t1(template: DemoTemplate, atrophy: float, rng: np.random.Generat
     return template.t1 - loss * cortex**2 * np.clip(template.t1 - csf_level, 0.0, None)
 
 
+def _box_world_mm() -> np.ndarray:
+    """World coordinates (mm, RAS) of every voxel of the 1 mm box, float32 (3, *MNI_BOX_SHAPE)."""
+    box = mni_box_affine()
+    grid = np.indices(MNI_BOX_SHAPE, dtype=np.float32)
+    return np.tensordot(box[:3, :3].astype(np.float32), grid, axes=1) + box[:3, 3, None, None, None].astype(np.float32)
+
+
+def _side_weight(x_mm: np.ndarray, laterality: float) -> np.ndarray:
+    """1 - laterality on the left (x < 0), 1 + laterality on the right, smoothly across the midline."""
+    return (1.0 + laterality * np.tanh(x_mm / 8.0)).astype(np.float32)
+
+
+def ftd_region(world: np.ndarray, laterality: float = 0.0) -> np.ndarray:
+    """Where the FTD-like atrophy falls, in [0, ~1.5]: frontal lobe and anterior temporal poles.
+
+    Frontal: a soft step forward of y = 0 mm (the frontal lobe lies anterior to the central
+    sulcus, around y = -20 mm at the vertex; this keeps the motor strip mostly spared);
+    temporal: a Gaussian of 16 mm around each temporal pole.
+    """
+    x, y, z = world
+    frontal = 1.0 / (1.0 + np.exp(-(y - 0.0) / 6.0)) * (1.0 / (1.0 + np.exp(-(z + 25.0) / 6.0)))
+    poles = sum(
+        np.exp(-((x - px) ** 2 + (y - py) ** 2 + (z - pz) ** 2) / (2 * 16.0**2)) for px, py, pz in TEMPORAL_POLES_MM
+    )
+    return (np.maximum(frontal, poles) * _side_weight(x, laterality)).astype(np.float32)
+
+
+def _ftd_atrophy(t1: np.ndarray, template: DemoTemplate, params: SubjectParameters, rng) -> np.ndarray:
+    """Extra cortical loss in :func:`ftd_region`, patchy, scaled by the severity."""
+    coarse_shape = _coarse_shape()
+    patchiness = ndimage.gaussian_filter(rng.standard_normal(coarse_shape), 2.0)
+    patchiness = _upsample(patchiness / (patchiness.std() + 1e-6), coarse_shape)
+    region = ftd_region(_box_world_mm(), params.ftd_laterality)
+    cortex = template.gm * (1.0 - template.wm)
+    loss = np.clip(params.ftd_severity * 0.75 * region * (1.0 + 0.4 * patchiness), 0.0, 0.9)
+    return t1 - loss * cortex**1.5 * np.clip(t1 - 0.25, 0.0, None)
+
+
 def _sampling_coordinates(params: SubjectParameters, rng: np.random.Generator) -> np.ndarray:
     """For every output voxel, the template voxel it shows (3, *MNI_BOX_SHAPE)."""
     box = mni_box_affine()
@@ -153,6 +228,15 @@ def _sampling_coordinates(params: SubjectParameters, rng: np.random.Generator) -
     falloff = np.exp(-(offset**2).sum(axis=0) / (2 * 22.0**2)).astype(np.float32)
     world -= np.float32(0.35 * params.atrophy) * offset * falloff
     del offset, falloff
+    if params.ftd_severity > 0:
+        # Frontal-horn enlargement: a further pull towards each frontal horn, stronger on the
+        # more affected side.
+        for side, centre in zip((-1.0, 1.0), FRONTAL_HORNS_MM, strict=True):
+            offset = world - centre[:, None, None, None].astype(np.float32)
+            falloff = np.exp(-(offset**2).sum(axis=0) / (2 * 11.0**2)).astype(np.float32)
+            strength = 0.3 * params.ftd_severity * (1.0 + side * params.ftd_laterality)
+            world -= np.float32(strength) * offset * falloff
+            del offset, falloff
     # Global affine about the brain centre: output = A (template - c) + c + shift, so invert it.
     matrix = _rotation(params.rotation_deg) @ np.diag(params.scale)
     inverse = np.linalg.inv(matrix).astype(np.float32)
@@ -232,16 +316,26 @@ def subject_seed(population_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([population_seed, index]).generate_state(1)[0])
 
 
+def is_ftd_subject(population_seed: int, index: int, ftd_fraction: float) -> bool:
+    """Whether subject ``index`` gets the FTD-like pattern: evenly spread with a seeded phase,
+    so every first n subjects hold ``ftd_fraction * n`` of them to within one, and a subject's
+    group does not depend on how many subjects are built (a larger population extends a smaller)."""
+    phase = float(np.random.default_rng([population_seed, 3]).random())
+    return int(np.floor((index + 1) * ftd_fraction + phase)) > int(np.floor(index * ftd_fraction + phase))
+
+
 def build_population(
     out_dir: str | Path,
     *,
     count: int,
     seed: int,
+    ftd_fraction: float = 0.0,
     overwrite: bool = False,
     raw: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
-    """Write ``count`` demo subjects as ``demo_s<seed>_<index>.nii.gz`` plus a JSON sidecar each.
+    """Write ``count`` demo subjects as ``demo_s<seed>_<index>.nii.gz`` plus a JSON sidecar each,
+    and ``participants.tsv`` (participant_id, age, sex, group).
 
     With ``raw``, each subject is also written as a raw scanner-space head scan
     (``raw/demo_s<seed>_<index>.nii.gz``, see :mod:`engine.demo_raw`): test data with a known
@@ -253,25 +347,33 @@ def build_population(
         out_dir: output folder (created).
         count: number of subjects.
         seed: population seed (a held-out population simply uses another seed).
+        ftd_fraction: share of subjects with the FTD-like pattern, in [0, 1]
+            (:func:`is_ftd_subject`: within one of ``ftd_fraction * count`` for any count).
         overwrite: replace existing files.
         raw: also write the raw scans.
         progress: called with (done, total) after each subject.
     """
-    from engine.atomic import check_writable
+    from engine.atomic import atomic_write_text, check_writable
     from engine.export import save_nifti_with_sidecar, sidecar_path
 
     if count < 1:
         raise BrainSynthError("--count must be at least 1")
+    if not 0.0 <= ftd_fraction <= 1.0:
+        raise BrainSynthError(f"--ftd-fraction must be between 0 and 1 (got {ftd_fraction:g})")
     out_dir = Path(out_dir)
     names = [out_dir / f"demo_s{seed}_{i:04d}.nii.gz" for i in range(count)]
     raw_names = [out_dir / "raw" / path.name for path in names] if raw else []
     for path in [*names, *raw_names]:
         check_writable(path, overwrite=overwrite)
         check_writable(sidecar_path(path), overwrite=overwrite)
+    participants = out_dir / PARTICIPANTS_FILE
+    check_writable(participants, overwrite=overwrite)
+    ftd_subjects = {i for i in range(count) if is_ftd_subject(seed, i, ftd_fraction)}
+    rows = ["participant_id\tage\tsex\tgroup"]
     template = DemoTemplate.load()
     affine = mni_box_affine()
     for i, path in enumerate(names):
-        params = draw_parameters(subject_seed(seed, i))
+        params = draw_parameters(subject_seed(seed, i), ftd=i in ftd_subjects)
         volume = synthesize_subject(template, without_pose(params) if raw else params)
         sidecar = {
             "kind": "BrainSynth demo subject: the MNI152 2009a template, deformed; not a patient",
@@ -287,8 +389,10 @@ def build_population(
         )
         if raw:
             _write_raw(raw_names[i], volume, params, sidecar, overwrite=overwrite)
+        rows.append(f"{path.name[: -len('.nii.gz')]}\t{params.age:.1f}\t{params.sex}\t{params.group}")
         if progress:
             progress(i + 1, count)
+    atomic_write_text(participants, "\n".join(rows) + "\n", overwrite=overwrite)
     return names
 
 

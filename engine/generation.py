@@ -21,7 +21,8 @@ to ~1e-4 over the chain (see tests/test_generation.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ from engine import __version__
 from engine.device import resolve_device
 from engine.errors import SamplingError
 from engine.export import now_iso
+from engine.guidance import conditioned_call
 from engine.precision import autocast, check_precision, choose_precision, model_cache_key
 from engine.samplers import SamplerSettings, default_settings, denoise, initial_noise
 from engine.specs import ModelSpec
@@ -138,11 +140,21 @@ class GenerationRequest:
             compiled once per network, device and batch shape in the process, which costs
             seconds to minutes the first time; faster steps after that where the compiler
             wins (a GPU above all). The same volumes up to float rounding.
+        conditions: for a conditional model, each volume's condition (covariate name -> value;
+            a covariate left out, None or ``"any"`` is its null), one per seed or one for all;
+            empty: every volume from the whole population (the null condition). Checked and
+            made canonical when the request is made (:meth:`ConditionSpec.check`).
+        guidance: classifier-free guidance weight (:mod:`engine.guidance`): 1 = the plain
+            conditional prediction, 0 = unconditional, above 1 = pushed towards the
+            condition; None = 1 (no guidance). Volumes without a condition get none.
+        allow_extrapolation: accept continuous covariates outside the training range
+            (recorded in the provenance).
 
     Raises:
         SamplingError: for no seeds, bad seeds, a batch size, frame count or preview interval
             below its minimum, steps above the schedule's, an unavailable device or an
             unsupported precision.
+        ConditionError: conditions for an unconditional model, or a value the model cannot take.
     """
 
     spec: ModelSpec
@@ -159,6 +171,9 @@ class GenerationRequest:
     checkpoint_sha256: str | None = None
     precision_reason: str | None = None
     compile: bool = False
+    conditions: tuple[Mapping, ...] = ()
+    guidance: float | None = None
+    allow_extrapolation: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -175,6 +190,41 @@ class GenerationRequest:
         check_precision(self.precision, self.torch_device)
         # The recorder checks its own arguments (downsample); fail now, not at the first step.
         TrajectoryRecorder(self.trajectory_frames, self.settings.steps, downsample=self.trajectory_downsample)
+        self._check_conditions()
+
+    def _check_conditions(self) -> None:
+        from engine.conditions import ConditionError
+
+        given = tuple(self.conditions or ())
+        spec = self.spec.conditions
+        if self.guidance is not None and (
+            isinstance(self.guidance, bool)
+            or not isinstance(self.guidance, int | float)
+            or not math.isfinite(self.guidance)
+            or self.guidance < 0
+        ):
+            raise SamplingError(f"guidance must be a number of 0 or more (got {self.guidance!r})")
+        if spec is None:
+            if any(given) or self.guidance is not None:
+                raise ConditionError(
+                    "this model is unconditional: it takes no conditions or guidance "
+                    f"({self.checkpoint_name or self.spec.name} was trained without covariates)"
+                )
+            object.__setattr__(self, "conditions", ())
+            return
+        if len(given) == 1:
+            given = given * len(self.seeds)
+        if given and len(given) != len(self.seeds):
+            raise ConditionError(
+                f"{len(given)} conditions for {len(self.seeds)} volumes: give one per volume or one for all"
+            )
+        checked = tuple(spec.check(c, allow_extrapolation=self.allow_extrapolation) for c in given)
+        object.__setattr__(self, "conditions", checked or tuple({} for _ in self.seeds))
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether the model takes conditions (its spec names covariates)."""
+        return self.spec.conditions is not None
 
     @classmethod
     def for_checkpoint(
@@ -206,10 +256,21 @@ class GenerationRequest:
         """The device this request runs on here (``"auto"`` resolved)."""
         return resolve_device(self.device)
 
-    def provenance(self, seed: int) -> dict:
+    def provenance(self, seed: int, *, index: int | None = None) -> dict:
         """How the volume of ``seed`` is made: the record every sidecar and the app's list of
         generated volumes share (checkpoint, weights, sampler, steps, eta, seed, precision,
-        device, software version, time)."""
+        device, software version, time; with a conditional model its condition, guidance and
+        whether extrapolation was allowed). ``index``: the volume's position in ``seeds``
+        (default: where ``seed`` first is)."""
+        conditional = {}
+        if self.is_conditional:
+            condition = self.conditions[self.seeds.index(seed) if index is None else index]
+            conditional = {
+                "conditions": dict(condition),
+                "guidance": (1.0 if self.guidance is None else float(self.guidance)) if condition else None,
+                "allow_extrapolation": self.allow_extrapolation,
+                "extrapolated": self.spec.conditions.outside_range(condition),
+            }
         return {
             "checkpoint": self.checkpoint_name,
             "checkpoint_sha256": self.checkpoint_sha256,
@@ -223,6 +284,7 @@ class GenerationRequest:
             "device": str(self.torch_device),
             "software_version": __version__,
             "created": now_iso(),
+            **conditional,
         }
 
 
@@ -263,7 +325,7 @@ def resolve_precision(model: torch.nn.Module, request: GenerationRequest) -> Gen
         model.eval()
         try:
             with torch.inference_mode(), autocast(device, precision):
-                model(x, timesteps=t)
+                model(x, timesteps=t, **_null_labels(request, 1, device))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         finally:
@@ -293,6 +355,11 @@ def generate(model: torch.nn.Module, request: GenerationRequest) -> Iterator[Gen
     return _run(model, resolve_precision(model, request))
 
 
+def _null_labels(request: GenerationRequest, batch: int, device: torch.device) -> dict:
+    spec = request.spec.conditions
+    return {} if spec is None else {"class_labels": spec.null(batch, device=device)}
+
+
 def _model_call(model: torch.nn.Module, request: GenerationRequest) -> Callable[..., torch.Tensor]:
     device = request.torch_device
     if request.compile:
@@ -311,12 +378,25 @@ def _model_call(model: torch.nn.Module, request: GenerationRequest) -> Callable[
         return compiled
     if request.precision == "bf16":
 
-        def call(x: torch.Tensor, *, timesteps: torch.Tensor) -> torch.Tensor:
+        def call(x: torch.Tensor, *, timesteps: torch.Tensor, **labels) -> torch.Tensor:
             with autocast(device, "bf16"):
-                return model(x, timesteps=timesteps)
+                return model(x, timesteps=timesteps, **labels)
 
         return call
     return model
+
+
+def _batch_call(
+    call: Callable[..., torch.Tensor], request: GenerationRequest, indices: Sequence[int]
+) -> Callable[..., torch.Tensor]:
+    """The model call for the batch of volumes ``indices``: their conditions and guidance."""
+    spec = request.spec.conditions
+    if spec is None:
+        return call
+    conditions = [request.conditions[i] for i in indices]
+    encoded = spec.encode(conditions, device=request.torch_device)
+    guidance = request.guidance if any(conditions) else None
+    return conditioned_call(call, encoded, guidance)
 
 
 def _run(model: torch.nn.Module, request: GenerationRequest) -> Iterator[GenerationProgress]:
@@ -351,7 +431,9 @@ def _batches(
         def want(index: int, recorder: TrajectoryRecorder = recorder) -> bool:
             return recorder.want_frame(index) or is_preview(index)
 
-        run = denoise(call, spec.schedule, noise, generators, settings, want_frames=want)
+        run = denoise(
+            _batch_call(call, request, batch_indices), spec.schedule, noise, generators, settings, want_frames=want
+        )
         try:
             for step in run:
                 recorder.add(step)
@@ -369,7 +451,7 @@ def _batches(
                             settings=settings,
                             array=final[k, 0].copy(),  # not a view that keeps the whole batch alive
                             trajectory=trajectories[k],
-                            provenance=request.provenance(seeds[i]),
+                            provenance=request.provenance(seeds[i], index=i),
                         )
                         for k, i in enumerate(batch_indices)
                     )

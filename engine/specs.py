@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
+from engine.conditions import ConditionSpec, covariate_embedding
 from engine.errors import BrainSynthError
 from engine.field_checks import (
     check_bool,
@@ -235,11 +236,16 @@ class UNetSpec:
                     "and of the deepest level"
                 )
 
-    def build(self, *, use_flash_attention: bool = False) -> torch.nn.Module:
-        """A freshly initialised MONAI ``DiffusionModelUNet`` for this spec."""
+    def build(self, *, use_flash_attention: bool = False, conditions: ConditionSpec | None = None) -> torch.nn.Module:
+        """A freshly initialised MONAI ``DiffusionModelUNet`` for this spec.
+
+        With ``conditions``, MONAI's class embedding (``num_class_embeds``) is replaced by the
+        covariate embedding (:func:`engine.conditions.covariate_embedding`): MONAI's forward adds
+        it to the time embedding and takes the encoded conditions as ``class_labels``.
+        """
         from monai.networks.nets import DiffusionModelUNet
 
-        return DiffusionModelUNet(
+        model = DiffusionModelUNet(
             spatial_dims=self.spatial_dims,
             in_channels=self.in_channels,
             out_channels=self.out_channels,
@@ -249,7 +255,11 @@ class UNetSpec:
             num_head_channels=self.num_head_channels,
             norm_num_groups=self.norm_num_groups,
             use_flash_attention=use_flash_attention,
+            num_class_embeds=None if conditions is None else len(conditions.covariates),
         )
+        if conditions is not None:
+            model.class_embedding = covariate_embedding(conditions, 4 * self.channels[0])
+        return model
 
     @property
     def downsampling_factor(self) -> int:
@@ -260,6 +270,9 @@ class UNetSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild a model and interpret its output.
+
+    ``conditions`` names the covariates of a conditional model (None: unconditional, the
+    network is exactly MONAI's plain ``DiffusionModelUNet``).
 
     ``default_sampler`` is the sampler the model was measured to sample best with at a
     practical cost (the front ends start from it); None means the engine's default
@@ -273,6 +286,7 @@ class ModelSpec:
     grid: GridGeometry = field(default_factory=lambda: GridGeometry.over_mni_box((84, 128, 84)))
     intensity: IntensityMapping = field(default_factory=IntensityMapping)
     default_sampler: SamplerSettings | None = None
+    conditions: ConditionSpec | None = None
 
     def __post_init__(self) -> None:
         check_str(self.name, "name")
@@ -286,9 +300,10 @@ class ModelSpec:
             )
 
     def build_model(self, *, use_flash_attention: bool = False) -> torch.nn.Module:
-        return self.unet.build(use_flash_attention=use_flash_attention)
+        return self.unet.build(use_flash_attention=use_flash_attention, conditions=self.conditions)
 
     def to_dict(self) -> dict:
+        conditions = {} if self.conditions is None else {"conditions": self.conditions.to_dict()}
         return {
             "name": self.name,
             "unet": _plain(asdict(self.unet)),
@@ -296,6 +311,7 @@ class ModelSpec:
             "grid": self.grid.to_dict(),
             "intensity": self.intensity.to_dict(),
             "default_sampler": None if self.default_sampler is None else asdict(self.default_sampler),
+            **conditions,
         }
 
     @classmethod
@@ -307,7 +323,11 @@ class ModelSpec:
             KeyError: a required field is missing.
         """
         check_mapping(data, "the model spec")
-        check_keys(data, "the model spec", allowed=("name", "unet", "schedule", "grid", "intensity", "default_sampler"))
+        check_keys(
+            data,
+            "the model spec",
+            allowed=("name", "unet", "schedule", "grid", "intensity", "default_sampler", "conditions"),
+        )
         unet = check_mapping(data["unet"], "unet")
         check_keys(unet, "unet", allowed=[f.name for f in fields(UNetSpec)])
         schedule = check_mapping(data.get("schedule", {}), "schedule")
@@ -320,6 +340,9 @@ class ModelSpec:
             grid=GridGeometry.from_dict(check_mapping(data["grid"], "grid")),
             intensity=IntensityMapping.from_dict(check_mapping(data.get("intensity", {}), "intensity")),
             default_sampler=_sampler_from_dict(check_mapping(sampler, "default_sampler")) if sampler else None,
+            conditions=ConditionSpec.from_dict(check_mapping(data["conditions"], "conditions"))
+            if data.get("conditions")
+            else None,
         )
 
     def build_random_model(self, *, seed: int = 0) -> torch.nn.Module:
@@ -329,7 +352,7 @@ class ModelSpec:
         ``DiffusionModelUNet`` outputs exactly 0 and any comparison run on it is trivially
         true; those layers are re-drawn here.
         """
-        return reinitialise_zero_layers(self.unet.build(), seed=seed)
+        return reinitialise_zero_layers(self.build_model(), seed=seed)
 
     def with_grid(self, shape: tuple[int, int, int]) -> ModelSpec:
         """The same network and schedule on another grid over the MNI box."""

@@ -113,6 +113,16 @@ class TrainConfig:
             On a CPU shared with other jobs, 1 avoids oversubscription: on a busy 2-core machine
             one thread trained the demo preset 3.5x faster than two.
         tensorboard: also log to TensorBoard when it is installed.
+        conditions: covariates to condition on, ``name[:kind[:dropout]]`` comma-separated
+            (``"age:continuous,sex,group"``; kinds inferred where not given), read from a
+            ``participants.tsv`` beside the scans or manifest columns
+            (:mod:`engine.training.covariates`); empty = an unconditional model. A
+            ``[conditions]`` TOML table (``age = "continuous"`` or
+            ``age = {kind = "continuous", dropout = 0.2}``) sets the same.
+        condition_dropout: probability per training volume that the whole condition is
+            replaced by the null (classifier-free guidance learns the unconditional model from these).
+        covariate_dropout: probability per volume and covariate that it is replaced by its null
+            (where ``conditions`` gives no rate), so any subset of covariates can be asked for.
     """
 
     preset: str = "demo"
@@ -146,6 +156,9 @@ class TrainConfig:
     workers: int = 0
     cpu_threads: int = 0
     tensorboard: bool = True
+    conditions: str = ""
+    condition_dropout: float = 0.1
+    covariate_dropout: float = 0.1
 
     def validate(self) -> None:
         """Check every value; raise one :class:`TrainingError` naming the bad key."""
@@ -186,6 +199,14 @@ class TrainConfig:
             raise TrainingError(f"ema-decay must be in [0, 1), 0 turning the EMA off (got {self.ema_decay!r})")
         if not _finite(self.val_fraction) or not 0 <= self.val_fraction < 1:
             raise TrainingError(f"val-fraction must be in [0, 1) (got {self.val_fraction!r})")
+        for name in ("condition_dropout", "covariate_dropout"):
+            value = getattr(self, name)
+            if not _finite(value) or not 0 <= value <= 1:
+                raise TrainingError(f"{name.replace('_', '-')} must be in [0, 1] (got {value!r})")
+        if self.conditions:
+            from engine.training.covariates import parse_conditions
+
+            parse_conditions(self.conditions)
         if not _finite(self.max_failed_fraction) or not 0 <= self.max_failed_fraction <= 1:
             raise TrainingError(f"max-failed-fraction must be in [0, 1] (got {self.max_failed_fraction!r})")
         if self.precision not in PRECISIONS:
@@ -320,7 +341,12 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise TrainingError(f"{path.name} is not valid TOML: {exc}") from None
     table = raw.get("train", raw) if isinstance(raw.get("train"), dict) else raw
     values: dict[str, Any] = {}
+    if table is not raw and isinstance(raw.get("conditions"), dict):  # [train] and [conditions] side by side
+        values["conditions"] = _conditions_table(raw["conditions"], source=path.name)
     for key, value in table.items():
+        if key == "conditions" and isinstance(value, dict):
+            values["conditions"] = _conditions_table(value, source=path.name)
+            continue
         if isinstance(value, dict):
             raise TrainingError(f"{path.name}: unexpected table [{key}]; put training keys at top level or in [train]")
         name = key.replace("-", "_")
@@ -336,6 +362,23 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         items = values["data"] if isinstance(values["data"], list) else [values["data"]]
         values["data"] = [str(_relative_to(base, v)) if isinstance(v, str) else v for v in items]
     return values
+
+
+def _conditions_table(table: dict, *, source: str) -> str:
+    """A ``[conditions]`` table as the ``conditions`` string (``name:kind:dropout,...``)."""
+    parts = []
+    for name, value in table.items():
+        if isinstance(value, str):
+            parts.append(f"{name}:{value}")
+        elif isinstance(value, dict) and set(value) <= {"kind", "dropout"}:
+            kind = value.get("kind", "")
+            parts.append(f"{name}:{kind}:{value['dropout']}" if "dropout" in value else f"{name}:{kind}")
+        else:
+            raise TrainingError(
+                f'{source}: [conditions] {name} must be a kind ("continuous", "categorical", "auto") '
+                "or a table {kind = ..., dropout = ...}"
+            )
+    return ",".join(parts)
 
 
 def _relative_to(base: Path, value: str) -> Path:

@@ -3,6 +3,8 @@
 Sources are folders of NIfTI/MGZ scans, single scan files, or CSV manifests with a ``path``
 column and optional ``subject_id`` and ``group`` columns (a header row is optional; without
 one the columns are taken in that order). Relative manifest paths are relative to the CSV.
+With a header, any further columns are the scan's covariates (age, sex...), which conditional
+training reads (:mod:`engine.training.covariates`, which also reads BIDS ``participants.tsv``).
 
 Preparation puts every scan onto the preset's model grid in standard intensity space
 (:mod:`engine.preprocessing`). A scan that is already exactly on that grid with standard
@@ -54,11 +56,13 @@ class DataItem:
         path: the scan file.
         subject_id: subject it belongs to (from a manifest), or None.
         group: diagnostic or cohort group (from a manifest), or None.
+        covariates: the manifest's other columns for this scan, ``(name, text)`` pairs.
     """
 
     path: Path
     subject_id: str | None = None
     group: str | None = None
+    covariates: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -144,8 +148,10 @@ def read_manifest(path: Path) -> list[DataItem]:
     if not rows:
         raise TrainingError(f"manifest {path} is empty")
     header = [c.strip().lower() for c in rows[0]]
+    extra: dict[str, int] = {}
     if "path" in header:
         columns = {name: header.index(name) for name in ("path", "subject_id", "group") if name in header}
+        extra = {name: i for i, name in enumerate(header) if name and name not in columns}
         rows = rows[1:]
     else:
         columns = {name: i for i, name in enumerate(("path", "subject_id", "group")) if i < len(rows[0])}
@@ -157,7 +163,8 @@ def read_manifest(path: Path) -> list[DataItem]:
         scan = Path(cells["path"]).expanduser()
         if not scan.is_absolute():
             scan = path.parent / scan
-        items.append(DataItem(scan, cells.get("subject_id") or None, cells.get("group") or None))
+        covariates = tuple((name, row[i].strip() if i < len(row) else "") for name, i in extra.items())
+        items.append(DataItem(scan, cells.get("subject_id") or None, cells.get("group") or None, covariates))
     return items
 
 

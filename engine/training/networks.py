@@ -23,6 +23,9 @@ from engine.training.errors import TrainingError
 if TYPE_CHECKING:
     from engine.specs import ModelSpec
 
+CONDITION_PREFIX = "class_embedding."
+"""State-dict prefix of the covariate embedding of a conditional UNet (MONAI's class embedding slot)."""
+
 Report = Callable[[str, str], None]
 """``report(kind, message)``: an ``"info"`` line for the front end."""
 
@@ -158,9 +161,16 @@ def _load_init(config: TrainConfig, spec: ModelSpec, model: torch.nn.Module, *, 
         )
     kind, weights = ckpt.select_weights(prefer_ema=config.init_use_ema)
     use_ema = kind == "ema"
+    new_layers = ""
+    if spec.conditions is not None and ckpt.spec.conditions != spec.conditions:
+        # An unconditional (or differently conditioned) start: keep this run's fresh covariate
+        # embedding, whose zero-initialised output makes the first step the old model's.
+        fresh = {k: v for k, v in model.state_dict().items() if k.startswith(CONDITION_PREFIX)}
+        weights = {**{k: v for k, v in weights.items() if not k.startswith(CONDITION_PREFIX)}, **fresh}
+        new_layers = "; the covariate embedding is new (its output starts at zero)"
     check_state_dict(model, weights, source=ckpt.describe_source())
     model.load_state_dict(weights, strict=True)
-    report("info", f"starting from {source.name} ({'EMA' if use_ema else 'raw'} weights)")
+    report("info", f"starting from {source.name} ({'EMA' if use_ema else 'raw'} weights){new_layers}")
     if ckpt.spec.schedule.prediction_type != spec.schedule.prediction_type:
         report(
             "info",

@@ -74,6 +74,7 @@ from engine.training.resume import (
 )
 
 if TYPE_CHECKING:
+    from engine.conditions import ConditionSpec
     from engine.specs import ModelSpec
     from engine.training.data import Split, VolumeDataset
 
@@ -251,11 +252,17 @@ class _TrainingData:
         split: which prepared scans train and which validate.
         train_set: the training volumes in model space (indexed by training-set index).
         val_set: the validation volumes.
+        conditions: the covariates of a conditional run (``--conditions``), else None.
+        train_conditions: each training volume's condition (a conditional run only).
+        val_conditions: each validation volume's condition.
     """
 
     split: Split
     train_set: VolumeDataset
     val_set: VolumeDataset
+    conditions: ConditionSpec | None = None
+    train_conditions: list[dict] = dataclasses.field(default_factory=list)
+    val_conditions: list[dict] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -364,10 +371,30 @@ def _prepare_data(
         )
         if not split.val:
             emit("warning", "no validation scans: 'best' is chosen by the training loss")
+    conditional: dict[str, Any] = {}
+    if config.conditions:
+        from engine.training import covariates
+
+        conditions, values, warnings = covariates.build_conditions(
+            usable,
+            covariates.parse_conditions(config.conditions),
+            dropout=config.condition_dropout,
+            covariate_dropout=config.covariate_dropout,
+        )
+        if ctx.is_main:
+            emit("info", "conditions: " + "; ".join(c.describe() for c in conditions.covariates))
+            for line in warnings:
+                emit("warning", line)
+        conditional = {
+            "conditions": conditions,
+            "train_conditions": covariates.conditions_of(values, split.train),
+            "val_conditions": covariates.conditions_of(values, split.val),
+        }
     return _TrainingData(
         split=split,
         train_set=data.VolumeDataset(split.train, spec.intensity),
         val_set=data.VolumeDataset(split.val, spec.intensity),
+        **conditional,
     )
 
 
@@ -489,6 +516,8 @@ class _Trainer:
             choice = ctx.broadcast_object(choice)
             check_training_precision(choice.precision, ctx.device)
         emit("info", f"precision: {choice.reason}")
+        if data.conditions is not None:  # timed above without them: the embedding costs little
+            spec = dataclasses.replace(spec, conditions=data.conditions)
         nets = build_networks(
             config, ctx, spec, precision=choice.precision, init_seed=_mix(config.seed, "init"), report=emit
         )
@@ -593,6 +622,19 @@ class _Trainer:
         batch = torch.stack([self.data.train_set[i] for i in indices])
         return batch.to(self.device, non_blocking=True)
 
+    def _labels(self, conditions: list[dict], *, dropout_seed: int | None = None) -> dict[str, torch.Tensor]:
+        """MONAI's ``class_labels`` for a conditional run (nothing otherwise), with condition
+        dropout drawn from ``dropout_seed`` when given (training; not validation)."""
+        spec = self.spec.conditions
+        if spec is None:
+            return {}
+        from engine.conditions import apply_dropout
+
+        encoded = spec.encode(conditions, device=self.device)
+        if dropout_seed is not None:
+            encoded = apply_dropout(encoded, spec, torch.Generator().manual_seed(dropout_seed))
+        return {"class_labels": encoded}
+
     def _autocast(self):
         return training_autocast(self.device, self.precision)
 
@@ -623,7 +665,11 @@ class _Trainer:
             last = j == len(micro_batches) - 1
             with no_sync_if(nets.ddp, self.ctx.distributed and not last):
                 with self._autocast():
-                    pred = nets.ddp(x=xt, timesteps=t)
+                    labels = self._labels(
+                        [self.data.train_conditions[i] for i in indices] if self.data.train_conditions else [],
+                        dropout_seed=_mix(self.config.seed, "conditions", step, self.ctx.rank, j),
+                    )
+                    pred = nets.ddp(x=xt, timesteps=t, **labels)
                 loss = torch.nn.functional.mse_loss(pred.float(), target.float())
                 # Weight by volumes so the step's gradient is the mean over all its volumes,
                 # whatever the size of the last (short) micro-batch.
@@ -690,7 +736,10 @@ class _Trainer:
             t = torch.tensor([timestep(v, i) for v, i in chunk], device=self.device)
             xt, target = self._noised_and_target(x0, eps, t)
             with self._autocast():
-                pred = model(x=xt, timesteps=t)
+                labels = self._labels(
+                    [self.data.val_conditions[v] for v, _ in chunk] if self.data.val_conditions else []
+                )
+                pred = model(x=xt, timesteps=t, **labels)
             per_volume = ((pred.float() - target.float()) ** 2).flatten(1).mean(dim=1)
             total += float(per_volume.double().sum())
         summed, count = self.ctx.all_sum([total, float(len(mine))])

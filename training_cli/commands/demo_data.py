@@ -25,6 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write each subject as a raw scanner-space head scan into DIR/raw (test data for preprocess)",
     )
+    parser.add_argument(
+        "--ftd-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of subjects with an FTD-like pattern (a caricature from one template; default 0)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
     parser.set_defaults(func=run)
 
@@ -39,9 +46,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"\rdemo subjects {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
     paths = build_population(
-        args.out, count=args.count, seed=args.seed, overwrite=args.overwrite, raw=args.raw, progress=progress
+        args.out,
+        count=args.count,
+        seed=args.seed,
+        ftd_fraction=args.ftd_fraction,
+        overwrite=args.overwrite,
+        raw=args.raw,
+        progress=progress,
     )
-    print(f"wrote {len(paths)} demo subjects (1 mm MNI box, template-derived) to {args.out}")
+    print(
+        f"wrote {len(paths)} demo subjects (1 mm MNI box, template-derived) and participants.tsv "
+        f"(age, sex, group) to {args.out}"
+    )
     if args.raw:
         print(f"and their raw scanner-space head scans to {args.out}/raw (the MNI files are their ground truth)")
     return 0

@@ -48,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
         f"sampler      {sampler.name}, {sampler.steps} steps by default ({whose})",
         f"memory       {_memory_line(spec)}",
     ]
+    if spec.conditions is None:
+        lines.append("conditions   none (unconditional)")
+    else:
+        lines.append(f"conditions   whole-condition dropout {spec.conditions.dropout:g}; covariates:")
+        lines += [f"               {cov.describe()}" for cov in spec.conditions.covariates]
     for key, value in ckpt.provenance.items():
         shown = json.dumps(value) if isinstance(value, dict | list) else value
         # Text from the file: escaped, so that a checkpoint cannot drive the user's terminal.

@@ -25,7 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--checkpoint", metavar="CKPT", help="BrainSynth .safetensors or MONAI .pt/.pth (with --preset)"
     )
     parser.add_argument("--preset", metavar="P", help="architecture of a plain MONAI state_dict (paper, demo, tiny)")
-    parser.add_argument("--num-samples", type=int, default=1, metavar="N", help="volumes to generate (default 1)")
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        metavar="N",
+        help="volumes to generate (default 1, or one per row of --conditions-csv)",
+    )
     parser.add_argument(
         "--sampler",
         choices=SAMPLER_NAMES,
@@ -70,6 +75,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--cpu-threads", type=int, metavar="N", help="compute threads on the CPU (default: one per physical core)"
     )
+    cond = parser.add_argument_group("conditions (conditional models; 'info' lists a model's covariates)")
+    cond.add_argument(
+        "--condition",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a covariate for every volume, e.g. --condition age=70 --condition sex=F (repeatable; "
+        "none: the whole population)",
+    )
+    cond.add_argument(
+        "--conditions-csv",
+        metavar="FILE",
+        help="per-volume conditions: a CSV with covariate names as header and one row per volume",
+    )
+    cond.add_argument(
+        "--guidance",
+        type=float,
+        metavar="G",
+        help="classifier-free guidance: 1 = plain conditional (default), 0 = unconditional, >1 = stronger; "
+        "above 1 every step runs the network on twice the batch",
+    )
+    cond.add_argument(
+        "--allow-extrapolation",
+        action="store_true",
+        help="accept covariate values outside the training range (recorded in every sidecar)",
+    )
     parser.add_argument("--prefix", default="synthetic", help="file name prefix (default 'synthetic')")
     parser.add_argument("--shard", default="0/1", metavar="I/N", help="generate only volumes I, I+N, ... (default 0/1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files of the same names")
@@ -93,12 +124,19 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.checkpoint import load_checkpoint
     from engine.device import describe_device, set_cpu_threads
+    from engine.errors import BrainSynthError
     from engine.export import ExportVolume, export_batch, export_targets, save_trajectory_nifti
     from engine.generation import GenerationRequest, generate, resolve_precision, seeds_from
     from engine.resources import default_checkpoint
 
     shard, shards = parse_shard(args.shard)
-    all_seeds = seeds_from(args.seed, args.num_samples)
+    all_conditions = _conditions(args)
+    all_seeds = seeds_from(args.seed, args.num_samples if args.num_samples is not None else max(len(all_conditions), 1))
+    if len(all_conditions) > 1 and len(all_conditions) != len(all_seeds):
+        raise BrainSynthError(
+            f"--conditions-csv has {len(all_conditions)} rows but --num-samples is {len(all_seeds)}; "
+            "give one row per volume (or leave out --num-samples)"
+        )
     indices = list(range(shard, len(all_seeds), shards))
     if not indices:
         print(f"shard {args.shard} has no volumes to generate", file=sys.stderr)
@@ -123,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         trajectory_frames=args.trajectory_frames,
         compile=args.compile,
+        conditions=tuple(all_conditions[i] for i in indices) if len(all_conditions) > 1 else tuple(all_conditions),
+        guidance=args.guidance,
+        allow_extrapolation=args.allow_extrapolation,
     )
     settings = request.settings
     model = ckpt.build_model(use_ema=request.weights == "ema", device=request.torch_device)
@@ -136,6 +177,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"using {threads}", file=sys.stderr)
     if request.compile:
         print("compiling the network (once; the first step waits for it)", file=sys.stderr)
+    if request.is_conditional and any(request.conditions):
+        guidance = 1.0 if request.guidance is None else request.guidance
+        cost = "; guidance runs the network on twice the batch" if guidance not in (0.0, 1.0) else ""
+        print(f"conditions {_describe(request.conditions)}, guidance {guidance:g}{cost}", file=sys.stderr)
 
     events = generate(model, request)
     bar = _progress_bar(total=len(seeds) * settings.steps)
@@ -164,6 +209,28 @@ def run(args: argparse.Namespace) -> int:
         events.close()
     print(f"wrote {len(written)} volume(s) to {out_dir}")
     return 0
+
+
+def _conditions(args: argparse.Namespace) -> list[dict]:
+    """The conditions asked for: one for all volumes (``--condition``), one per volume
+    (``--conditions-csv``, with ``--condition`` values added to every row), or none."""
+    from engine.conditions import ConditionError, parse_assignments, read_conditions_csv
+
+    common = parse_assignments(args.condition)
+    if not args.conditions_csv:
+        return [common] if common else []
+    rows = read_conditions_csv(args.conditions_csv)
+    both = sorted({name for row in rows for name in row} & set(common))
+    if both:
+        raise ConditionError(f"{', '.join(both)} is given both by --condition and in --conditions-csv; choose one")
+    return [{**common, **row} for row in rows]
+
+
+def _describe(conditions) -> str:
+    distinct = {tuple(sorted(c.items())) for c in conditions}
+    if len(distinct) == 1:
+        return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in next(iter(distinct))) or "none"
+    return f"per volume ({len(distinct)} different)"
 
 
 def _write_trajectory(save, volume_path, volume, spec, *, overwrite: bool) -> None:

@@ -84,6 +84,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-tensorboard", dest="tensorboard", action="store_false", help="do not write TensorBoard events"
     )
 
+    cg = p.add_argument_group("conditions (age, sex, diagnosis...) and classifier-free guidance")
+    cg.add_argument(
+        "--conditions",
+        metavar="LIST",
+        help="covariates to condition on, name[:kind[:dropout]] comma-separated, e.g. age:continuous,sex,group "
+        "(from participants.tsv beside the scans or manifest columns; kinds inferred when not given)",
+    )
+    cg.add_argument(
+        "--condition-dropout", type=float, metavar="P", help="drop the whole condition with this probability (0.1)"
+    )
+    cg.add_argument(
+        "--covariate-dropout", type=float, metavar="P", help="drop each covariate with this probability (0.1)"
+    )
+
     tl = p.add_argument_group("transfer learning")
     tl.add_argument("--init-from", metavar="CKPT", help="start from this BrainSynth checkpoint's weights")
     tl.add_argument(
