@@ -731,9 +731,20 @@ class MainWindow(ErrorReportingWindow):
         window = ReviewWindow(db, session, owns_db=owns_db, quiet=self.quiet)
         window.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose, False)
         self.review_windows.append(window)
-        window.show()
+        # Full screen, and this window out of sight: its file names, lists and real-scan row
+        # could give cases away. It comes back when the reader closes review mode.
+        window.closed.connect(lambda: self._review_closed(window))
+        window.showFullScreen()
+        self.hide()
         window.start()
+        window.take_focus()
         return window
+
+    def _review_closed(self, closed) -> None:
+        if not any(w.isVisible() for w in self.review_windows if w is not closed):
+            self.show()
+            self.raise_()
+            self.activateWindow()
 
     def ask_results(self) -> None:
         from brainsynth_gui.study_dialogs import StudyChoiceDialog
@@ -749,7 +760,19 @@ class MainWindow(ErrorReportingWindow):
             path = db.path
             db.close()
             self.study_db_path = path
-            self.open_results(path, study)
+            if self.unlock_results(path, study):
+                self.open_results(path, study)
+
+    def unlock_results(self, db_path: Path, study: str) -> bool:
+        """The organiser's step before results (they show the truth): the study's passphrase, set or entered."""
+        from brainsynth_gui.study_dialogs import OrganiserPassphraseDialog
+
+        try:
+            dialog = OrganiserPassphraseDialog(self, db_path=Path(db_path), study=study)
+        except BrainSynthError as exc:
+            self.report_error("Cannot open the study", str(exc))
+            return False
+        return dialog.exec() == OrganiserPassphraseDialog.DialogCode.Accepted
 
     def open_results(self, db_path: Path, study: str):
         """Show the results view of ``study`` (computed in the background); returns the dialog."""

@@ -66,6 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     create.add_argument("--allow-changes", action="store_true", help="let readers change saved answers (all kept)")
     create.add_argument(
+        "--allow-synthetic-in-real",
+        action="store_true",
+        help="accept real-pool files whose sidecar says they are synthetic (refused otherwise)",
+    )
+    create.add_argument(
         "--seed", type=int, metavar="S", help="seed of case numbers and reader orders (default: random)"
     )
 
@@ -130,6 +135,8 @@ def _db(args: argparse.Namespace):
 
 
 def _create(args: argparse.Namespace) -> int:
+    from engine.study.case_files import pool_balance_warning
+
     readers = [r.strip() for r in args.readers.split(",")]
     with _db(args) as db:
 
@@ -146,9 +153,13 @@ def _create(args: argparse.Namespace) -> int:
             preset=args.preset,
             allow_changes=args.allow_changes,
             seed=args.seed,
+            allow_synthetic_in_real=args.allow_synthetic_in_real,
             progress=progress,
         )
         summary = next(s for s in db.list_studies() if s.name == info.name)
+        warning = pool_balance_warning(summary.n_real, summary.n_synthetic)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
         grid = " x ".join(str(n) for n in info.display.grid.shape)
         print(
             f"created study {info.name!r}: {info.n_cases} cases ({summary.n_real} real, {summary.n_synthetic} "
