@@ -98,12 +98,17 @@ class EvaluationWorker(BackgroundWorker):
         )
 
 
+def plural(n: int, word: str) -> str:
+    """``"1 pair"``, ``"2 pairs"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def key_figures(result) -> list[tuple[str, str]]:
     """(figure, value) rows of the dialog: the reference study's Table 1 first, then the extras."""
     ms = result.msssim
 
     def pairs(s) -> str:
-        return f"{s.mean:.4f} ± {s.std:.4f} ({s.n_pairs} pairs)" if s.n_pairs else "n/a"
+        return f"{s.mean:.4f} ± {s.std:.4f} ({plural(s.n_pairs, 'pair')})" if s.n_pairs else "n/a"
 
     bv = result.brain_volume
     whole = result.intensity.comparisons[0]
@@ -119,8 +124,13 @@ def key_figures(result) -> list[tuple[str, str]]:
         ("MS-SSIM within synthetic", pairs(ms.within_synthetic)),
         ("MS-SSIM between real and synthetic", pairs(ms.between)),
         ("MS-SSIM settings", f"window {ms.settings.kernel_size}, {ms.settings.n_scales} scales, seed {ms.seed}"),
-        ("Brain volume, real", f"{bv.real_mean_sd[0]:.0f} ± {bv.real_mean_sd[1]:.0f} mL"),
-        ("Brain volume, synthetic", f"{bv.synthetic_mean_sd[0]:.0f} ± {bv.synthetic_mean_sd[1]:.0f} mL"),
+        # Measured on the model grid, which lies over the MNI box: volumes after the affine
+        # registration to MNI space, not in each subject's native space.
+        ("Brain volume, real (brain mask, in MNI space)", f"{bv.real_mean_sd[0]:.0f} ± {bv.real_mean_sd[1]:.0f} mL"),
+        (
+            "Brain volume, synthetic (brain mask, in MNI space)",
+            f"{bv.synthetic_mean_sd[0]:.0f} ± {bv.synthetic_mean_sd[1]:.0f} mL",
+        ),
         ("Brain volume distance (Wasserstein-1)", f"{bv.wasserstein_ml:.1f} mL"),
         (
             "Intensity histogram distance, whole brain",

@@ -174,7 +174,7 @@ class MainWindow(ErrorReportingWindow):
 
         self.readout = QLabel()
         self.statusBar().addPermanentWidget(self.readout)
-        for observable in (self.state.cursor, self.synthetic_layer, self.real_layer):
+        for observable in (self.state.cursor, self.synthetic_layer, self.real_layer, self.state.display):
             observable.subscribe(self._update_readout)
         self.state.trajectory.subscribe(self._show_current)
         self._build_menus()
@@ -482,6 +482,7 @@ class MainWindow(ErrorReportingWindow):
         self._last_report: ProgressReport | None = None
         self._generation_spec = self.checkpoint.spec
         self.generation_panel.set_running(True)
+        self.timeline.set_recording(request.trajectory_frames > 0)
         # With torch, MONAI and Qt loaded the heap holds ~400,000 objects, and a full cyclic
         # garbage collection (which the worker's allocations trigger now and then) freezes every
         # thread for 100-400 ms on a slow CPU. Freezing moves what exists now out of the
@@ -520,6 +521,7 @@ class MainWindow(ErrorReportingWindow):
             worker.wait()
             worker.deleteLater()
         self.generation_panel.set_running(False)
+        self.timeline.set_recording(False)
         self._update_generate_enabled()
         new = self.volume_list.count() - self._first_new_row
         self.generation_panel.show_message(
@@ -541,8 +543,8 @@ class MainWindow(ErrorReportingWindow):
         self._current = entry
         trajectory = entry.volume.trajectory if entry is not None else None
         if trajectory is not None:
-            steps = entry.volume.settings.steps
-            self.state.trajectory.set_frames(trajectory.steps, trajectory.timesteps, total_steps=steps)
+            steps, timesteps = entry.timeline()
+            self.state.trajectory.set_frames(steps, timesteps, total_steps=entry.volume.settings.steps)
         else:
             self.state.trajectory.clear()
         self._show_current()

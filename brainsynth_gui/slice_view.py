@@ -7,7 +7,12 @@ Mouse (as in ITK-SNAP and FSLeyes):
 * right drag: window/level (right = wider window, up = brighter);
 * middle drag (or Shift+left drag): pan (all views).
 
-Keys while the view has focus: Up/Down one slice, Page Up/Page Down five slices.
+Keys while the view has focus (as in FSLeyes and ITK-SNAP): Left/Right and Up/Down move the
+cursor one voxel within the slice, in the direction the arrow points on the screen; Page Up /
+Page Down go one slice up or down (Shift: five). The wheel steps the slices of the view under
+the mouse, whichever view has the keyboard.
+
+Slice captions count from 0, like the voxel readout in the status bar and NIfTI voxel indices.
 
 Scene coordinates are millimetres: x is ``sign * mm`` along the view's horizontal axis (see
 :meth:`brainsynth_gui.rendering.Plane.horizontal_sign`), y is mm along its vertical axis, so
@@ -225,7 +230,7 @@ class SliceView(pg.GraphicsView):
         mm = cursor.mm[self.plane.normal]
         n = cursor.grid.shape[self.plane.normal]
         axis = "xyz"[self.plane.normal]
-        self.slice_info.setText(f"{self.plane.name.capitalize()} {index + 1}/{n} · {axis} {mm:+.1f} mm")
+        self.slice_info.setText(f"{self.plane.name.capitalize()} {index} of 0–{n - 1} · {axis} {mm:+.1f} mm")
         # The row header names the volume; a view only says what is drawn over it.
         overlay_title = ""
         if show_overlay and self.overlay_layer is not None:
@@ -278,15 +283,24 @@ class SliceView(pg.GraphicsView):
         delta[self.plane.vertical] = dy
         self.state.zoom.pan_by(delta)
 
+    def move_in_plane(self, right: int, up: int) -> None:
+        """Move the cursor by whole voxels as the screen shows them: ``right`` to the right, ``up`` upwards."""
+        cursor = self.state.cursor
+        if right:
+            cursor.step(self.plane.horizontal, right * self.plane.horizontal_sign(self.radiological))
+        if up:
+            cursor.step(self.plane.vertical, up)
+
     def keyPressEvent(self, ev) -> None:
-        steps = {
-            Qt.Key.Key_Up: 1,
-            Qt.Key.Key_Down: -1,
-            Qt.Key.Key_PageUp: PAGE_STEP,
-            Qt.Key.Key_PageDown: -PAGE_STEP,
-        }
-        if ev.key() in steps:
-            self.step_slice(steps[ev.key()])
+        key = ev.key()
+        fast = PAGE_STEP if ev.modifiers() & Qt.KeyboardModifier.ShiftModifier else 1
+        moves = {Qt.Key.Key_Left: (-1, 0), Qt.Key.Key_Right: (1, 0), Qt.Key.Key_Up: (0, 1), Qt.Key.Key_Down: (0, -1)}
+        if key in moves:
+            right, up = moves[key]
+            self.move_in_plane(right * fast, up * fast)
+            ev.accept()
+        elif key in (Qt.Key.Key_PageUp, Qt.Key.Key_PageDown):
+            self.step_slice(fast if key == Qt.Key.Key_PageUp else -fast)
             ev.accept()
         else:
             super().keyPressEvent(ev)

@@ -348,12 +348,21 @@ class TrajectoryState(Observable):
             self._notify()
 
     def label(self) -> str:
-        """E.g. ``"step 12/50 (t = 779), predicted x0"``; empty without frames."""
+        """E.g. ``"frame 4 of 11 · step 12/50 (t = 779), predicted x0"``; empty without frames.
+
+        Step -1 is the starting noise x_T (``"frame 1 of 11 · starting noise (t = 1000)"``); the
+        last x_t frame is the final sample.
+        """
         if not self.steps:
             return ""
+        frame = f"frame {self._index + 1} of {len(self.steps)}"
+        step, t = self.steps[self._index], self.timesteps[self._index]
+        if step < 0:
+            return f"{frame} · starting noise (t = {t})"
         what = "predicted x0" if self._kind == "x0" else "x_t"
-        step = self.steps[self._index]
-        return f"step {step + 1}/{self.total_steps} (t = {self.timesteps[self._index]}), {what}"
+        if self.at_end and self._kind == "x_t":
+            what = "final sample"
+        return f"{frame} · step {step + 1}/{self.total_steps} (t = {t}), {what}"
 
 
 COMPARE_MODES = ("side-by-side", "overlay", "synthetic only")
@@ -487,12 +496,21 @@ class ViewerState:
         self.cursor.set_grid(grid)
         self.zoom.set_grid(grid)
 
+    def visible_layers(self) -> list[ImageLayer]:
+        """The layers on screen: all but the real scan when the compare mode is "synthetic only"."""
+        hidden = {"real"} if self.display.compare == "synthetic only" else set()
+        return [layer for name, layer in self.layers.items() if name not in hidden]
+
     def readout(self) -> str:
-        """Cursor readout: voxel index, MNI mm and the intensity of each layer under it."""
+        """Cursor readout: voxel index (0-based, as the slice captions), MNI mm and the value of each visible layer.
+
+        A layer hidden from the screen (the real scan in "synthetic only") is left out: its
+        value would tell what is hidden.
+        """
         i, j, k = self.cursor.voxel
         x, y, z = self.cursor.mm
         parts = [f"voxel [{i}, {j}, {k}]", f"MNI ({x:+.1f}, {y:+.1f}, {z:+.1f}) mm"]
-        for layer in self.layers.values():
+        for layer in self.visible_layers():
             value = layer.value_at(self.cursor.voxel)
             if value is not None:
                 parts.append(f"{layer.name} {value:.0f}")

@@ -120,8 +120,9 @@ def test_click_in_one_view_moves_the_others(window, qtbot):
         coronal = window.viewer.view(row, "coronal")
         sagittal = window.viewer.view(row, "sagittal")
         # The coronal view now shows slice j = 17, the sagittal slice i = 3, crosshairs at the point.
-        assert coronal.slice_info.text().startswith("Coronal 18/24")
-        assert sagittal.slice_info.text().startswith("Sagittal 4/16")
+        # captions count from 0, as the voxel readout does
+        assert coronal.slice_info.text().startswith("Coronal 17 of 0–23")
+        assert sagittal.slice_info.text().startswith("Sagittal 3 of 0–15")
         assert coronal.v_line.value() == pytest.approx(-mm[0])  # radiological: x flipped
         assert coronal.h_line.value() == pytest.approx(mm[2])
         assert sagittal.v_line.value() == pytest.approx(-mm[1])  # anterior on the left
@@ -144,10 +145,27 @@ def test_keyboard_and_wheel_step_slices(window, qtbot):
     axial = window.viewer.view("synthetic", "axial")
     window.state.cursor.set_voxel((8, 12, 8))
     axial.setFocus()
-    qtbot.keyClick(axial, Qt.Key.Key_Up)
+    # Page Up / Page Down go through the slices (Shift: five at a time) ...
+    qtbot.keyClick(axial, Qt.Key.Key_PageUp)
     assert window.state.cursor.voxel[2] == 9
-    qtbot.keyClick(axial, Qt.Key.Key_PageDown)
+    qtbot.keyClick(axial, Qt.Key.Key_PageDown, Qt.KeyboardModifier.ShiftModifier)
     assert window.state.cursor.voxel[2] == 4
+    # ... and the arrows move the cursor within the slice, as the screen shows it
+    qtbot.keyClick(axial, Qt.Key.Key_Up)
+    assert window.state.cursor.voxel == (8, 13, 4)  # anterior is up
+    qtbot.keyClick(axial, Qt.Key.Key_Right)
+    assert window.state.cursor.voxel == (7, 13, 4)  # radiological: the screen's right is the patient's left
+    qtbot.keyClick(axial, Qt.Key.Key_Down)
+    qtbot.keyClick(axial, Qt.Key.Key_Left)
+    assert window.state.cursor.voxel == (8, 12, 4)
+    coronal = window.viewer.view("synthetic", "coronal")
+    coronal.setFocus()
+    qtbot.keyClick(coronal, Qt.Key.Key_Up)  # in the coronal view up is superior
+    assert window.state.cursor.voxel == (8, 12, 5)
+    qtbot.keyClick(coronal, Qt.Key.Key_PageUp)  # and its slices run posterior to anterior
+    assert window.state.cursor.voxel == (8, 13, 5)
+    window.state.cursor.set_voxel((8, 12, 4))
+    axial.setFocus()
     centre = QPointF(axial.viewport().width() / 2, axial.viewport().height() / 2)
     wheel = QWheelEvent(
         centre,
@@ -231,28 +249,32 @@ def test_scrub_and_play_the_trajectory(window, qtbot):
     window.volume_list.setCurrentRow(1)
     entry = window.library.entries[1]
     traj = window.state.trajectory
-    assert len(traj) == 3 and traj.at_end
+    assert len(traj) == 4 and traj.at_end  # the starting noise and 3 recorded steps
+    assert "frame 4 of 4" in window.timeline.label.text() and "final sample" in window.timeline.label.text()
     window.timeline.slider.setValue(0)
     assert traj.index == 0
     np.testing.assert_allclose(window.state.layer("synthetic").data, entry.frame("x_t", 0))
-    assert "step 1/3" in window.timeline.label.text()
+    assert "frame 1 of 4 · starting noise (t = " in window.timeline.label.text()
+    window.timeline.slider.setValue(1)
+    np.testing.assert_allclose(window.state.layer("synthetic").data, entry.frame("x_t", 1))
+    assert "frame 2 of 4 · step 1/3" in window.timeline.label.text()
     window.timeline.kind.setCurrentIndex(1)  # predicted x_0
-    np.testing.assert_allclose(window.state.layer("synthetic").data, entry.frame("x0", 0))
+    np.testing.assert_allclose(window.state.layer("synthetic").data, entry.frame("x0", 1))
     assert "predicted x0" in window.viewer.synthetic_label.text()
     # Keyboard: "." steps forward (window shortcut).
     window.activateWindow()
     window.viewer.view("synthetic", "axial").setFocus()
     qtbot.keyClick(window.viewer.view("synthetic", "axial"), Qt.Key.Key_Period)
-    assert traj.index == 1
+    assert traj.index == 2
     traj.set_fps(60)
     window.timeline.play_button.click()
     assert traj.playing
     seen = set()
-    qtbot.waitUntil(lambda: seen.add(traj.index) or len(seen) == 3, timeout=5000)
+    qtbot.waitUntil(lambda: seen.add(traj.index) or len(seen) == 4, timeout=5000)
     window.timeline.play_button.click()
     assert not traj.playing
     traj.set_kind("x_t")
-    traj.set_index(2)
+    traj.set_index(3)
     np.testing.assert_array_equal(window.state.layer("synthetic").data, entry.standard())
     window.volume_list.setCurrentRow(0)
 
@@ -289,11 +311,11 @@ def test_gif_export_reads_back(window, tmp_path):
         tmp_path / "denoise.gif", AnimationOptions(view="all three", voxel=(8, 12, 8), fps=4, hold_seconds=0.5)
     )
     frames = iio.imread(path, index=None)
-    assert frames.shape[0] == 3  # 3 recorded steps
+    assert frames.shape[0] == 4  # the starting noise and 3 recorded steps
     from PIL import Image
 
     with Image.open(path) as gif:
-        gif.seek(2)
+        gif.seek(3)
         assert gif.info["duration"] == pytest.approx(250 + 500, abs=10)  # the last frame is held
     assert frames.shape[2] > 500  # three views side by side at 1 mm per pixel
     single = window.export_animation(tmp_path / "axial.gif", AnimationOptions(view="axial", voxel=(8, 12, 3)))
@@ -534,3 +556,69 @@ def test_a_damaged_checkpoint_loaded_in_the_background_is_one_error_and_keeps_th
     assert win.generation_panel.generate_button.isEnabled() and win.checkpoint_progress.isHidden()
     assert win.recent.get("checkpoints") == [checkpoint_path.resolve()]
     win.close()
+
+
+def test_the_timeline_opens_on_the_starting_noise(window):
+    import torch
+
+    from engine.samplers import initial_noise
+
+    entry = window.library.entries[0]
+    shape = (entry.spec.unet.in_channels, *entry.spec.grid.shape)
+    noise, _ = initial_noise(shape, [entry.volume.seed], "cpu", torch.float32)
+    start = entry.volume.trajectory.start.float().numpy()
+    np.testing.assert_allclose(start, noise[0, 0].numpy(), atol=2e-3)  # float16 storage
+    steps, timesteps = entry.timeline()
+    assert steps[0] == -1 and timesteps[0] == entry.spec.schedule.num_train_timesteps
+    assert steps[1:] == entry.volume.trajectory.steps
+
+
+def test_synthetic_only_never_shows_the_hidden_real_value(window):
+    window.state.cursor.set_voxel((8, 12, 8))
+    window.state.display.set_compare("side-by-side")
+    assert "real " in window.readout.text() and "synthetic " in window.readout.text()
+    window.state.display.set_compare("synthetic only")
+    assert "real" not in window.readout.text() and "synthetic " in window.readout.text()
+    window.state.display.set_compare("side-by-side")
+    assert "real " in window.readout.text()
+
+
+def test_the_wheel_steps_the_view_under_the_mouse_not_the_focused_one(window):
+    axial = window.viewer.view("synthetic", "axial")
+    sagittal = window.viewer.view("synthetic", "sagittal")
+    window.state.cursor.set_voxel((8, 12, 8))
+    axial.setFocus()
+    centre = QPointF(sagittal.viewport().width() / 2, sagittal.viewport().height() / 2)
+    wheel = QWheelEvent(
+        centre,
+        sagittal.viewport().mapToGlobal(centre),
+        QPoint(0, 0),
+        QPoint(0, -120),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(sagittal.viewport(), wheel)
+    assert window.state.cursor.voxel == (7, 12, 8)  # the sagittal slice moved, the axial did not
+
+
+def test_a_click_on_the_timeline_groove_jumps_there(window, qtbot):
+    window.volume_list.setCurrentRow(1)
+    slider = window.timeline.slider
+    slider.resize(400, slider.sizeHint().height())
+    window.state.trajectory.set_index(0)
+    qtbot.mouseClick(slider, Qt.MouseButton.LeftButton, pos=QPoint(slider.width() - 3, slider.height() // 2))
+    assert window.state.trajectory.index == len(window.state.trajectory) - 1  # not one page step
+    qtbot.mouseClick(slider, Qt.MouseButton.LeftButton, pos=QPoint(3, slider.height() // 2))
+    assert window.state.trajectory.index == 0
+
+
+def test_the_timeline_says_it_is_recording(window):
+    window.state.trajectory.clear()
+    window.timeline.set_recording(True)
+    assert "recording" in window.timeline.label.text() and "no trajectory" not in window.timeline.label.text()
+    window.timeline.set_recording(False)
+    assert "no trajectory recorded" in window.timeline.label.text()
+    assert not window.timeline.play_button.icon().isNull() and "⏸" not in window.timeline.play_button.text()
+    window.volume_list.setCurrentRow(0)
