@@ -162,6 +162,11 @@ class RealScans:
         self.paths.extend(found)
         return found
 
+    def remove(self, index: int) -> None:
+        """Forget scan ``index`` (and what was prepared from it)."""
+        path = self.paths.pop(index)
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != path}
+
     @staticmethod
     def _key(path: Path, spec: ModelSpec) -> tuple:
         return (path, tuple(spec.grid.shape), tuple(spec.grid.spacing_mm), tuple(spec.grid.origin_mm))

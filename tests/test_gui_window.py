@@ -12,7 +12,7 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
+from PySide6.QtCore import QItemSelectionModel, QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
 from PySide6.QtGui import QDropEvent, QWheelEvent
 from PySide6.QtWidgets import QApplication, QMessageBox
 
@@ -353,9 +353,66 @@ def test_bad_files_give_dialogs_not_crashes(window, tmp_path, dialogs):
     assert "not a readable safetensors" in messages["Cannot open checkpoint"]
     assert "neither a checkpoint" in messages["Cannot open file"]
     assert "notes.nii.gz" in messages["Cannot show scan"]
-    assert window.scan_list.item(window.scan_list.count() - 1).text().startswith("⚠")
+    # reported once, and kept nowhere: not in the list, not on screen (the scan shown before stays)
+    assert "notes.nii.gz" not in [window.scan_list.item(i).text() for i in range(window.scan_list.count())]
+    assert all(p.name != "notes.nii.gz" for p in window.scans.paths)
     window.scan_list.setCurrentRow(0)
     assert window.state.layer("real").data is not None  # the prepared phantom comes from the cache at once
+
+
+def test_a_failed_open_never_replaces_the_scan_on_screen(window, tmp_path, dialogs):
+    window.scan_list.setCurrentRow(0)
+    wait_until(lambda: not window.busy)
+    shown = window.state.layer("real").data
+    title = window.state.layer("real").title
+    assert shown is not None
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_text("nope")
+    window.open_scans([bad])
+    wait_until(lambda: not window.busy and any(t == "Cannot show scan" for t, _ in dialogs))
+    assert [t for t, _ in dialogs].count("Cannot show scan") == 1  # reported once
+    assert window.state.layer("real").data is shown and window.state.layer("real").title == title
+    assert bad not in window.scans.paths and window.scan_list.currentRow() == 0
+
+
+def test_remove_real_scans_and_generated_volumes(window, tmp_path, qtbot, monkeypatch):
+    from tests.helpers_volumes import write_phantom as write
+
+    extra = write(tmp_path / "extra_scan.nii.gz")
+    window.open_scans([extra])
+    wait_until(lambda: not window.busy and window.state.layer("real").title == "extra_scan.nii.gz")
+    before = len(window.scans)
+    window.lists.setCurrentIndex(1)  # the Real scans tab
+    window.activateWindow()
+    window.scan_list.setFocus()
+    qtbot.keyClick(window.scan_list, Qt.Key.Key_Delete)
+    assert len(window.scans) == before - 1 and extra not in window.scans.paths
+    assert window.state.layer("real").data is None  # the removed scan is not left on screen
+    # generated volumes: the context menu's Remove (the same slot), then the quit prompt
+    count = len(window.library)
+    window.volume_list.setCurrentRow(count - 1)
+    window.volume_list.item(count - 1).setSelected(True)
+    removed = window.library.entries[count - 1]
+    window.remove_selected_volumes()
+    assert len(window.library) == count - 1 and removed not in window.library.entries
+    assert window.volume_list.count() == count - 1
+    assert window.unexported == []  # every volume was exported by the NIfTI export test above
+    assert window.confirm_quit()  # so quitting does not ask
+    window._exported.clear()  # as if they had not been
+    asked = []
+
+    def question(parent, title, text, *args, **kwargs):
+        asked.append(text)
+        return QMessageBox.StandardButton.Cancel
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    window.quiet = False
+    try:
+        assert not window.quit_requested()  # File ▸ Quit, answered Cancel
+    finally:
+        window.quiet = True
+    assert window.isVisible() and "not been exported" in asked[-1]
+    window.lists.setCurrentIndex(0)
 
 
 @pytest.fixture
@@ -574,6 +631,9 @@ def test_the_timeline_opens_on_the_starting_noise(window):
 
 
 def test_synthetic_only_never_shows_the_hidden_real_value(window):
+    window.scan_list.setCurrentRow(0, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+    wait_until(lambda: not window.busy and window.state.layer("real").data is not None)
+    window.volume_list.setCurrentRow(0)
     window.state.cursor.set_voxel((8, 12, 8))
     window.state.display.set_compare("side-by-side")
     assert "real " in window.readout.text() and "synthetic " in window.readout.text()
@@ -604,7 +664,8 @@ def test_the_wheel_steps_the_view_under_the_mouse_not_the_focused_one(window):
 
 
 def test_a_click_on_the_timeline_groove_jumps_there(window, qtbot):
-    window.volume_list.setCurrentRow(1)
+    window.volume_list.setCurrentRow(0)
+    assert len(window.state.trajectory) > 2
     slider = window.timeline.slider
     slider.resize(400, slider.sizeHint().height())
     window.state.trajectory.set_index(0)
