@@ -26,7 +26,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtWidgets import QLabel, QSizePolicy
 
-from brainsynth_gui.rendering import PLANES, colormap_lut, oriented_slice, slice_rect_mm
+from brainsynth_gui.rendering import PLANES, colormap_lut, colourise, oriented_slice, slice_rect_mm
 from brainsynth_gui.state import ImageLayer, ViewerState
 
 CROSSHAIR_COLOUR = (60, 220, 90, 170)
@@ -217,7 +217,14 @@ class SliceView(pg.GraphicsView):
         )
         if show_overlay:
             section = oriented_slice(overlay_data, self.plane, index, radiological=self.radiological)
-            self.overlay.setImage(section, autoLevels=False, levels=levels, lut=lut)
+            layer = self.overlay_layer
+            rgba = np.empty((*section.shape, 4), dtype=np.uint8)
+            rgba[..., :3] = colourise(
+                section, low=levels[0], high=levels[1], colormap=layer.colormap or self.state.display.colormap
+            )
+            # Below the layer's threshold the overlay is transparent (FSLeyes' "clipping range").
+            rgba[..., 3] = 255 if layer.threshold is None else np.where(section >= layer.threshold, 255, 0)
+            self.overlay.setImage(rgba, autoLevels=False, levels=(0, 255))
             self.overlay.setRect(rect)
             self.overlay.setOpacity(self.state.display.overlay_opacity)
         self.overlay.setVisible(show_overlay)
@@ -244,8 +251,8 @@ class SliceView(pg.GraphicsView):
         levels = (self.state.window_level.low, self.state.window_level.high)
         if self.image.image is not None:
             self.image.setLevels(levels)
-        if self.overlay.image is not None:
-            self.overlay.setLevels(levels)
+        if self.overlay.isVisible():
+            self.refresh()  # the overlay is coloured here (RGBA), so it is redrawn
 
     def _refresh_range(self) -> None:
         # Every view fits the grid's longest side, so views of equal size share one mm-per-pixel

@@ -418,11 +418,34 @@ class ImageLayer(Observable):
     "case". ``data`` is None when there is nothing.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, colormap: str | None = None) -> None:
         super().__init__()
         self.name = name
         self._data: np.ndarray | None = None
         self._title = ""
+        self._colormap = colormap
+        self._threshold: float | None = None
+
+    @property
+    def colormap(self) -> str | None:
+        """This layer's own colour map when drawn as an overlay; None for the display's."""
+        return self._colormap
+
+    @property
+    def threshold(self) -> float | None:
+        """As an overlay, voxels below this value (standard units) are transparent; None draws all."""
+        return self._threshold
+
+    def set_colormap(self, name: str | None) -> None:
+        if name != self._colormap:
+            self._colormap = name
+            self._notify()
+
+    def set_threshold(self, value: float | None) -> None:
+        value = None if value is None else float(value)
+        if value != self._threshold:
+            self._threshold = value
+            self._notify()
 
     @property
     def data(self) -> np.ndarray | None:
@@ -482,7 +505,9 @@ class ViewerState:
             zoom=ZoomState(grid),
             trajectory=TrajectoryState(),
             display=DisplayState(),
-            layers={name: ImageLayer(name) for name in names},
+            # The real scan, drawn over the synthetic volume, gets a colour map of its own (FSLeyes
+            # and ITK-SNAP give overlays one), so the two are not grey on grey.
+            layers={name: ImageLayer(name, colormap="hot" if name == "real" else None) for name in names},
         )
 
     def layer(self, name: str) -> ImageLayer:

@@ -237,7 +237,24 @@ def test_overlay_mode_and_colormap(window):
     axial = window.viewer.view("synthetic", "axial")
     assert axial.overlay.isVisible() and axial.overlay.opacity() == pytest.approx(0.3)
     assert "phantom" in axial.title.text()
+    # the overlay has its own colour map and threshold (the base stays grey)
+    real = window.state.layer("real")
+    assert window.display_panel.overlay_row.isVisible() and real.colormap == "hot"
+    rgba = axial.overlay.image
+    assert rgba.shape[-1] == 4 and not np.array_equal(rgba[..., 0], rgba[..., 2])  # not grey
+    assert (rgba[..., 3] == 255).all()
+    window.display_panel.overlay_colormap.setCurrentText("viridis")
+    assert real.colormap == "viridis" and display.colormap == "gray"
+    window.display_panel.threshold.setValue(500)
+    assert real.threshold == 500
+    section = oriented_slice(real.data, PLANES["axial"], window.state.cursor.voxel[2], radiological=True)
+    np.testing.assert_array_equal(axial.overlay.image[..., 3] == 255, section >= 500)
+    assert (axial.overlay.image[..., 3] == 0).any()
+    window.display_panel.threshold.setValue(0)
+    assert real.threshold is None
+    window.display_panel.overlay_colormap.setCurrentText("hot")
     window.display_panel.compare.setCurrentText("side-by-side")
+    assert not window.display_panel.overlay_row.isVisible()
     assert not axial.overlay.isVisible() and all(v.isVisible() for v in window.viewer.real_views)
     window.display_panel.colormap.setCurrentText("hot")
     assert display.colormap == "hot"
