@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QTabWidget,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -40,7 +41,7 @@ from PySide6.QtWidgets import (
 from brainsynth_gui.about import add_help_menu
 from brainsynth_gui.animation import animation_frames
 from brainsynth_gui.background import BackgroundWorker, RunningWorkers, create_worker
-from brainsynth_gui.checkpoint_info import NO_MODEL_HTML, describe_checkpoint
+from brainsynth_gui.checkpoint_info import NO_MODEL_HTML, describe_checkpoint, summarise_checkpoint
 from brainsynth_gui.display_panel import DisplayPanel
 from brainsynth_gui.error_reporting import ErrorReportingWindow
 from brainsynth_gui.export_dialogs import AnimationDialog, export_nifti
@@ -118,6 +119,19 @@ class MainWindow(ErrorReportingWindow):
         self.model_info = QLabel(NO_MODEL_HTML)
         self.model_info.setWordWrap(True)
         self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # The full metadata folds away, so the lists below show more than a few rows.
+        self.model_details = QLabel()
+        self.model_details.setWordWrap(True)
+        self.model_details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.model_details.hide()
+        self.details_button = QToolButton()
+        self.details_button.setText("Model details")
+        self.details_button.setCheckable(True)
+        self.details_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.details_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.details_button.setAutoRaise(True)
+        self.details_button.hide()
+        self.details_button.toggled.connect(self._toggle_model_details)
         open_model = QPushButton("Open checkpoint…")
         open_model.clicked.connect(self.ask_checkpoint)
         self.checkpoint_progress = QProgressBar()
@@ -173,6 +187,8 @@ class MainWindow(ErrorReportingWindow):
         panel = QVBoxLayout(side)
         panel.addWidget(_heading("Model"))
         panel.addWidget(self.model_info)
+        panel.addWidget(self.details_button)
+        panel.addWidget(self.model_details)
         panel.addWidget(self.checkpoint_progress)
         panel.addWidget(open_model)
         panel.addWidget(_heading("Generate"))
@@ -355,7 +371,9 @@ class MainWindow(ErrorReportingWindow):
         self.checkpoint = checkpoint
         self._model_cache.clear()
         self.recent.add("checkpoints", path)
-        self.model_info.setText(describe_checkpoint(checkpoint))
+        self.model_info.setText(summarise_checkpoint(checkpoint))
+        self.model_details.setText(describe_checkpoint(checkpoint))
+        self.details_button.show()
         self.generation_panel.set_model(checkpoint.spec)
         self._set_spec(checkpoint.spec)
         self.statusBar().showMessage(f"Loaded {checkpoint.path}", 5000)
@@ -456,6 +474,10 @@ class MainWindow(ErrorReportingWindow):
         )
         self.statusBar().showMessage(f"Preparing {path.name} on the model grid…")
         self._scan_jobs.start(job)
+
+    def _toggle_model_details(self, shown: bool) -> None:
+        self.model_details.setVisible(shown)
+        self.details_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
 
     def _current_scan(self) -> Path | None:
         row = self.scan_list.currentRow()

@@ -169,8 +169,14 @@ class SliceView(pg.GraphicsView):
         self.letters["top"].move((w - self.letters["top"].width()) // 2, m)
         self.letters["bottom"].move((w - self.letters["bottom"].width()) // 2, h - self.letters["bottom"].height() - m)
         self.title.move(m, m + self.letters["top"].height() + 2)
-        # Bottom right, as in ITK-SNAP: clear of the centred letters even in narrow views.
-        self.slice_info.move(w - self.slice_info.width() - m, h - self.slice_info.height() - m)
+        # Bottom right, as in ITK-SNAP; in a view too narrow for it to clear the centred bottom
+        # letter it goes one line up, so a letter and the caption never overlap.
+        bottom = self.letters["bottom"]
+        x = w - self.slice_info.width() - m
+        y = h - self.slice_info.height() - m
+        if x < bottom.x() + bottom.width() + m:
+            y = bottom.y() - self.slice_info.height() - 2
+        self.slice_info.move(x, y)
         self.empty_hint.setGeometry(10, h // 2 - 30, w - 20, 60)
 
     # -- state → display ------------------------------------------------------------------

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QSlider,
     QStyle,
     QStyleOptionSlider,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -70,7 +71,7 @@ class TimelineBar(QWidget):
         self.slider.setToolTip("Recorded denoising steps (, and . step through them)")
         self.slider.valueChanged.connect(state.set_index)
         self.label = QLabel()
-        self.label.setMinimumWidth(260)
+        self.slider.setMinimumWidth(160)
         self.kind = QComboBox()
         for kind in TrajectoryState.KINDS:
             self.kind.addItem(KIND_LABELS[kind], kind)
@@ -82,14 +83,22 @@ class TimelineBar(QWidget):
         self.fps.setSuffix(" fps")
         self.fps.setToolTip("Playback speed, frames per second")
         self.fps.valueChanged.connect(state.set_fps)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(6, 2, 6, 2)
-        layout.addWidget(QLabel("Denoising:"))
-        layout.addWidget(self.play_button)
-        layout.addWidget(self.slider, 1)
-        layout.addWidget(self.label)
-        layout.addWidget(self.kind)
-        layout.addWidget(self.fps)
+        # Two rows: the slider keeps its width at 1024 pixels and the frame label is never cut.
+        top = QHBoxLayout()
+        top.setContentsMargins(6, 2, 6, 0)
+        top.addWidget(QLabel("Denoising:"))
+        top.addWidget(self.play_button)
+        top.addWidget(self.slider, 1)
+        bottom = QHBoxLayout()
+        bottom.setContentsMargins(6, 0, 6, 2)
+        bottom.addWidget(self.label, 1)
+        bottom.addWidget(self.kind)
+        bottom.addWidget(self.fps)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addLayout(top)
+        layout.addLayout(bottom)
         self.timer = QTimer(self)
         self.timer.timeout.connect(state.advance)
         state.subscribe(self.refresh)
