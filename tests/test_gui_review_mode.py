@@ -184,3 +184,42 @@ def test_review_window_is_a_review_window(main_window, db_path):
     assert isinstance(review, ReviewWindow)
     wait_until(lambda: review.current is not None)
     review.close()
+
+
+def test_create_study_asks_before_synthetic_files_in_the_real_pool_and_unbalanced_pools(qapp, tmp_path, monkeypatch):
+    import shutil
+
+    from brainsynth_gui.study_dialogs import CreateStudyDialog
+
+    real, synthetic = make_pools(tmp_path / "pools", n_real=2, n_synthetic=2)
+    export = sorted(synthetic.glob("*.nii.gz"))[0]
+    for path in (export, export.with_name(export.name.replace(".nii.gz", ".json"))):
+        shutil.copy(path, real / path.name)  # a synthetic export in the real folder
+    dialog = CreateStudyDialog(None, db_path=tmp_path / "new.sqlite", session_scans=[], session_volumes=[], spec=None)
+    dialog.name.setText("Mixed")
+    dialog.readers.setText("Dr A")
+    dialog.real.add([real])
+    dialog.synthetic.add([p for p in sorted(synthetic.glob("*.nii.gz")) if p != export])
+    asked = []
+
+    def answer(choice):
+        def question(parent, title, text, *args, **kwargs):
+            asked.append((title, text))
+            return choice
+
+        return question
+
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.No))
+    dialog.create()
+    assert dialog._job is None and asked[-1][0] == "Synthetic files in the real pool"
+    assert export.name in asked[-1][1] and "Move the synthetic files" in dialog.errors[-1]
+    asked.clear()
+    dialog.errors.clear()
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Yes))
+    dialog.create()
+    # confirmed, then warned: 3 real against 1 synthetic
+    assert [t for t, _ in asked] == ["Synthetic files in the real pool", "Unbalanced pools"]
+    assert "3 real and 1 synthetic" in asked[-1][1]
+    wait_until(lambda: dialog.created is not None or dialog.errors)
+    dialog.wait()
+    assert dialog.created is not None and dialog.created.n_cases == 4, dialog.errors
