@@ -115,3 +115,27 @@ def test_organiser_passphrase_is_hashed_checked_and_old_databases_open(tmp_path,
     assert version == 1  # no layout change: the frozen schema still describes the file
     with StudyDatabase(path) as db:  # reopens as before
         assert db.check_organiser_passphrase("pilot", "battery staple")
+
+
+def test_cli_report_and_export_need_the_organiser_passphrase_once_set(tmp_path, capsys, pools, monkeypatch):
+    monkeypatch.setenv("BRAINSYNTH_STUDY_DB", str(tmp_path / "env.sqlite"))
+    monkeypatch.delenv("BRAINSYNTH_ORGANISER_PASSPHRASE", raising=False)
+    real, synthetic = pools
+    db = tmp_path / "cli.sqlite"
+    with StudyDatabase(db) as study_db:
+        study_db.create_study(name="p", real=[real], synthetic=[synthetic], readers=["ana"], validate=False)
+    out = tmp_path / "answers.csv"
+    export = ["study", "export", "p", "--db", str(db), "--out", str(out)]
+    assert main(export) == 0  # no passphrase set: as before
+    with StudyDatabase(db) as study_db:
+        study_db.set_organiser_passphrase("p", "organiser only")
+    capsys.readouterr()
+    assert main([*export, "--overwrite"]) != 0  # stdin is not a terminal under pytest
+    assert "organiser passphrase" in capsys.readouterr().err
+    monkeypatch.setenv("BRAINSYNTH_ORGANISER_PASSPHRASE", "a reader's guess")
+    assert main([*export, "--overwrite"]) != 0
+    assert "not the organiser passphrase" in capsys.readouterr().err
+    monkeypatch.setenv("BRAINSYNTH_ORGANISER_PASSPHRASE", "organiser only")
+    assert main([*export, "--overwrite"]) == 0
+    report = ["study", "report", "p", "--db", str(db), "--out", str(tmp_path / "report")]
+    assert main(report) == 0

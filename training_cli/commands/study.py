@@ -276,10 +276,38 @@ def _add_reader(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Environment variable holding the organiser passphrase for report and export (scripts, CI).
+PASSPHRASE_ENV = "BRAINSYNTH_ORGANISER_PASSPHRASE"
+
+
+def _organiser_check(db, study: str) -> None:
+    """Report and export reveal the truth: when the study has an organiser passphrase, ask for it.
+
+    Taken from $BRAINSYNTH_ORGANISER_PASSPHRASE, else asked for at the terminal (not echoed).
+    """
+    import getpass
+    import os
+
+    from engine.study import StudyError
+
+    if not db.has_organiser_passphrase(study):
+        return
+    passphrase = os.environ.get(PASSPHRASE_ENV)
+    if passphrase is None:
+        if not sys.stdin.isatty():
+            raise StudyError(
+                f"study {study!r} has an organiser passphrase; set ${PASSPHRASE_ENV} or run this at a terminal"
+            )
+        passphrase = getpass.getpass(f"organiser passphrase of {study!r}: ")
+    if not db.check_organiser_passphrase(study, passphrase):
+        raise StudyError(f"that is not the organiser passphrase of study {study!r}")
+
+
 def _report(args: argparse.Namespace) -> int:
     from engine.study.report import write_report
 
     with _db(args) as db:
+        _organiser_check(db, args.name)
         files = write_report(db, args.name, args.out, overwrite=args.overwrite)
         print(f"wrote {files.markdown}, {files.roc_png.name}, {files.csv.name} and {files.json.name}")
     return 0
@@ -289,6 +317,7 @@ def _export(args: argparse.Namespace) -> int:
     from engine.study.report import export_answers
 
     with _db(args) as db:
+        _organiser_check(db, args.name)
         path = export_answers(db, args.name, args.out, include_sources=args.with_sources, overwrite=args.overwrite)
         print(f"wrote {path}")
     return 0
