@@ -307,6 +307,33 @@ class MainWindow(ErrorReportingWindow):
             self._remember_dir(path)
             self.open_checkpoint(Path(path))
 
+    def ask_preset(self, path: Path) -> str | None:
+        """The preset a plain MONAI checkpoint was trained with, chosen by the user (None: cancelled or headless)."""
+        from PySide6.QtWidgets import QInputDialog
+
+        from engine.specs import PRESETS
+
+        if self.quiet:
+            return None  # headless: the engine's message says a preset is needed
+        names = list(PRESETS)
+        describe = {
+            name: f"{name} — {' x '.join(map(str, spec.grid.shape))} grid, channels {tuple(spec.unet.channels)}"
+            for name, spec in PRESETS.items()
+        }
+        default = names.index("paper") if "paper" in names else 0
+        choice, ok = QInputDialog.getItem(
+            self,
+            "Which model is this?",
+            f"{path.name} is a plain PyTorch/MONAI state_dict: it holds weights but not which network, grid "
+            "and noise schedule they belong to. Choose the preset it was trained with:",
+            [describe[n] for n in names],
+            default,
+            False,
+        )
+        if not ok:
+            return None
+        return names[[describe[n] for n in names].index(choice)]
+
     def open_checkpoint(self, path: str | Path | None = None, *, wait: bool = False) -> bool:
         """Load ``path`` in the background, or the bundled demo model when None (if installed).
 
@@ -338,7 +365,17 @@ class MainWindow(ErrorReportingWindow):
             self.report_error("Cannot open checkpoint", "another checkpoint is loading; wait for it to finish")
             return False
         path = Path(path)
-        job = BackgroundWorker(load_checkpoint, path, report_as="progress")
+        preset = None
+        if path.suffix.lower() in TORCH_SUFFIXES:
+            # A plain MONAI state_dict holds weights only: which network it is must be chosen.
+            preset = self.ask_preset(path)
+            if preset is None and not self.quiet:
+                return False
+        job = (
+            BackgroundWorker(load_checkpoint, path, preset=preset, report_as="progress")
+            if preset is not None
+            else BackgroundWorker(load_checkpoint, path, report_as="progress")
+        )
         loaded: list[Checkpoint] = []
         job.yielded.connect(self._checkpoint_progress)
         job.returned.connect(loaded.append)

@@ -223,3 +223,29 @@ def test_create_study_asks_before_synthetic_files_in_the_real_pool_and_unbalance
     wait_until(lambda: dialog.created is not None or dialog.errors)
     dialog.wait()
     assert dialog.created is not None and dialog.created.n_cases == 4, dialog.errors
+
+
+def test_a_plain_monai_checkpoint_asks_which_preset(qapp, tmp_path, tiny_weights, monkeypatch):
+    import torch
+    from PySide6.QtWidgets import QInputDialog
+
+    path = tmp_path / "monai_unet.pt"
+    torch.save(tiny_weights, path)
+    window = MainWindow(recent=RecentFiles(tmp_path / "recent.json"), quiet=False)
+    warnings = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text, *a, **k: warnings.append(text))
+    offered = []
+
+    def choose(parent, title, label, items, current, editable):
+        offered.extend(items)
+        return next(i for i in items if i.startswith("tiny ")), True
+
+    monkeypatch.setattr(QInputDialog, "getItem", choose)
+    try:
+        assert window.open_checkpoint(path, wait=True), warnings
+        assert window.checkpoint.spec.name == "tiny" and any(i.startswith("paper") for i in offered)
+        monkeypatch.setattr(QInputDialog, "getItem", lambda *a, **k: ("", False))
+        assert not window.open_checkpoint(path, wait=True)  # cancelled: the model stays
+        assert window.checkpoint.spec.name == "tiny" and not warnings
+    finally:
+        window.close()
