@@ -700,3 +700,15 @@ def test_the_timeline_says_it_is_recording(window):
     assert "no trajectory recorded" in window.timeline.label.text()
     assert not window.timeline.play_button.icon().isNull() and "⏸" not in window.timeline.play_button.text()
     window.volume_list.setCurrentRow(0)
+
+
+def test_rows_have_equal_heights_after_switching_display_modes(window, qtbot):
+    display = window.state.display
+    for mode in ("overlay", "synthetic only", "side-by-side"):
+        display.set_compare(mode)
+        QApplication.processEvents()
+    window.resize(1024, 700)
+    QApplication.processEvents()
+    top = window.viewer.view("synthetic", "axial").height()
+    bottom = window.viewer.view("real", "axial").height()
+    assert abs(top - bottom) <= 2, (top, bottom)
