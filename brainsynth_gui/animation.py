@@ -38,11 +38,15 @@ class AnimationOptions:
 
 
 def frame_caption(entry: SyntheticEntry, index: int, kind: str) -> str:
-    """``"seed 42 · step 12/50 (t = 779) · predicted x0"`` for frame ``index``."""
-    trajectory = entry.volume.trajectory
-    assert trajectory is not None
+    """``"seed 42 · step 12/50 (t = 779) · predicted x0"`` for timeline frame ``index``.
+
+    The first frame (with a recorded start) is ``"seed 42 · starting noise (t = 1000)"``.
+    """
+    steps, timesteps = entry.timeline()
+    step, t = steps[index], timesteps[index]
+    if step < 0:
+        return f"seed {entry.volume.seed} · starting noise (t = {t})"
     what = "predicted x0" if kind == "x0" else "x_t"
-    step, t = trajectory.steps[index], trajectory.timesteps[index]
     return f"seed {entry.volume.seed} · step {step + 1}/{entry.volume.settings.steps} (t = {t}) · {what}"
 
 
@@ -64,7 +68,7 @@ def animation_frames(
     if trajectory is None or len(trajectory) == 0:
         raise ValueError("this volume has no recorded denoising; generate with trajectory frames above 0")
     frames: list[np.ndarray] = []
-    for index in range(len(trajectory)):
+    for index in range(len(entry.timeline()[0])):
         frames.append(
             compose_views(
                 entry.frame(options.kind, index),

@@ -52,3 +52,12 @@ def describe_checkpoint(checkpoint: Checkpoint) -> str:
     name = checkpoint.path.name if checkpoint.path else "checkpoint"
     body = "".join(f"<tr><td><i>{escape(printable(k))}</i></td><td>{escape(printable(v))}</td></tr>" for k, v in rows)
     return f"<b>{escape(name)}</b><table cellspacing='2'>{body}</table>"
+
+
+def summarise_checkpoint(checkpoint: Checkpoint) -> str:
+    """One line under the checkpoint's name: preset, grid and weights (the details fold away)."""
+    spec = checkpoint.spec
+    name = checkpoint.path.name if checkpoint.path else "checkpoint"
+    grid = " x ".join(map(str, spec.grid.shape))
+    weights = "EMA" if checkpoint.has_ema else "raw"
+    return f"<b>{escape(name)}</b><br>{escape(spec.name)} preset · {grid} voxels · {weights} weights"

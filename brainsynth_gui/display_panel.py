@@ -8,7 +8,17 @@ agree.
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QSlider, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 from brainsynth_gui.rendering import COLORMAPS
 from brainsynth_gui.state import COMPARE_MODES, ViewerState
@@ -43,12 +53,29 @@ class DisplayPanel(QWidget):
         self.opacity.setMaximumWidth(120)
         self.opacity.setToolTip("Opacity of the real scan drawn over the synthetic volume")
         self.opacity.valueChanged.connect(lambda v: state.display.set_overlay_opacity(v / 100))
+        real = state.layer("real") if "real" in state.layers else None
+        self.real_layer = real
+        self.overlay_colormap = QComboBox()
+        self.overlay_colormap.addItems(COLORMAPS)
+        self.overlay_colormap.setToolTip("Colour map of the real scan drawn over the synthetic volume")
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0, 1000)
+        self.threshold.setDecimals(0)
+        self.threshold.setSingleStep(10)
+        self.threshold.setKeyboardTracking(False)
+        self.threshold.setToolTip("Overlay: the real scan is transparent below this value (0 draws everything)")
+        if real is not None:
+            self.overlay_colormap.currentTextChanged.connect(real.set_colormap)
+            self.threshold.valueChanged.connect(lambda v: real.set_threshold(v if v > 0 else None))
+            real.subscribe(self.refresh)
         self.reset_zoom = QPushButton("Fit")
         self.reset_zoom.setToolTip("Reset zoom and pan (Ctrl+0)")
         self.reset_zoom.clicked.connect(state.zoom.reset)
 
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(6, 2, 6, 2)
+        # Two rows, so the panel fits a 1024-pixel-wide window: the overlay's own controls
+        # (as FSLeyes' and ITK-SNAP's layer properties) show only in overlay mode.
+        main_row = QHBoxLayout()
+        main_row.setContentsMargins(6, 2, 6, 0)
         for widget in (
             QLabel("Window"),
             self.window,
@@ -59,12 +86,29 @@ class DisplayPanel(QWidget):
             self.radiological,
             QLabel("Real scan"),
             self.compare,
-            QLabel("Opacity"),
-            self.opacity,
             self.reset_zoom,
         ):
-            layout.addWidget(widget)
-        layout.addStretch(1)
+            main_row.addWidget(widget)
+        main_row.addStretch(1)
+        self.overlay_row = QWidget()
+        overlay_row = QHBoxLayout(self.overlay_row)
+        overlay_row.setContentsMargins(6, 0, 6, 2)
+        for widget in (
+            QLabel("Real scan over the synthetic volume:"),
+            QLabel("Opacity"),
+            self.opacity,
+            QLabel("Colours"),
+            self.overlay_colormap,
+            QLabel("Threshold"),
+            self.threshold,
+        ):
+            overlay_row.addWidget(widget)
+        overlay_row.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addLayout(main_row)
+        layout.addWidget(self.overlay_row)
 
         for observable in (state.window_level, state.display, state.orientation):
             observable.subscribe(self.refresh)
@@ -90,8 +134,18 @@ class DisplayPanel(QWidget):
             (self.compare, lambda: self.compare.setCurrentText(s.display.compare)),
             (self.opacity, lambda: self.opacity.setValue(round(s.display.overlay_opacity * 100))),
         )
+        if self.real_layer is not None:
+            real = self.real_layer
+            pairs = (
+                *pairs,
+                (self.overlay_colormap, lambda: self.overlay_colormap.setCurrentText(real.colormap or "gray")),
+                (self.threshold, lambda: self.threshold.setValue(real.threshold or 0)),
+            )
         for widget, update in pairs:
             widget.blockSignals(True)
             update()
             widget.blockSignals(False)
-        self.opacity.setEnabled(s.display.compare == "overlay")
+        overlay = s.display.compare == "overlay"
+        for widget in (self.opacity, self.overlay_colormap, self.threshold):
+            widget.setEnabled(overlay)
+        self.overlay_row.setVisible(overlay)

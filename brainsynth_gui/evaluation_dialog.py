@@ -98,12 +98,17 @@ class EvaluationWorker(BackgroundWorker):
         )
 
 
+def plural(n: int, word: str) -> str:
+    """``"1 pair"``, ``"2 pairs"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def key_figures(result) -> list[tuple[str, str]]:
     """(figure, value) rows of the dialog: the reference study's Table 1 first, then the extras."""
     ms = result.msssim
 
     def pairs(s) -> str:
-        return f"{s.mean:.4f} ± {s.std:.4f} ({s.n_pairs} pairs)" if s.n_pairs else "n/a"
+        return f"{s.mean:.4f} ± {s.std:.4f} ({plural(s.n_pairs, 'pair')})" if s.n_pairs else "n/a"
 
     bv = result.brain_volume
     whole = result.intensity.comparisons[0]
@@ -113,14 +118,21 @@ def key_figures(result) -> list[tuple[str, str]]:
         ("MMD (Gaussian kernel)", f"{result.mmd.rbf_value:.4g}  (σ = {result.mmd.rbf_sigma:.3g})"),
         (
             "FID (MedicalNet 3-D)",
-            f"{result.fid_3d.value:.2f}" if result.fid_3d.available else f"unavailable: {result.fid_3d.reason}",
+            f"{result.fid_3d.value:.2f}"
+            if result.fid_3d.available
+            else "unavailable: " + result.fid_3d.reason.replace("with --fid-weights", "under FID weights above"),
         ),
         ("MS-SSIM within real", pairs(ms.within_real)),
         ("MS-SSIM within synthetic", pairs(ms.within_synthetic)),
         ("MS-SSIM between real and synthetic", pairs(ms.between)),
         ("MS-SSIM settings", f"window {ms.settings.kernel_size}, {ms.settings.n_scales} scales, seed {ms.seed}"),
-        ("Brain volume, real", f"{bv.real_mean_sd[0]:.0f} ± {bv.real_mean_sd[1]:.0f} mL"),
-        ("Brain volume, synthetic", f"{bv.synthetic_mean_sd[0]:.0f} ± {bv.synthetic_mean_sd[1]:.0f} mL"),
+        # Measured on the model grid, which lies over the MNI box: volumes after the affine
+        # registration to MNI space, not in each subject's native space.
+        ("Brain volume, real", f"{bv.real_mean_sd[0]:.0f} ± {bv.real_mean_sd[1]:.0f} mL (brain mask, in MNI space)"),
+        (
+            "Brain volume, synthetic",
+            f"{bv.synthetic_mean_sd[0]:.0f} ± {bv.synthetic_mean_sd[1]:.0f} mL (brain mask, in MNI space)",
+        ),
         ("Brain volume distance (Wasserstein-1)", f"{bv.wasserstein_ml:.1f} mL"),
         (
             "Intensity histogram distance, whole brain",
@@ -190,6 +202,17 @@ class EvaluationDialog(QDialog):
         train_row = QHBoxLayout()
         train_row.addWidget(self.train_field, 1)
         train_row.addWidget(browse)
+        self.fid_field = QLineEdit()
+        self.fid_field.setPlaceholderText("optional: MedicalNet weights (.pth) for the 3-D FID")
+        self.fid_field.setToolTip(
+            "resnet_10_23dataset.pth or resnet_50_23dataset.pth from https://github.com/Tencent/MedicalNet; "
+            "without it the FID is reported as unavailable"
+        )
+        fid_browse = QPushButton("Choose…")
+        fid_browse.clicked.connect(self._ask_fid)
+        fid_row = QHBoxLayout()
+        fid_row.addWidget(self.fid_field, 1)
+        fid_row.addWidget(fid_browse)
         self.pairs = QSpinBox()
         self.pairs.setRange(1, 10000)
         self.pairs.setValue(50)
@@ -199,6 +222,7 @@ class EvaluationDialog(QDialog):
         self.seed.setToolTip("Seed of the MS-SSIM pair sampling")
         form = QFormLayout()
         form.addRow("Training folder", train_row)
+        form.addRow("FID weights", fid_row)
         form.addRow("MS-SSIM pairs", self.pairs)
         form.addRow("Seed", self.seed)
 
@@ -232,6 +256,13 @@ class EvaluationDialog(QDialog):
         layout.addLayout(buttons)
         self.resize(760, 560)
 
+    def _ask_fid(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "MedicalNet weights for the 3-D FID", "", "PyTorch weights (*.pth *.pt);;All files (*)"
+        )
+        if path:
+            self.fid_field.setText(path)
+
     def _ask_train(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Folder of training scans")
         if folder:
@@ -253,6 +284,7 @@ class EvaluationDialog(QDialog):
                 seed=self.seed.value(),
                 spacing_mm=tuple(float(s) for s in self.spec.grid.spacing_mm),
                 scale=float(self.spec.intensity.scale),
+                fid_weights=Path(self.fid_field.text().strip()) if self.fid_field.text().strip() else None,
             )
         except BrainSynthError as exc:
             self.report_error("Cannot evaluate", str(exc))

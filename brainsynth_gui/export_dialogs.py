@@ -96,9 +96,12 @@ class AnimationDialog(QDialog):
         self._voxel = list(voxel)
         self._grid_shape = tuple(grid_shape)
         self.view = QComboBox()
-        self.view.addItems(VIEW_CHOICES)
+        for choice in VIEW_CHOICES:
+            self.view.addItem("three views side by side" if choice == "all three" else f"{choice} view only", choice)
         self.slice = QSpinBox()
-        self.slice.setToolTip("Slice of a single view (1-based); all three views show the cursor")
+        self.slice.setToolTip(
+            "Slice of a single view (counted from 0, as the view captions); all three views show the cursor"
+        )
         self.kind = QComboBox()
         self.kind.addItem("predicted x_0", "x0")
         self.kind.addItem("x_t (noisy sample)", "x_t")
@@ -113,12 +116,20 @@ class AnimationDialog(QDialog):
         self.hold.setValue(1.0)
         self.hold.setSuffix(" s")
         self.hold.setToolTip("How long the finished volume stays on screen at the end")
+        self.scale = QDoubleSpinBox()
+        self.scale.setRange(0.5, 8.0)
+        self.scale.setSingleStep(0.5)
+        self.scale.setDecimals(1)
+        self.scale.setValue(2.0)
+        self.scale.setSuffix(" pixels per mm")
+        self.scale.setToolTip("Size of the animation: 1 pixel per mm is the MNI template's resolution")
         form = QFormLayout(self)
-        form.addRow("View", self.view)
+        form.addRow("Layout", self.view)
         form.addRow("Slice", self.slice)
         form.addRow("Show", self.kind)
         form.addRow("Frame rate", self.fps)
         form.addRow("Hold last frame", self.hold)
+        form.addRow("Size", self.scale)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
@@ -127,22 +138,24 @@ class AnimationDialog(QDialog):
         self._view_changed(self.view.currentText())
 
     def _view_changed(self, view: str) -> None:
+        view = self.view.currentData() or view
         single = view in PLANES
         self.slice.setEnabled(single)
         if single:
             axis = PLANES[view].normal
-            self.slice.setRange(1, self._grid_shape[axis])
-            self.slice.setValue(self._voxel[axis] + 1)
+            self.slice.setRange(0, self._grid_shape[axis] - 1)
+            self.slice.setValue(self._voxel[axis])
 
     def options(self) -> AnimationOptions:
         voxel = list(self._voxel)
-        view = self.view.currentText()
+        view = self.view.currentData()
         if view in PLANES:
-            voxel[PLANES[view].normal] = self.slice.value() - 1
+            voxel[PLANES[view].normal] = self.slice.value()
         return AnimationOptions(
             view=view,
             voxel=tuple(voxel),
             kind=self.kind.currentData(),
             fps=self.fps.value(),
             hold_seconds=self.hold.value(),
+            mm_per_pixel=1.0 / self.scale.value(),
         )

@@ -13,10 +13,11 @@ message, for tests and for the screenshot mode's exit status.
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QEventLoop, Qt, Signal
+from PySide6.QtCore import QEvent, QEventLoop, QItemSelectionModel, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -26,11 +27,13 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QListWidget,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
     QTabWidget,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -38,7 +41,7 @@ from PySide6.QtWidgets import (
 from brainsynth_gui.about import add_help_menu
 from brainsynth_gui.animation import animation_frames
 from brainsynth_gui.background import BackgroundWorker, RunningWorkers, create_worker
-from brainsynth_gui.checkpoint_info import NO_MODEL_HTML, describe_checkpoint
+from brainsynth_gui.checkpoint_info import NO_MODEL_HTML, describe_checkpoint, summarise_checkpoint
 from brainsynth_gui.display_panel import DisplayPanel
 from brainsynth_gui.error_reporting import ErrorReportingWindow
 from brainsynth_gui.export_dialogs import AnimationDialog, export_nifti
@@ -92,6 +95,9 @@ class MainWindow(ErrorReportingWindow):
         self._model_cache: dict = {}
         self._follow_preview = False
         self._current: SyntheticEntry | None = None
+        self.last_dir: Path | None = None  # where the last file dialog was answered
+        self._exported: set[int] = set()  # numbers of generated volumes written to disk
+        self._shown_scan: Path | None = None  # the real scan on screen
         self._scan_jobs = RunningWorkers()
         self.review_windows: list = []  # open review-mode windows (Study ▸ Review study…)
         self.study_db_path: Path | None = None  # the study database last used (None: the default)
@@ -113,6 +119,19 @@ class MainWindow(ErrorReportingWindow):
         self.model_info = QLabel(NO_MODEL_HTML)
         self.model_info.setWordWrap(True)
         self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # The full metadata folds away, so the lists below show more than a few rows.
+        self.model_details = QLabel()
+        self.model_details.setWordWrap(True)
+        self.model_details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.model_details.hide()
+        self.details_button = QToolButton()
+        self.details_button.setText("Model details")
+        self.details_button.setCheckable(True)
+        self.details_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.details_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.details_button.setAutoRaise(True)
+        self.details_button.hide()
+        self.details_button.toggled.connect(self._toggle_model_details)
         open_model = QPushButton("Open checkpoint…")
         open_model.clicked.connect(self.ask_checkpoint)
         self.checkpoint_progress = QProgressBar()
@@ -127,13 +146,25 @@ class MainWindow(ErrorReportingWindow):
         self.generation_panel = GenerationPanel(available_devices(), auto)
         self.generation_panel.generate_requested.connect(self.start_generation)
         self.generation_panel.cancel_requested.connect(self.cancel_generation)
+        self._list_removers: dict[QListWidget, Callable[[], None]] = {}
         self.volume_list = QListWidget()
         self.volume_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.volume_list.setToolTip("Generated volumes; select several to export them together")
+        self.volume_list.setToolTip(
+            "Generated volumes; select several to export them together (Delete removes, right-click for more)"
+        )
         self.volume_list.currentRowChanged.connect(self._volume_chosen)
         self.scan_list = QListWidget()
-        self.scan_list.setToolTip("Real scans, resampled onto the model grid for comparison")
+        self.scan_list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.scan_list.setToolTip("Real scans, resampled onto the model grid for comparison (Delete removes)")
         self.scan_list.currentRowChanged.connect(self._scan_chosen)
+        for widget, which, remove in (
+            (self.volume_list, "volumes", self.remove_selected_volumes),
+            (self.scan_list, "scans", self.remove_selected_scans),
+        ):
+            widget.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+            widget.customContextMenuRequested.connect(lambda pos, w=which: self._list_menu(w, pos))
+            widget.installEventFilter(self)  # Delete / Backspace remove (see eventFilter)
+            self._list_removers[widget] = remove
         open_scan = QPushButton("Open scan…")
         open_scan.clicked.connect(self.ask_scans)
         open_folder = QPushButton("Open folder…")
@@ -156,6 +187,8 @@ class MainWindow(ErrorReportingWindow):
         panel = QVBoxLayout(side)
         panel.addWidget(_heading("Model"))
         panel.addWidget(self.model_info)
+        panel.addWidget(self.details_button)
+        panel.addWidget(self.model_details)
         panel.addWidget(self.checkpoint_progress)
         panel.addWidget(open_model)
         panel.addWidget(_heading("Generate"))
@@ -174,7 +207,7 @@ class MainWindow(ErrorReportingWindow):
 
         self.readout = QLabel()
         self.statusBar().addPermanentWidget(self.readout)
-        for observable in (self.state.cursor, self.synthetic_layer, self.real_layer):
+        for observable in (self.state.cursor, self.synthetic_layer, self.real_layer, self.state.display):
             observable.subscribe(self._update_readout)
         self.state.trajectory.subscribe(self._show_current)
         self._build_menus()
@@ -207,7 +240,7 @@ class MainWindow(ErrorReportingWindow):
         self._action(file_menu, "Export denoising &animation (GIF/MP4)…", self.ask_export_animation, "Ctrl+Shift+E")
         self._action(file_menu, "Save &PNG of the views…", self.ask_save_png, "Ctrl+Shift+S")
         file_menu.addSeparator()
-        self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self._action(file_menu, "&Quit", self.quit_requested, QKeySequence.StandardKey.Quit)
         file_menu.aboutToShow.connect(self._fill_recent_menus)
 
         generate_menu = bar.addMenu("&Generate")
@@ -269,9 +302,37 @@ class MainWindow(ErrorReportingWindow):
     # -- checkpoint -------------------------------------------------------------------------
 
     def ask_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open checkpoint", "", CHECKPOINT_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, "Open checkpoint", self._start_dir(), CHECKPOINT_FILTER)
         if path:
+            self._remember_dir(path)
             self.open_checkpoint(Path(path))
+
+    def ask_preset(self, path: Path) -> str | None:
+        """The preset a plain MONAI checkpoint was trained with, chosen by the user (None: cancelled or headless)."""
+        from PySide6.QtWidgets import QInputDialog
+
+        from engine.specs import PRESETS
+
+        if self.quiet:
+            return None  # headless: the engine's message says a preset is needed
+        names = list(PRESETS)
+        describe = {
+            name: f"{name} — {' x '.join(map(str, spec.grid.shape))} grid, channels {tuple(spec.unet.channels)}"
+            for name, spec in PRESETS.items()
+        }
+        default = names.index("paper") if "paper" in names else 0
+        choice, ok = QInputDialog.getItem(
+            self,
+            "Which model is this?",
+            f"{path.name} is a plain PyTorch/MONAI state_dict: it holds weights but not which network, grid "
+            "and noise schedule they belong to. Choose the preset it was trained with:",
+            [describe[n] for n in names],
+            default,
+            False,
+        )
+        if not ok:
+            return None
+        return names[[describe[n] for n in names].index(choice)]
 
     def open_checkpoint(self, path: str | Path | None = None, *, wait: bool = False) -> bool:
         """Load ``path`` in the background, or the bundled demo model when None (if installed).
@@ -304,7 +365,17 @@ class MainWindow(ErrorReportingWindow):
             self.report_error("Cannot open checkpoint", "another checkpoint is loading; wait for it to finish")
             return False
         path = Path(path)
-        job = BackgroundWorker(load_checkpoint, path, report_as="progress")
+        preset = None
+        if path.suffix.lower() in TORCH_SUFFIXES:
+            # A plain MONAI state_dict holds weights only: which network it is must be chosen.
+            preset = self.ask_preset(path)
+            if preset is None and not self.quiet:
+                return False
+        job = (
+            BackgroundWorker(load_checkpoint, path, preset=preset, report_as="progress")
+            if preset is not None
+            else BackgroundWorker(load_checkpoint, path, report_as="progress")
+        )
         loaded: list[Checkpoint] = []
         job.yielded.connect(self._checkpoint_progress)
         job.returned.connect(loaded.append)
@@ -337,7 +408,9 @@ class MainWindow(ErrorReportingWindow):
         self.checkpoint = checkpoint
         self._model_cache.clear()
         self.recent.add("checkpoints", path)
-        self.model_info.setText(describe_checkpoint(checkpoint))
+        self.model_info.setText(summarise_checkpoint(checkpoint))
+        self.model_details.setText(describe_checkpoint(checkpoint))
+        self.details_button.show()
         self.generation_panel.set_model(checkpoint.spec)
         self._set_spec(checkpoint.spec)
         self.statusBar().showMessage(f"Loaded {checkpoint.path}", 5000)
@@ -372,14 +445,25 @@ class MainWindow(ErrorReportingWindow):
     # -- real scans -------------------------------------------------------------------------
 
     def ask_scans(self) -> None:
-        paths, _ = QFileDialog.getOpenFileNames(self, "Open real scans", "", SCAN_FILTER)
+        paths, _ = QFileDialog.getOpenFileNames(self, "Open real scans", self._start_dir(), SCAN_FILTER)
         if paths:
+            self._remember_dir(paths[0])
             self.open_scans([Path(p) for p in paths])
 
     def ask_scan_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Open a folder of real scans")
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of real scans", self._start_dir())
         if folder:
+            self._remember_dir(folder, is_dir=True)
             self.open_scans([Path(folder)])
+
+    def _start_dir(self) -> str:
+        """Where file dialogs open: the folder used last (this session), else the home folder."""
+        folder = self.last_dir
+        return str(folder) if folder is not None and folder.is_dir() else str(Path.home())
+
+    def _remember_dir(self, path: str | Path, *, is_dir: bool = False) -> None:
+        path = Path(path)
+        self.last_dir = path if is_dir else path.parent
 
     def open_scans(self, paths: list[str | Path]) -> bool:
         """Add scans (files or folders) to the Real scans list and show the first new one."""
@@ -395,7 +479,7 @@ class MainWindow(ErrorReportingWindow):
             self.scan_list.addItem(path.name)
         self.lists.setTabText(1, f"Real scans ({len(self.scans)})")
         if new:
-            self.scan_list.setCurrentRow(first_new)
+            self.scan_list.setCurrentRow(first_new, QItemSelectionModel.SelectionFlag.ClearAndSelect)
         return True
 
     def open_demo_scans(self) -> bool:
@@ -408,12 +492,12 @@ class MainWindow(ErrorReportingWindow):
     def _scan_chosen(self, row: int) -> None:
         """Show scan ``row``; preparing it (resampling onto the grid) runs in the background."""
         if row < 0:
-            self.real_layer.set(None)
-            return
+            return  # nothing selected: the scan on screen stays (it is cleared when removed)
         spec = self.spec
+        path = self.scans.paths[row]
         cached = self.scans.cached(row, spec)
         if cached is not None:
-            self._show_scan(row, spec, cached)
+            self._show_scan(path, spec, cached)
             return
         job = create_worker(
             self.scans.prepared,
@@ -421,27 +505,109 @@ class MainWindow(ErrorReportingWindow):
             spec,
             start=False,
             connect={
-                "returned": lambda prepared: self._show_scan(row, spec, prepared),
-                "errored": lambda message: self._scan_failed(row, message),
+                "returned": lambda prepared: self._show_scan(path, spec, prepared),
+                "errored": lambda message: self._scan_failed(path, message),
             },
         )
-        self.statusBar().showMessage(f"Preparing {self.scans.paths[row].name} on the model grid…")
+        self.statusBar().showMessage(f"Preparing {path.name} on the model grid…")
         self._scan_jobs.start(job)
 
-    def _show_scan(self, row: int, spec: ModelSpec, prepared) -> None:
-        if row != self.scan_list.currentRow() or spec is not self.spec:
+    def _toggle_model_details(self, shown: bool) -> None:
+        self.model_details.setVisible(shown)
+        self.details_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
+    def _current_scan(self) -> Path | None:
+        row = self.scan_list.currentRow()
+        return self.scans.paths[row] if 0 <= row < len(self.scans) else None
+
+    def _show_scan(self, path: Path, spec: ModelSpec, prepared) -> None:
+        if path != self._current_scan() or spec is not self.spec:
             return  # the user moved on while it was being prepared
-        self.real_layer.set(prepared.data, self.scans.paths[row].name)
+        self._shown_scan = path
+        self.real_layer.set(prepared.data, path.name)
         self.statusBar().showMessage("; ".join(prepared.warnings), 10000)
 
-    def _scan_failed(self, row: int, message: str) -> None:
-        item = self.scan_list.item(row)
-        if item is not None and not item.text().startswith("⚠"):
-            item.setText(f"⚠ {item.text()}")
-            item.setToolTip(message)
-        if row == self.scan_list.currentRow():
-            self.real_layer.set(None)
+    def _scan_failed(self, failed: Path, message: str) -> None:
+        """A scan cannot be shown: say so once, and keep it nowhere (list, display, Evaluate, studies).
+
+        The scan on screen before stays there: a failed open never replaces it.
+        """
+        if failed not in self.scans.paths:
+            return
+        self._remove_scan_rows([self.scans.paths.index(failed)])
         self.report_error("Cannot show scan", message)
+        self.statusBar().showMessage(f"{failed.name} was not added: {message}", 15000)
+
+    def _remove_scan_rows(self, rows: list[int]) -> None:
+        """Take scans out of the session; the display moves to the scan shown before, if it is still there."""
+        keep_shown = self._shown_scan
+        for row in sorted(set(rows), reverse=True):
+            if 0 <= row < len(self.scans):
+                if self.scans.paths[row] == keep_shown:
+                    keep_shown = None
+                self.scans.remove(row)
+        self.scan_list.blockSignals(True)
+        self.scan_list.clear()
+        for path in self.scans.paths:
+            self.scan_list.addItem(path.name)
+        target = self.scans.paths.index(keep_shown) if keep_shown in self.scans.paths else -1
+        self.scan_list.setCurrentRow(target, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+        self.scan_list.blockSignals(False)
+        if target < 0:
+            self._shown_scan = None
+            self.real_layer.set(None)
+        self.lists.setTabText(1, f"Real scans ({len(self.scans)})")
+
+    def remove_selected_scans(self) -> None:
+        """Remove the selected real scans from the session (Delete, or the list's context menu)."""
+        rows = sorted({i.row() for i in self.scan_list.selectedIndexes()} or {self.scan_list.currentRow()} - {-1})
+        if rows:
+            self._remove_scan_rows(rows)
+
+    def remove_selected_volumes(self) -> None:
+        """Remove the selected generated volumes from the session (Delete, or the list's context menu)."""
+        if self.worker is not None:
+            self.statusBar().showMessage("Volumes can be removed once the generation has finished", 8000)
+            return
+        rows = sorted({i.row() for i in self.volume_list.selectedIndexes()} or {self.volume_list.currentRow()} - {-1})
+        if not rows:
+            return
+        for row in reversed(rows):
+            if 0 <= row < len(self.library):
+                entry = self.library.entries.pop(row)
+                self._exported.discard(entry.number)
+                self.volume_list.takeItem(row)
+        self.lists.setTabText(0, f"Generated volumes ({len(self.library)})")
+        if self._current is not None and self._current not in self.library.entries:
+            self._current = None
+            self.state.trajectory.clear()
+        self._volume_chosen(self.volume_list.currentRow())
+
+    def eventFilter(self, watched, event) -> bool:
+        if (
+            event.type() == QEvent.Type.KeyPress
+            and event.key() in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace)
+            and watched in self._list_removers
+        ):
+            self._list_removers[watched]()
+            return True
+        return super().eventFilter(watched, event)
+
+    def _list_menu(self, which: str, pos) -> None:
+        widget = self.volume_list if which == "volumes" else self.scan_list
+        menu = QMenu(widget)
+        if which == "volumes":
+            menu.addAction("Export selected as NIfTI…", self.ask_export_nifti)
+            menu.addAction("Remove from the session", self.remove_selected_volumes)
+        else:
+            menu.addAction("Open scan…", self.ask_scans)
+            menu.addAction("Remove from the session", self.remove_selected_scans)
+        menu.exec(widget.viewport().mapToGlobal(pos))
+
+    @property
+    def unexported(self) -> list[SyntheticEntry]:
+        """Generated volumes that were never written to disk."""
+        return [e for e in self.library.entries if e.number not in self._exported]
 
     @property
     def busy(self) -> bool:
@@ -482,6 +648,7 @@ class MainWindow(ErrorReportingWindow):
         self._last_report: ProgressReport | None = None
         self._generation_spec = self.checkpoint.spec
         self.generation_panel.set_running(True)
+        self.timeline.set_recording(request.trajectory_frames > 0)
         # With torch, MONAI and Qt loaded the heap holds ~400,000 objects, and a full cyclic
         # garbage collection (which the worker's allocations trigger now and then) freezes every
         # thread for 100-400 ms on a slow CPU. Freezing moves what exists now out of the
@@ -520,6 +687,7 @@ class MainWindow(ErrorReportingWindow):
             worker.wait()
             worker.deleteLater()
         self.generation_panel.set_running(False)
+        self.timeline.set_recording(False)
         self._update_generate_enabled()
         new = self.volume_list.count() - self._first_new_row
         self.generation_panel.show_message(
@@ -541,8 +709,8 @@ class MainWindow(ErrorReportingWindow):
         self._current = entry
         trajectory = entry.volume.trajectory if entry is not None else None
         if trajectory is not None:
-            steps = entry.volume.settings.steps
-            self.state.trajectory.set_frames(trajectory.steps, trajectory.timesteps, total_steps=steps)
+            steps, timesteps = entry.timeline()
+            self.state.trajectory.set_frames(steps, timesteps, total_steps=entry.volume.settings.steps)
         else:
             self.state.trajectory.clear()
         self._show_current()
@@ -576,8 +744,13 @@ class MainWindow(ErrorReportingWindow):
         if not len(self.library):
             self.report_error("Nothing to export", "generate a volume first")
             return
-        folder = QFileDialog.getExistingDirectory(self, "Export NIfTI volumes into")
+        # A non-native dialog offers "Create folder" on every platform; export_batch creates a
+        # typed folder that does not exist yet.
+        folder = QFileDialog.getExistingDirectory(
+            self, "Export NIfTI volumes into", self._start_dir(), QFileDialog.Option.ShowDirsOnly
+        )
         if folder:
+            self._remember_dir(folder, is_dir=True)
             self.export_nifti(Path(folder))
 
     def export_nifti(self, out_dir: Path, *, overwrite: bool | None = None) -> list[Path]:
@@ -611,6 +784,7 @@ class MainWindow(ErrorReportingWindow):
         except BrainSynthError as exc:
             self.report_error("Export failed", str(exc))
             return []
+        self._exported.update(e.number for e in entries)
         self.statusBar().showMessage(f"Exported {len(written)} volume(s) to {out_dir}", 8000)
         return written
 
@@ -631,9 +805,10 @@ class MainWindow(ErrorReportingWindow):
         )
         if dialog.exec() != AnimationDialog.DialogCode.Accepted:
             return
-        name = f"denoising_seed{entry.volume.seed}.gif"
+        name = str(Path(self._start_dir()) / f"denoising_seed{entry.volume.seed}.gif")
         path, _ = QFileDialog.getSaveFileName(self, "Save animation", name, "GIF (*.gif);;MP4 video (*.mp4)")
         if path:
+            self._remember_dir(path)
             self.export_animation(Path(path), dialog.options(), overwrite=True)
 
     def export_animation(self, path: Path, options=None, *, overwrite: bool = False) -> Path | None:
@@ -676,8 +851,10 @@ class MainWindow(ErrorReportingWindow):
         return written
 
     def ask_save_png(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save the views as PNG", "brainsynth_views.png", "PNG (*.png)")
+        name = str(Path(self._start_dir()) / "brainsynth_views.png")
+        path, _ = QFileDialog.getSaveFileName(self, "Save the views as PNG", name, "PNG (*.png)")
         if path:
+            self._remember_dir(path)
             self.save_views_png(Path(path if path.lower().endswith(".png") else path + ".png"))
 
     def save_views_png(self, path: Path, *, whole_window: bool = False) -> bool:
@@ -731,9 +908,20 @@ class MainWindow(ErrorReportingWindow):
         window = ReviewWindow(db, session, owns_db=owns_db, quiet=self.quiet)
         window.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose, False)
         self.review_windows.append(window)
-        window.show()
+        # Full screen, and this window out of sight: its file names, lists and real-scan row
+        # could give cases away. It comes back when the reader closes review mode.
+        window.closed.connect(lambda: self._review_closed(window))
+        window.showFullScreen()
+        self.hide()
         window.start()
+        window.take_focus()
         return window
+
+    def _review_closed(self, closed) -> None:
+        if not any(w.isVisible() for w in self.review_windows if w is not closed):
+            self.show()
+            self.raise_()
+            self.activateWindow()
 
     def ask_results(self) -> None:
         from brainsynth_gui.study_dialogs import StudyChoiceDialog
@@ -749,7 +937,19 @@ class MainWindow(ErrorReportingWindow):
             path = db.path
             db.close()
             self.study_db_path = path
-            self.open_results(path, study)
+            if self.unlock_results(path, study):
+                self.open_results(path, study)
+
+    def unlock_results(self, db_path: Path, study: str) -> bool:
+        """The organiser's step before results (they show the truth): the study's passphrase, set or entered."""
+        from brainsynth_gui.study_dialogs import OrganiserPassphraseDialog
+
+        try:
+            dialog = OrganiserPassphraseDialog(self, db_path=Path(db_path), study=study)
+        except BrainSynthError as exc:
+            self.report_error("Cannot open the study", str(exc))
+            return False
+        return dialog.exec() == OrganiserPassphraseDialog.DialogCode.Accepted
 
     def open_results(self, db_path: Path, study: str):
         """Show the results view of ``study`` (computed in the background); returns the dialog."""
@@ -840,7 +1040,35 @@ class MainWindow(ErrorReportingWindow):
         if scans:
             self.open_scans(scans)
 
+    def confirm_quit(self) -> bool:
+        """Ask before quitting with generated volumes that were never exported; True to quit."""
+        left = self.unexported
+        if not left or self.quiet:
+            return True
+        answer = QMessageBox.question(
+            self,
+            "Quit BrainSynth?",
+            f"{len(left)} generated volume{'s have' if len(left) != 1 else ' has'} not been exported and will be "
+            "lost.\n\nQuit anyway? (File ▸ Export selected volumes as NIfTI… keeps them.)",
+            QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Cancel,
+        )
+        return answer == QMessageBox.StandardButton.Discard
+
+    def quit_requested(self) -> bool:
+        """File ▸ Quit: ask about unexported volumes, then close; True when the window closed."""
+        if not self.confirm_quit():
+            return False
+        self._quit_confirmed = True
+        return self.close()
+
     def closeEvent(self, event) -> None:
+        # The user closing the window (the title bar's close, a system quit) is asked too; a
+        # close() from code (tests, the session ending) is not.
+        asked = getattr(self, "_quit_confirmed", False)
+        if event.spontaneous() and not asked and not self.confirm_quit():
+            event.ignore()
+            return
         if self.worker is not None:
             self.worker.cancel()
             self.worker.wait()

@@ -13,13 +13,16 @@ Rules it keeps (the review window's docstring tells them from the reader's side)
   study again resumes at the first unanswered case (:meth:`ReaderSession.next_case`).
 * Next is refused while a required question is unanswered.
 * Skip moves the case behind all others; it is refused while an earlier answer is being changed.
-* A case's clock (:meth:`ReaderSession.open_case`) starts when it is on screen, not while it loads.
+* A case's clock (:class:`CaseClock`) starts when it is on screen, not while it loads, and
+  stands still while the flow is paused (the review window hidden or closed, the app in the
+  background); the time saved with an answer or a skip is the clock's.
 * While the reader rates, the case that comes next is loaded ahead; at most two are kept.
 * Back revisits earlier answers, only when the study allows changing them.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from brainsynth_gui.rating_state import RatingState
@@ -30,6 +33,44 @@ from engine.study import DisplayCase, ReaderSession
 
 def _ignore(*_args) -> None:
     return None
+
+
+class CaseClock:
+    """Time on one case that runs only while the reader can see it.
+
+    Args:
+        now: the time source in seconds (monotonic); tests pass their own.
+    """
+
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
+        self._now = now
+        self._spent = 0.0
+        self._since: float | None = None  # when the running stretch began; None while paused
+        self.paused = False
+
+    def restart(self) -> None:
+        """Start from 0 for a new case (running unless paused)."""
+        self._spent = 0.0
+        self._since = None if self.paused else self._now()
+
+    def pause(self) -> None:
+        """Stop the clock (the window is hidden or the app is in the background)."""
+        if self._since is not None:
+            self._spent += self._now() - self._since
+            self._since = None
+        self.paused = True
+
+    def resume(self) -> None:
+        """Run again after :meth:`pause`."""
+        if self.paused:
+            self.paused = False
+            self._since = self._now()
+
+    @property
+    def seconds(self) -> float:
+        """Seconds counted so far on this case."""
+        running = self._now() - self._since if self._since is not None else 0.0
+        return max(0.0, self._spent + running)
 
 
 class ReviewFlow(Observable):
@@ -43,6 +84,7 @@ class ReviewFlow(Observable):
         shown: called with the :class:`engine.study.DisplayCase` once it is on screen and its clock runs.
         finished: called when every case is answered.
         error: called as ``error(title, message)`` when the session refuses something.
+        clock: the case clock (a fresh :class:`CaseClock` by default).
     """
 
     def __init__(
@@ -54,10 +96,12 @@ class ReviewFlow(Observable):
         shown: Callable[[DisplayCase], None] = _ignore,
         finished: Callable[[], None] = _ignore,
         error: Callable[[str, str], None] = _ignore,
+        clock: CaseClock | None = None,
     ) -> None:
         super().__init__()
         self.session = session
         self.rating = rating
+        self.clock = CaseClock() if clock is None else clock
         self._load, self._shown, self._finished_hook, self._error = load, shown, finished, error
         self.total = session.study.n_cases
         self.current: int | None = None  # case on screen (its clock runs)
@@ -145,7 +189,7 @@ class ReviewFlow(Observable):
         values = self.rating.values
         if self.revisiting is None or values != self._saved_values:
             try:
-                self.session.answer(number, values)
+                self.session.answer(number, values, seconds=self.clock.seconds)
             except BrainSynthError as exc:
                 self._error("Answer not saved", str(exc))
                 return False
@@ -163,7 +207,7 @@ class ReviewFlow(Observable):
         if number is None or self.revisiting is not None:
             return False
         try:
-            self.session.skip(number)
+            self.session.skip(number, seconds=self.clock.seconds if self.current is not None else 0.0)
         except BrainSynthError as exc:
             self._error("Cannot skip", str(exc))
             return False
@@ -179,6 +223,24 @@ class ReviewFlow(Observable):
             return False
         self._revisit(index)
         return True
+
+    def pause(self) -> None:
+        """The reader cannot see the case (window hidden or closed, app in the background): stop its clock."""
+        self.clock.pause()
+
+    def resume(self) -> None:
+        """The case is visible again: its clock runs on."""
+        self.clock.resume()
+
+    @property
+    def has_unsaved_answers(self) -> bool:
+        """A case is on screen with answers given but not saved (Next not taken, or a change not saved)."""
+        if self.current is None:
+            return False
+        values = {k: v for k, v in self.rating.values.items() if v not in (None, "")}
+        if self.revisiting is not None:
+            return self.rating.values != self._saved_values
+        return bool(values)
 
     # -- loading (the front end's answers to ``load``) -------------------------------------------
 
@@ -234,6 +296,7 @@ class ReviewFlow(Observable):
             self._error("Cannot open case", str(exc))
             return
         self.current = number
+        self.clock.restart()
         self._saved_values = dict(saved.values) if saved is not None else None
         self.rating.reset(self._saved_values)
         self._cache = {number: case, **{k: v for k, v in self._cache.items() if k != number}}

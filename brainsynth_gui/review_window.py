@@ -22,8 +22,13 @@ Flow:
 * Next (Enter) is blocked until every required question is answered.
 * Skip for later (S) moves the case behind all others (the engine's queue); it comes back
   at the end.
-* Time per case is the engine's: from :meth:`ReaderSession.open_case`, called when the case
-  is on screen (loading time is not counted), to the answer or skip.
+* Time per case is the flow's :class:`~brainsynth_gui.review_flow.CaseClock`: from the moment
+  the case is on screen (loading time is not counted) to the answer or skip, standing still
+  while this window is hidden, minimised or closed, or the app is in the background.
+* Closing the window mid-case asks first when the case has answers not yet saved (they are
+  dropped: only Next saves).
+* The main window opens review mode full screen and hides itself (its file names and lists
+  could give cases away); it comes back when this window closes.
 * Loading a case runs in the background with a busy indicator; while the reader rates, the
   next case is loaded ahead.
 * Back (B) revisits earlier answers, only when the study allows changing them; the engine
@@ -33,13 +38,17 @@ Flow:
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
+import contextlib
+import sys
+
+from PySide6.QtCore import QEvent, Qt, Signal
+from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
     QGridLayout,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -98,10 +107,12 @@ class ReviewWindow(ErrorReportingWindow):
     Signals:
         case_shown(int): a case is on screen and its clock runs.
         study_finished(): every case is answered; the finished screen is up.
+        closed(): the window has closed (the main window shows itself again).
     """
 
     case_shown = Signal(int)
     study_finished = Signal()
+    closed = Signal()
 
     def __init__(
         self, db: StudyDatabase, session: ReaderSession, *, owns_db: bool = False, quiet: bool = False
@@ -244,6 +255,46 @@ class ReviewWindow(ErrorReportingWindow):
         self.resize(1280, 820)
         self._update_title()
         self._update_controls()
+        self._app_active = True
+        app = QGuiApplication.instance()
+        if app is not None:
+            app.applicationStateChanged.connect(self._application_state_changed)
+
+    # -- the case clock: runs only while the reader can see the case ----------------------------
+
+    def _visible_to_reader(self) -> bool:
+        return self.isVisible() and not self.isMinimized() and self._app_active
+
+    def _update_clock(self) -> None:
+        if self._visible_to_reader():
+            self.flow.resume()
+        else:
+            self.flow.pause()
+
+    def _application_state_changed(self, state: Qt.ApplicationState) -> None:
+        # Another application in front (or the screen locked): the reader is not looking.
+        self._app_active = state == Qt.ApplicationState.ApplicationActive
+        self._update_clock()
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        self._update_clock()
+
+    def hideEvent(self, event) -> None:
+        super().hideEvent(event)
+        self.flow.pause()
+
+    def changeEvent(self, event) -> None:
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.WindowStateChange:
+            self._update_clock()
+
+    def take_focus(self) -> None:
+        """Raise the window and give the keyboard to the rating panel."""
+        self.raise_()
+        self.activateWindow()
+        self.panel.setFocus(Qt.FocusReason.ActiveWindowFocusReason)
+        self.panel.focus_current()
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -406,11 +457,37 @@ class ReviewWindow(ErrorReportingWindow):
         """Block until background loads have finished (closing, tests)."""
         self._jobs.wait()
 
+    def confirm_close(self) -> bool:
+        """Ask before closing a case whose answers are not saved yet; True to close."""
+        if not self.flow.has_unsaved_answers:
+            return True
+        if self.quiet:  # headless: no one to ask
+            print(f"review mode closed: unsaved answers to case {self.flow.current} dropped", file=sys.stderr)
+            return True
+        answer = QMessageBox.question(
+            self,
+            "Leave review mode?",
+            f"Your answers to case {self.flow.current} are not saved yet (only Next saves them) and will be "
+            "dropped. Every case answered before is saved.\n\nClose review mode anyway?",
+            QMessageBox.StandardButton.Close | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Cancel,
+        )
+        return answer == QMessageBox.StandardButton.Close
+
     def closeEvent(self, event) -> None:
+        if not self.confirm_close():
+            event.ignore()
+            return
+        self.flow.pause()
         self.wait_for_loads()
         if self.owns_db:
             self.db.close()
+        app = QGuiApplication.instance()
+        if app is not None:
+            with contextlib.suppress(RuntimeError, TypeError):  # never connected, or already gone
+                app.applicationStateChanged.disconnect(self._application_state_changed)
         super().closeEvent(event)
+        self.closed.emit()
 
 
 def _escape(text: str) -> str:

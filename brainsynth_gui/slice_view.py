@@ -7,7 +7,12 @@ Mouse (as in ITK-SNAP and FSLeyes):
 * right drag: window/level (right = wider window, up = brighter);
 * middle drag (or Shift+left drag): pan (all views).
 
-Keys while the view has focus: Up/Down one slice, Page Up/Page Down five slices.
+Keys while the view has focus (as in FSLeyes and ITK-SNAP): Left/Right and Up/Down move the
+cursor one voxel within the slice, in the direction the arrow points on the screen; Page Up /
+Page Down go one slice up or down (Shift: five). The wheel steps the slices of the view under
+the mouse, whichever view has the keyboard.
+
+Slice captions count from 0, like the voxel readout in the status bar and NIfTI voxel indices.
 
 Scene coordinates are millimetres: x is ``sign * mm`` along the view's horizontal axis (see
 :meth:`brainsynth_gui.rendering.Plane.horizontal_sign`), y is mm along its vertical axis, so
@@ -21,7 +26,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtWidgets import QLabel, QSizePolicy
 
-from brainsynth_gui.rendering import PLANES, colormap_lut, oriented_slice, slice_rect_mm
+from brainsynth_gui.rendering import PLANES, colormap_lut, colourise, oriented_slice, slice_rect_mm
 from brainsynth_gui.state import ImageLayer, ViewerState
 
 CROSSHAIR_COLOUR = (60, 220, 90, 170)
@@ -164,8 +169,14 @@ class SliceView(pg.GraphicsView):
         self.letters["top"].move((w - self.letters["top"].width()) // 2, m)
         self.letters["bottom"].move((w - self.letters["bottom"].width()) // 2, h - self.letters["bottom"].height() - m)
         self.title.move(m, m + self.letters["top"].height() + 2)
-        # Bottom right, as in ITK-SNAP: clear of the centred letters even in narrow views.
-        self.slice_info.move(w - self.slice_info.width() - m, h - self.slice_info.height() - m)
+        # Bottom right, as in ITK-SNAP; in a view too narrow for it to clear the centred bottom
+        # letter it goes one line up, so a letter and the caption never overlap.
+        bottom = self.letters["bottom"]
+        x = w - self.slice_info.width() - m
+        y = h - self.slice_info.height() - m
+        if x < bottom.x() + bottom.width() + m:
+            y = bottom.y() - self.slice_info.height() - 2
+        self.slice_info.move(x, y)
         self.empty_hint.setGeometry(10, h // 2 - 30, w - 20, 60)
 
     # -- state → display ------------------------------------------------------------------
@@ -212,7 +223,14 @@ class SliceView(pg.GraphicsView):
         )
         if show_overlay:
             section = oriented_slice(overlay_data, self.plane, index, radiological=self.radiological)
-            self.overlay.setImage(section, autoLevels=False, levels=levels, lut=lut)
+            layer = self.overlay_layer
+            rgba = np.empty((*section.shape, 4), dtype=np.uint8)
+            rgba[..., :3] = colourise(
+                section, low=levels[0], high=levels[1], colormap=layer.colormap or self.state.display.colormap
+            )
+            # Below the layer's threshold the overlay is transparent (FSLeyes' "clipping range").
+            rgba[..., 3] = 255 if layer.threshold is None else np.where(section >= layer.threshold, 255, 0)
+            self.overlay.setImage(rgba, autoLevels=False, levels=(0, 255))
             self.overlay.setRect(rect)
             self.overlay.setOpacity(self.state.display.overlay_opacity)
         self.overlay.setVisible(show_overlay)
@@ -225,7 +243,7 @@ class SliceView(pg.GraphicsView):
         mm = cursor.mm[self.plane.normal]
         n = cursor.grid.shape[self.plane.normal]
         axis = "xyz"[self.plane.normal]
-        self.slice_info.setText(f"{self.plane.name.capitalize()} {index + 1}/{n} · {axis} {mm:+.1f} mm")
+        self.slice_info.setText(f"{self.plane.name.capitalize()} {index} of 0–{n - 1} · {axis} {mm:+.1f} mm")
         # The row header names the volume; a view only says what is drawn over it.
         overlay_title = ""
         if show_overlay and self.overlay_layer is not None:
@@ -239,8 +257,8 @@ class SliceView(pg.GraphicsView):
         levels = (self.state.window_level.low, self.state.window_level.high)
         if self.image.image is not None:
             self.image.setLevels(levels)
-        if self.overlay.image is not None:
-            self.overlay.setLevels(levels)
+        if self.overlay.isVisible():
+            self.refresh()  # the overlay is coloured here (RGBA), so it is redrawn
 
     def _refresh_range(self) -> None:
         # Every view fits the grid's longest side, so views of equal size share one mm-per-pixel
@@ -278,15 +296,24 @@ class SliceView(pg.GraphicsView):
         delta[self.plane.vertical] = dy
         self.state.zoom.pan_by(delta)
 
+    def move_in_plane(self, right: int, up: int) -> None:
+        """Move the cursor by whole voxels as the screen shows them: ``right`` to the right, ``up`` upwards."""
+        cursor = self.state.cursor
+        if right:
+            cursor.step(self.plane.horizontal, right * self.plane.horizontal_sign(self.radiological))
+        if up:
+            cursor.step(self.plane.vertical, up)
+
     def keyPressEvent(self, ev) -> None:
-        steps = {
-            Qt.Key.Key_Up: 1,
-            Qt.Key.Key_Down: -1,
-            Qt.Key.Key_PageUp: PAGE_STEP,
-            Qt.Key.Key_PageDown: -PAGE_STEP,
-        }
-        if ev.key() in steps:
-            self.step_slice(steps[ev.key()])
+        key = ev.key()
+        fast = PAGE_STEP if ev.modifiers() & Qt.KeyboardModifier.ShiftModifier else 1
+        moves = {Qt.Key.Key_Left: (-1, 0), Qt.Key.Key_Right: (1, 0), Qt.Key.Key_Up: (0, 1), Qt.Key.Key_Down: (0, -1)}
+        if key in moves:
+            right, up = moves[key]
+            self.move_in_plane(right * fast, up * fast)
+            ev.accept()
+        elif key in (Qt.Key.Key_PageUp, Qt.Key.Key_PageDown):
+            self.step_slice(fast if key == Qt.Key.Key_PageUp else -fast)
             ev.accept()
         else:
             super().keyPressEvent(ev)

@@ -348,12 +348,21 @@ class TrajectoryState(Observable):
             self._notify()
 
     def label(self) -> str:
-        """E.g. ``"step 12/50 (t = 779), predicted x0"``; empty without frames."""
+        """E.g. ``"frame 4 of 11 · step 12/50 (t = 779), predicted x0"``; empty without frames.
+
+        Step -1 is the starting noise x_T (``"frame 1 of 11 · starting noise (t = 1000)"``); the
+        last x_t frame is the final sample.
+        """
         if not self.steps:
             return ""
+        frame = f"frame {self._index + 1} of {len(self.steps)}"
+        step, t = self.steps[self._index], self.timesteps[self._index]
+        if step < 0:
+            return f"{frame} · starting noise (t = {t})"
         what = "predicted x0" if self._kind == "x0" else "x_t"
-        step = self.steps[self._index]
-        return f"step {step + 1}/{self.total_steps} (t = {self.timesteps[self._index]}), {what}"
+        if self.at_end and self._kind == "x_t":
+            what = "final sample"
+        return f"{frame} · step {step + 1}/{self.total_steps} (t = {t}), {what}"
 
 
 COMPARE_MODES = ("side-by-side", "overlay", "synthetic only")
@@ -409,11 +418,34 @@ class ImageLayer(Observable):
     "case". ``data`` is None when there is nothing.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, colormap: str | None = None) -> None:
         super().__init__()
         self.name = name
         self._data: np.ndarray | None = None
         self._title = ""
+        self._colormap = colormap
+        self._threshold: float | None = None
+
+    @property
+    def colormap(self) -> str | None:
+        """This layer's own colour map when drawn as an overlay; None for the display's."""
+        return self._colormap
+
+    @property
+    def threshold(self) -> float | None:
+        """As an overlay, voxels below this value (standard units) are transparent; None draws all."""
+        return self._threshold
+
+    def set_colormap(self, name: str | None) -> None:
+        if name != self._colormap:
+            self._colormap = name
+            self._notify()
+
+    def set_threshold(self, value: float | None) -> None:
+        value = None if value is None else float(value)
+        if value != self._threshold:
+            self._threshold = value
+            self._notify()
 
     @property
     def data(self) -> np.ndarray | None:
@@ -473,7 +505,9 @@ class ViewerState:
             zoom=ZoomState(grid),
             trajectory=TrajectoryState(),
             display=DisplayState(),
-            layers={name: ImageLayer(name) for name in names},
+            # The real scan, drawn over the synthetic volume, gets a colour map of its own (FSLeyes
+            # and ITK-SNAP give overlays one), so the two are not grey on grey.
+            layers={name: ImageLayer(name, colormap="hot" if name == "real" else None) for name in names},
         )
 
     def layer(self, name: str) -> ImageLayer:
@@ -487,12 +521,21 @@ class ViewerState:
         self.cursor.set_grid(grid)
         self.zoom.set_grid(grid)
 
+    def visible_layers(self) -> list[ImageLayer]:
+        """The layers on screen: all but the real scan when the compare mode is "synthetic only"."""
+        hidden = {"real"} if self.display.compare == "synthetic only" else set()
+        return [layer for name, layer in self.layers.items() if name not in hidden]
+
     def readout(self) -> str:
-        """Cursor readout: voxel index, MNI mm and the intensity of each layer under it."""
+        """Cursor readout: voxel index (0-based, as the slice captions), MNI mm and the value of each visible layer.
+
+        A layer hidden from the screen (the real scan in "synthetic only") is left out: its
+        value would tell what is hidden.
+        """
         i, j, k = self.cursor.voxel
         x, y, z = self.cursor.mm
         parts = [f"voxel [{i}, {j}, {k}]", f"MNI ({x:+.1f}, {y:+.1f}, {z:+.1f}) mm"]
-        for layer in self.layers.values():
+        for layer in self.visible_layers():
             value = layer.value_at(self.cursor.voxel)
             if value is not None:
                 parts.append(f"{layer.name} {value:.0f}")

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -202,6 +203,7 @@ class StudyRequest:
         session_volumes: volumes generated in this session (with their provenance), exported first.
         export_dir: where the session volumes are exported (they must stay there for the study).
         spec: the model spec of the session volumes.
+        allow_synthetic_in_real: the organiser confirmed real-pool files whose sidecar says synthetic.
     """
 
     name: str
@@ -212,6 +214,7 @@ class StudyRequest:
     session_volumes: list[ExportVolume] = field(default_factory=list)
     export_dir: Path | None = None
     spec: object = None
+    allow_synthetic_in_real: bool = False
 
 
 def safe_folder_name(name: str) -> str:
@@ -252,6 +255,7 @@ def create_study(db_path: Path, request: StudyRequest, progress=None):
                 synthetic=synthetic + exported,
                 readers=request.readers,
                 allow_changes=request.allow_changes,
+                allow_synthetic_in_real=request.allow_synthetic_in_real,
                 progress=progress,
             )
     except BaseException:
@@ -429,6 +433,8 @@ class CreateStudyDialog(QDialog):
         if not request.synthetic and not request.session_volumes:
             self._fail("Add synthetic volumes (files or a folder), or tick the volumes generated in this session")
             return
+        if not self._confirm_pools(request):
+            return
         self.buttons.setEnabled(False)
         self.progress.setRange(0, 0)
         self.progress.show()
@@ -445,6 +451,44 @@ class CreateStudyDialog(QDialog):
                 "finished": self._job_finished,
             },
         )
+
+    def _confirm_pools(self, request: StudyRequest) -> bool:
+        """Ask before using real-pool files that say they are synthetic, and before unbalanced pools."""
+        from engine.study.case_files import pool_balance_warning, synthetic_files
+        from engine.volumes import find_volumes
+
+        try:
+            real = find_volumes(request.real)
+            synthetic = find_volumes(request.synthetic) if request.synthetic else []
+        except BrainSynthError:
+            return True  # create_study reports the empty or unreadable pool by name
+        mislabelled = synthetic_files(real)
+        if mislabelled:
+            names = ", ".join(p.name for p in mislabelled[:3]) + (" …" if len(mislabelled) > 3 else "")
+            answer = QMessageBox.question(
+                self,
+                "Synthetic files in the real pool",
+                f"{len(mislabelled)} file(s) in the real pool have a sidecar saying they are synthetic ({names}).\n\n"
+                "Counted as real, they make the study's truth wrong. Use them as real scans anyway?",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No,
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                self._fail("Move the synthetic files out of the real pool")
+                return False
+            request.allow_synthetic_in_real = True
+        warning = pool_balance_warning(len(real), len(synthetic) + len(request.session_volumes))
+        if warning:
+            answer = QMessageBox.question(
+                self,
+                "Unbalanced pools",
+                warning[0].upper() + warning[1:] + ".\n\nCreate the study anyway?",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No,
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                return False
+        return True
 
     def _show_progress(self, report: tuple[int, int]) -> None:
         done, total = report
@@ -483,3 +527,69 @@ def _escape(text: str) -> str:
     from html import escape
 
     return escape(text)
+
+
+class OrganiserPassphraseDialog(QDialog):
+    """The organiser's step before results and truth-bearing exports of a study.
+
+    A study without a passphrase gets one here (typed twice); a study with one asks for it.
+    The passphrase is checked and stored (hashed) by
+    :meth:`engine.study.StudyDatabase.check_organiser_passphrase` /
+    :meth:`~engine.study.StudyDatabase.set_organiser_passphrase`.
+
+    Args:
+        db_path: the study database.
+        study: the study name.
+    """
+
+    def __init__(self, parent: QWidget | None, *, db_path: Path, study: str) -> None:
+        super().__init__(parent)
+        self.db_path = Path(db_path)
+        self.study = study
+        with StudyDatabase(self.db_path) as db:
+            self.setting = not db.has_organiser_passphrase(study)
+        self.setWindowTitle("Organiser passphrase")
+        self.first = QLineEdit()
+        self.first.setEchoMode(QLineEdit.EchoMode.Password)
+        self.second = QLineEdit()
+        self.second.setEchoMode(QLineEdit.EchoMode.Password)
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        form = QFormLayout()
+        if self.setting:
+            intro = (
+                f"Results of <b>{_escape(study)}</b> show which cases are real. Set an organiser passphrase "
+                "for this study so that readers cannot open them; you will be asked for it from now on."
+            )
+            form.addRow("New passphrase:", self.first)
+            form.addRow("Again:", self.second)
+        else:
+            intro = f"Results of <b>{_escape(study)}</b> are for the study's organiser. Enter the organiser passphrase."
+            form.addRow("Passphrase:", self.first)
+            self.second.hide()
+        top = QLabel(intro)
+        top.setWordWrap(True)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        self.buttons.accepted.connect(self._accept)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(top)
+        layout.addLayout(form)
+        layout.addWidget(self.message)
+        layout.addWidget(self.buttons)
+        self.first.setFocus()
+
+    def _accept(self) -> None:
+        try:
+            with StudyDatabase(self.db_path) as db:
+                if self.setting:
+                    if self.first.text() != self.second.text():
+                        raise StudyError("the two passphrases differ")
+                    db.set_organiser_passphrase(self.study, self.first.text())
+                elif not db.check_organiser_passphrase(self.study, self.first.text()):
+                    raise StudyError("that is not this study's organiser passphrase")
+        except BrainSynthError as exc:
+            self.message.setText(f"<span style='color:#b00000'>{_escape(str(exc))}</span>")
+            self.first.selectAll()
+            return
+        self.accept()

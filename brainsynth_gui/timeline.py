@@ -1,17 +1,53 @@
 """The denoising timeline: a thin widget over :class:`~brainsynth_gui.state.TrajectoryState`.
 
-Scrub with the slider, step with , and . (window shortcuts), play/pause with Space at the
-chosen frame rate, and choose x_t (the noisy sample) or the predicted x_0.
+Scrub with the slider (a click on the groove jumps there), step with , and . (window
+shortcuts), play/pause with Space at the chosen frame rate, and choose x_t (the noisy sample)
+or the predicted x_0. The first frame is the starting noise, the last the final sample.
 """
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QPushButton, QSlider, QWidget
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QStyle,
+    QStyleOptionSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 from brainsynth_gui.state import TrajectoryState
 
 KIND_LABELS = {"x_t": "x_t (noisy sample)", "x0": "predicted x_0"}
+
+
+class JumpSlider(QSlider):
+    """A slider that jumps to where its groove is clicked (not one page towards it)."""
+
+    def mousePressEvent(self, ev) -> None:
+        if ev.button() == Qt.MouseButton.LeftButton and self.maximum() > self.minimum():
+            option = QStyleOptionSlider()
+            self.initStyleOption(option)
+            handle = self.style().subControlRect(
+                QStyle.ComplexControl.CC_Slider, option, QStyle.SubControl.SC_SliderHandle, self
+            )
+            if not handle.contains(ev.position().toPoint()):
+                groove = self.style().subControlRect(
+                    QStyle.ComplexControl.CC_Slider, option, QStyle.SubControl.SC_SliderGroove, self
+                )
+                span = max(groove.width() - handle.width(), 1)
+                x = int(ev.position().x()) - groove.x() - handle.width() // 2
+                self.setValue(
+                    QStyle.sliderValueFromPosition(self.minimum(), self.maximum(), x, span, option.upsideDown)
+                )
+                ev.accept()
+                return
+        super().mousePressEvent(ev)
 
 
 class TimelineBar(QWidget):
@@ -24,14 +60,18 @@ class TimelineBar(QWidget):
     def __init__(self, state: TrajectoryState, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.state = state
-        self.play_button = QPushButton("▶ Play")
+        self.recording = False  # a run is recording frames for the volume to come
+        # Qt's own media icons: the ⏸ glyph is missing from many fonts.
+        self._play_icon = self.style().standardIcon(QStyle.StandardPixmap.SP_MediaPlay)
+        self._pause_icon = self.style().standardIcon(QStyle.StandardPixmap.SP_MediaPause)
+        self.play_button = QPushButton(self._play_icon, "Play")
         self.play_button.setToolTip("Play or pause the denoising (Space)")
         self.play_button.clicked.connect(state.toggle_playing)
-        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider = JumpSlider(Qt.Orientation.Horizontal)
         self.slider.setToolTip("Recorded denoising steps (, and . step through them)")
         self.slider.valueChanged.connect(state.set_index)
         self.label = QLabel()
-        self.label.setMinimumWidth(260)
+        self.slider.setMinimumWidth(160)
         self.kind = QComboBox()
         for kind in TrajectoryState.KINDS:
             self.kind.addItem(KIND_LABELS[kind], kind)
@@ -43,17 +83,30 @@ class TimelineBar(QWidget):
         self.fps.setSuffix(" fps")
         self.fps.setToolTip("Playback speed, frames per second")
         self.fps.valueChanged.connect(state.set_fps)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(6, 2, 6, 2)
-        layout.addWidget(QLabel("Denoising:"))
-        layout.addWidget(self.play_button)
-        layout.addWidget(self.slider, 1)
-        layout.addWidget(self.label)
-        layout.addWidget(self.kind)
-        layout.addWidget(self.fps)
+        # Two rows: the slider keeps its width at 1024 pixels and the frame label is never cut.
+        top = QHBoxLayout()
+        top.setContentsMargins(6, 2, 6, 0)
+        top.addWidget(QLabel("Denoising:"))
+        top.addWidget(self.play_button)
+        top.addWidget(self.slider, 1)
+        bottom = QHBoxLayout()
+        bottom.setContentsMargins(6, 0, 6, 2)
+        bottom.addWidget(self.label, 1)
+        bottom.addWidget(self.kind)
+        bottom.addWidget(self.fps)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addLayout(top)
+        layout.addLayout(bottom)
         self.timer = QTimer(self)
         self.timer.timeout.connect(state.advance)
         state.subscribe(self.refresh)
+        self.refresh()
+
+    def set_recording(self, recording: bool) -> None:
+        """Say whether a run now under way records frames (then an empty timeline is not "none recorded")."""
+        self.recording = bool(recording)
         self.refresh()
 
     def refresh(self) -> None:
@@ -71,10 +124,15 @@ class TimelineBar(QWidget):
         self.fps.blockSignals(True)
         self.fps.setValue(state.fps)
         self.fps.blockSignals(False)
-        self.label.setText(
-            state.label() if frames else "no trajectory recorded (set trajectory frames before generating)"
-        )
-        self.play_button.setText("⏸ Pause" if state.playing else "▶ Play")
+        if frames:
+            text = state.label()
+        elif self.recording:
+            text = "recording the denoising; the frames appear when the volume is done"
+        else:
+            text = "no trajectory recorded (set trajectory frames before generating)"
+        self.label.setText(text)
+        self.play_button.setText("Pause" if state.playing else "Play")
+        self.play_button.setIcon(self._pause_icon if state.playing else self._play_icon)
         self.timer.setInterval(round(1000 / state.fps))
         if state.playing and not self.timer.isActive():
             self.timer.start()

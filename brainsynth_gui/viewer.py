@@ -46,6 +46,10 @@ class OrthoViewer(QWidget):
         layout.addWidget(self.real_label, 2, 0, 1, 3)
         for col, view in enumerate(self.real_views):
             layout.addWidget(view, 3, col)
+        # Equal stretch, so the two rows have the same height again after overlay or
+        # "synthetic only" hid the real row and side-by-side brought it back.
+        layout.setRowStretch(1, 1)
+        layout.setRowStretch(3, 1)
         state.display.subscribe(self._apply_compare_mode)
         self.synthetic.subscribe(self._update_labels)
         self.real.subscribe(self._update_labels)

@@ -63,24 +63,54 @@ class SyntheticEntry:
         return f"#{self.number}, seed {p['seed']} ({p['sampler']}, {p['steps']} steps)"
 
     def standard(self) -> np.ndarray:
-        """The final volume in standard units (clipped to [0, scale] exactly as on export)."""
+        """The final volume in standard units, as exported: clipped to [0, scale], background exactly 0.
+
+        The background rule is :func:`engine.masking.zero_background`, the one every export and
+        every reader-study case passes, so what the viewer shows is what is exported.
+        """
         if self._standard is None:
+            from engine.masking import zero_background
+
             mapped = self.spec.intensity.model_to_standard(np.asarray(self.volume.array, dtype=np.float32))
-            self._standard = np.asarray(mapped, dtype=np.float32)
+            self._standard, _ = zero_background(np.asarray(mapped, dtype=np.float32), scale=self.spec.intensity.scale)
         return self._standard
 
+    @property
+    def has_start(self) -> bool:
+        """Whether the timeline opens on the starting noise (frame 0) before the recorded steps."""
+        trajectory = self.volume.trajectory
+        return trajectory is not None and trajectory.start is not None
+
+    def timeline(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(steps, timesteps) of the timeline's frames: step -1 (timestep T) for the starting noise, then the run's."""
+        trajectory = self.volume.trajectory
+        if trajectory is None:
+            return (), ()
+        if not self.has_start:
+            return tuple(trajectory.steps), tuple(trajectory.timesteps)
+        T = int(self.spec.schedule.num_train_timesteps)
+        return (-1, *trajectory.steps), (T, *trajectory.timesteps)
+
     def frame(self, kind: str, index: int) -> np.ndarray:
-        """Trajectory frame ``index`` of ``kind`` ("x_t" or "x0") in standard units (unclipped)."""
+        """Timeline frame ``index`` of ``kind`` ("x_t" or "x0") in standard units (unclipped).
+
+        With :attr:`has_start`, frame 0 is the starting noise for both kinds (nothing is
+        predicted before the first step) and frame ``i`` is recorded step ``i - 1``.
+        """
         trajectory = self.volume.trajectory
         if trajectory is None:
             raise ValueError("this volume has no recorded trajectory")
+        if self.has_start:
+            if index == 0:
+                return model_to_display(trajectory.start.float().numpy(), self.spec.intensity)
+            index -= 1
         frames = trajectory.x_t_frames if kind == "x_t" else trajectory.x0_frames
         return model_to_display(frames[index].float().numpy(), self.spec.intensity)
 
     def frame_or_final(self, kind: str, index: int) -> np.ndarray:
         """What the synthetic views show: the final volume at the last x_t frame, else the frame."""
         trajectory = self.volume.trajectory
-        if trajectory is None or (kind == "x_t" and index >= len(trajectory) - 1):
+        if trajectory is None or (kind == "x_t" and index >= len(self.timeline()[0]) - 1):
             return self.standard()
         return self.frame(kind, index)
 
@@ -131,6 +161,11 @@ class RealScans:
         found = [p for p in find_volumes(paths) if p not in self.paths]
         self.paths.extend(found)
         return found
+
+    def remove(self, index: int) -> None:
+        """Forget scan ``index`` (and what was prepared from it)."""
+        path = self.paths.pop(index)
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != path}
 
     @staticmethod
     def _key(path: Path, spec: ModelSpec) -> tuple:

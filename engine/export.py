@@ -243,10 +243,13 @@ def export_batch(
     """Write synthetic volumes as NIfTI files with JSON sidecars, all or none.
 
     Each volume becomes ``<prefix>_<number:04d>_seed<seed>.nii.gz`` in standard intensity
-    space (``spec.intensity.model_to_standard``), on the model grid's affine or, with
-    ``resample_to_1mm``, on the 181 x 217 x 181 1 mm MNI box. Beside it ``<same stem>.json``
+    space (``spec.intensity.model_to_standard``) with every voxel outside the brain exactly 0
+    (the one background rule, :mod:`engine.masking`, which every reader-study case passes), on
+    the model grid's affine or, with ``resample_to_1mm``, on the 181 x 217 x 181 1 mm MNI box. Beside it
+    ``<same stem>.json``
     holds the volume's provenance (checkpoint and its SHA-256, weights, sampler, steps, eta,
-    seed, precision, device, software version, time), the model spec, intensity mapping and grid.
+    seed, precision, device, software version, time), the model spec, intensity mapping, grid
+    and the background rule (``"background"``: value, rule, brain voxels on the model grid).
 
     All target paths are checked before anything is written, so a name clash writes nothing.
     Each file is written atomically; if writing fails midway (disk full, a file appearing,
@@ -273,6 +276,7 @@ def export_batch(
             or a file cannot be written.
     """
     from engine.geometry import MNI_BOX_SHAPE, GridGeometry, mni_box_affine
+    from engine.masking import RULE_DESCRIPTION, zero_background
     from engine.preprocessing import resample_grid_to_grid
 
     items = list(volumes)
@@ -310,6 +314,9 @@ def export_batch(
             standard = np.asarray(
                 spec.intensity.model_to_standard(np.asarray(volume.array, dtype=np.float32)), np.float32
             )
+            # Background exactly 0 by the rule every reader-study case passes too (the network's
+            # faint background would otherwise tell a synthetic volume from a real one).
+            standard, brain = zero_background(standard, scale=float(spec.intensity.scale))
             if resample_to_1mm:
                 standard = resample_grid_to_grid(
                     standard, grid, target_affine=out_affine, target_shape=out_shape, order=resample_order
@@ -331,6 +338,7 @@ def export_batch(
                         f"model space [-1, 1] mapped linearly to [0, {spec.intensity.scale:g}]; background 0"
                     ),
                 },
+                "background": {"value": 0.0, "rule": RULE_DESCRIPTION, "brain_voxels": int(brain.sum())},
                 "grid": {
                     "shape": list(out_shape),
                     "affine": np.asarray(out_affine).tolist(),

@@ -427,6 +427,7 @@ def _batches(
         batch_seeds = [seeds[i] for i in batch_indices]
         noise, generators = initial_noise(sample_shape, batch_seeds, device, dtype)
         recorder = TrajectoryRecorder(request.trajectory_frames, steps, downsample=request.trajectory_downsample)
+        recorder.record_start(noise)  # so a timeline opens on the noise the run started from
 
         def want(index: int, recorder: TrajectoryRecorder = recorder) -> bool:
             return recorder.want_frame(index) or is_preview(index)

@@ -94,6 +94,8 @@ class Trajectory:
         x_t_frames: x_t after each kept step, tensor ``(F, D', H', W')`` on the CPU in the
             storage dtype (``(F, C, D', H', W')`` for a multi-channel model).
         x0_frames: predicted x_0 at each kept step, same layout.
+        start: the starting noise x_T the run began from, one frame ``(D', H', W')`` in the same
+            storage (None when not recorded), so a timeline can open on pure noise.
     """
 
     steps: tuple[int, ...]
@@ -101,6 +103,7 @@ class Trajectory:
     downsample: int
     x_t_frames: torch.Tensor = field(repr=False)
     x0_frames: torch.Tensor = field(repr=False)
+    start: torch.Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -116,9 +119,11 @@ class Trajectory:
     @property
     def nbytes(self) -> int:
         """Bytes held by the frames."""
+        start = self.start.numel() * self.start.element_size() if self.start is not None else 0
         return (
             self.x_t_frames.numel() * self.x_t_frames.element_size()
             + self.x0_frames.numel() * self.x0_frames.element_size()
+            + start
         )
 
 
@@ -154,6 +159,12 @@ class TrajectoryRecorder:
         self._timesteps: list[int] = []
         self._x_t: list[torch.Tensor] = []  # each (B, C, D', H', W')
         self._x0: list[torch.Tensor] = []
+        self._start: torch.Tensor | None = None
+
+    def record_start(self, noise: torch.Tensor) -> None:
+        """Keep the starting noise x_T ``(B, C, D, H, W)`` (when any frame is kept at all)."""
+        if self.frame_indices:
+            self._start = self._compact(noise)
 
     def want_frame(self, index: int) -> bool:
         """Predicate for ``denoise(want_frames=...)``: is step ``index`` kept?"""
@@ -189,7 +200,8 @@ class TrajectoryRecorder:
     @property
     def nbytes(self) -> int:
         """Bytes held so far (whole batch)."""
-        return sum(t.numel() * t.element_size() for t in self._x_t + self._x0)
+        start = [self._start] if self._start is not None else []
+        return sum(t.numel() * t.element_size() for t in self._x_t + self._x0 + start)
 
     def trajectories(self) -> list[Trajectory]:
         """One :class:`Trajectory` per sample of the batch (empty list when nothing was kept)."""
@@ -200,8 +212,10 @@ class TrajectoryRecorder:
         out = []
         for k in range(x_t.shape[0]):
             xs, x0s = x_t[k], x0[k]
+            start = self._start[k] if self._start is not None else None
             if xs.shape[1] == 1:  # single-channel T1: drop the channel axis
                 xs, x0s = xs[:, 0], x0s[:, 0]
+                start = start[0] if start is not None else None
             out.append(
                 Trajectory(
                     steps=tuple(self._steps),
@@ -209,6 +223,7 @@ class TrajectoryRecorder:
                     downsample=self.downsample,
                     x_t_frames=xs.clone(),
                     x0_frames=x0s.clone(),
+                    start=start.clone() if start is not None else None,
                 )
             )
         return out

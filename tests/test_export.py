@@ -16,6 +16,7 @@ from engine.errors import CancelledError, ExportError
 from engine.export import ExportVolume, export_batch, save_nifti, save_trajectory_nifti, sha256_file, sidecar_path
 from engine.generation import GenerationRequest
 from engine.geometry import MNI_BOX_SHAPE, mni_box_affine
+from engine.masking import brain_region
 from engine.sampler_registry import SamplerSettings
 from engine.specs import get_preset
 from tests.helpers_volumes import BLOB_MM
@@ -104,6 +105,10 @@ def test_save_nifti_onto_a_folder(tmp_path):
         save_nifti(tmp_path / "x.nii.gz", np.ones((4, 4, 4)), np.eye(4), overwrite=True)
 
 
+def meta_background(path):
+    return json.loads(sidecar_path(path).read_text())["background"]
+
+
 # --- export_batch ------------------------------------------------------------------------------
 
 
@@ -124,7 +129,11 @@ def test_export_batch_files_and_sidecars(tmp_path):
             assert int(code) == 4
             np.testing.assert_allclose(xform, TINY.grid.affine, atol=1e-5)
         expected = (model + 1.0) * TINY.intensity.scale / 2.0
+        # inside the brain the linear mapping; outside exactly 0 (the one background rule)
+        brain = brain_region(expected, scale=TINY.intensity.scale)
+        expected = np.where(brain, expected, 0.0)
         np.testing.assert_allclose(img.get_fdata(dtype=np.float32), expected, rtol=1e-6, atol=1e-4)
+        assert brain.mean() > 0.5 and meta_background(path)["brain_voxels"] == int(brain.sum())
 
         meta = json.loads(sidecar_path(path).read_text())
         assert meta["seed"] == seed and meta["file"] == path.name

@@ -140,7 +140,16 @@ def test_trajectory_timeline():
     traj.advance()
     assert traj.index == 0  # wraps for playback
     traj.set_kind("x0")
-    assert traj.label() == "step 1/10 (t = 999), predicted x0"
+    assert traj.label() == "frame 1 of 3 · step 1/10 (t = 999), predicted x0"
+    traj.set_index(2)
+    assert traj.label() == "frame 3 of 3 · step 10/10 (t = 99), predicted x0"
+    traj.set_kind("x_t")
+    assert traj.label() == "frame 3 of 3 · step 10/10 (t = 99), final sample"
+    traj.set_frames((-1, 0, 9), (1000, 999, 99), total_steps=10)
+    traj.set_index(0)
+    assert traj.label() == "frame 1 of 3 · starting noise (t = 1000)"
+    traj.set_frames((0, 4, 9), (999, 599, 99), total_steps=10)
+    traj.set_kind("x0")
     with pytest.raises(ValueError):
         traj.set_kind("eps")
     traj.set_fps(1000)

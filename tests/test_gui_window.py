@@ -12,7 +12,7 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
+from PySide6.QtCore import QItemSelectionModel, QMimeData, QPoint, QPointF, Qt, QTimer, QUrl
 from PySide6.QtGui import QDropEvent, QWheelEvent
 from PySide6.QtWidgets import QApplication, QMessageBox
 
@@ -120,8 +120,9 @@ def test_click_in_one_view_moves_the_others(window, qtbot):
         coronal = window.viewer.view(row, "coronal")
         sagittal = window.viewer.view(row, "sagittal")
         # The coronal view now shows slice j = 17, the sagittal slice i = 3, crosshairs at the point.
-        assert coronal.slice_info.text().startswith("Coronal 18/24")
-        assert sagittal.slice_info.text().startswith("Sagittal 4/16")
+        # captions count from 0, as the voxel readout does
+        assert coronal.slice_info.text().startswith("Coronal 17 of 0–23")
+        assert sagittal.slice_info.text().startswith("Sagittal 3 of 0–15")
         assert coronal.v_line.value() == pytest.approx(-mm[0])  # radiological: x flipped
         assert coronal.h_line.value() == pytest.approx(mm[2])
         assert sagittal.v_line.value() == pytest.approx(-mm[1])  # anterior on the left
@@ -144,10 +145,27 @@ def test_keyboard_and_wheel_step_slices(window, qtbot):
     axial = window.viewer.view("synthetic", "axial")
     window.state.cursor.set_voxel((8, 12, 8))
     axial.setFocus()
-    qtbot.keyClick(axial, Qt.Key.Key_Up)
+    # Page Up / Page Down go through the slices (Shift: five at a time) ...
+    qtbot.keyClick(axial, Qt.Key.Key_PageUp)
     assert window.state.cursor.voxel[2] == 9
-    qtbot.keyClick(axial, Qt.Key.Key_PageDown)
+    qtbot.keyClick(axial, Qt.Key.Key_PageDown, Qt.KeyboardModifier.ShiftModifier)
     assert window.state.cursor.voxel[2] == 4
+    # ... and the arrows move the cursor within the slice, as the screen shows it
+    qtbot.keyClick(axial, Qt.Key.Key_Up)
+    assert window.state.cursor.voxel == (8, 13, 4)  # anterior is up
+    qtbot.keyClick(axial, Qt.Key.Key_Right)
+    assert window.state.cursor.voxel == (7, 13, 4)  # radiological: the screen's right is the patient's left
+    qtbot.keyClick(axial, Qt.Key.Key_Down)
+    qtbot.keyClick(axial, Qt.Key.Key_Left)
+    assert window.state.cursor.voxel == (8, 12, 4)
+    coronal = window.viewer.view("synthetic", "coronal")
+    coronal.setFocus()
+    qtbot.keyClick(coronal, Qt.Key.Key_Up)  # in the coronal view up is superior
+    assert window.state.cursor.voxel == (8, 12, 5)
+    qtbot.keyClick(coronal, Qt.Key.Key_PageUp)  # and its slices run posterior to anterior
+    assert window.state.cursor.voxel == (8, 13, 5)
+    window.state.cursor.set_voxel((8, 12, 4))
+    axial.setFocus()
     centre = QPointF(axial.viewport().width() / 2, axial.viewport().height() / 2)
     wheel = QWheelEvent(
         centre,
@@ -219,7 +237,24 @@ def test_overlay_mode_and_colormap(window):
     axial = window.viewer.view("synthetic", "axial")
     assert axial.overlay.isVisible() and axial.overlay.opacity() == pytest.approx(0.3)
     assert "phantom" in axial.title.text()
+    # the overlay has its own colour map and threshold (the base stays grey)
+    real = window.state.layer("real")
+    assert window.display_panel.overlay_row.isVisible() and real.colormap == "hot"
+    rgba = axial.overlay.image
+    assert rgba.shape[-1] == 4 and not np.array_equal(rgba[..., 0], rgba[..., 2])  # not grey
+    assert (rgba[..., 3] == 255).all()
+    window.display_panel.overlay_colormap.setCurrentText("viridis")
+    assert real.colormap == "viridis" and display.colormap == "gray"
+    window.display_panel.threshold.setValue(500)
+    assert real.threshold == 500
+    section = oriented_slice(real.data, PLANES["axial"], window.state.cursor.voxel[2], radiological=True)
+    np.testing.assert_array_equal(axial.overlay.image[..., 3] == 255, section >= 500)
+    assert (axial.overlay.image[..., 3] == 0).any()
+    window.display_panel.threshold.setValue(0)
+    assert real.threshold is None
+    window.display_panel.overlay_colormap.setCurrentText("hot")
     window.display_panel.compare.setCurrentText("side-by-side")
+    assert not window.display_panel.overlay_row.isVisible()
     assert not axial.overlay.isVisible() and all(v.isVisible() for v in window.viewer.real_views)
     window.display_panel.colormap.setCurrentText("hot")
     assert display.colormap == "hot"
@@ -231,28 +266,32 @@ def test_scrub_and_play_the_trajectory(window, qtbot):
     window.volume_list.setCurrentRow(1)
     entry = window.library.entries[1]
     traj = window.state.trajectory
-    assert len(traj) == 3 and traj.at_end
+    assert len(traj) == 4 and traj.at_end  # the starting noise and 3 recorded steps
+    assert "frame 4 of 4" in window.timeline.label.text() and "final sample" in window.timeline.label.text()
     window.timeline.slider.setValue(0)
     assert traj.index == 0
     np.testing.assert_allclose(window.state.layer("synthetic").data, entry.frame("x_t", 0))
-    assert "step 1/3" in window.timeline.label.text()
+    assert "frame 1 of 4 · starting noise (t = " in window.timeline.label.text()
+    window.timeline.slider.setValue(1)
+    np.testing.assert_allclose(window.state.layer("synthetic").data, entry.frame("x_t", 1))
+    assert "frame 2 of 4 · step 1/3" in window.timeline.label.text()
     window.timeline.kind.setCurrentIndex(1)  # predicted x_0
-    np.testing.assert_allclose(window.state.layer("synthetic").data, entry.frame("x0", 0))
+    np.testing.assert_allclose(window.state.layer("synthetic").data, entry.frame("x0", 1))
     assert "predicted x0" in window.viewer.synthetic_label.text()
     # Keyboard: "." steps forward (window shortcut).
     window.activateWindow()
     window.viewer.view("synthetic", "axial").setFocus()
     qtbot.keyClick(window.viewer.view("synthetic", "axial"), Qt.Key.Key_Period)
-    assert traj.index == 1
+    assert traj.index == 2
     traj.set_fps(60)
     window.timeline.play_button.click()
     assert traj.playing
     seen = set()
-    qtbot.waitUntil(lambda: seen.add(traj.index) or len(seen) == 3, timeout=5000)
+    qtbot.waitUntil(lambda: seen.add(traj.index) or len(seen) == 4, timeout=5000)
     window.timeline.play_button.click()
     assert not traj.playing
     traj.set_kind("x_t")
-    traj.set_index(2)
+    traj.set_index(3)
     np.testing.assert_array_equal(window.state.layer("synthetic").data, entry.standard())
     window.volume_list.setCurrentRow(0)
 
@@ -289,11 +328,11 @@ def test_gif_export_reads_back(window, tmp_path):
         tmp_path / "denoise.gif", AnimationOptions(view="all three", voxel=(8, 12, 8), fps=4, hold_seconds=0.5)
     )
     frames = iio.imread(path, index=None)
-    assert frames.shape[0] == 3  # 3 recorded steps
+    assert frames.shape[0] == 4  # the starting noise and 3 recorded steps
     from PIL import Image
 
     with Image.open(path) as gif:
-        gif.seek(2)
+        gif.seek(3)
         assert gif.info["duration"] == pytest.approx(250 + 500, abs=10)  # the last frame is held
     assert frames.shape[2] > 500  # three views side by side at 1 mm per pixel
     single = window.export_animation(tmp_path / "axial.gif", AnimationOptions(view="axial", voxel=(8, 12, 3)))
@@ -331,9 +370,66 @@ def test_bad_files_give_dialogs_not_crashes(window, tmp_path, dialogs):
     assert "not a readable safetensors" in messages["Cannot open checkpoint"]
     assert "neither a checkpoint" in messages["Cannot open file"]
     assert "notes.nii.gz" in messages["Cannot show scan"]
-    assert window.scan_list.item(window.scan_list.count() - 1).text().startswith("⚠")
+    # reported once, and kept nowhere: not in the list, not on screen (the scan shown before stays)
+    assert "notes.nii.gz" not in [window.scan_list.item(i).text() for i in range(window.scan_list.count())]
+    assert all(p.name != "notes.nii.gz" for p in window.scans.paths)
     window.scan_list.setCurrentRow(0)
     assert window.state.layer("real").data is not None  # the prepared phantom comes from the cache at once
+
+
+def test_a_failed_open_never_replaces_the_scan_on_screen(window, tmp_path, dialogs):
+    window.scan_list.setCurrentRow(0)
+    wait_until(lambda: not window.busy)
+    shown = window.state.layer("real").data
+    title = window.state.layer("real").title
+    assert shown is not None
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_text("nope")
+    window.open_scans([bad])
+    wait_until(lambda: not window.busy and any(t == "Cannot show scan" for t, _ in dialogs))
+    assert [t for t, _ in dialogs].count("Cannot show scan") == 1  # reported once
+    assert window.state.layer("real").data is shown and window.state.layer("real").title == title
+    assert bad not in window.scans.paths and window.scan_list.currentRow() == 0
+
+
+def test_remove_real_scans_and_generated_volumes(window, tmp_path, qtbot, monkeypatch):
+    from tests.helpers_volumes import write_phantom as write
+
+    extra = write(tmp_path / "extra_scan.nii.gz")
+    window.open_scans([extra])
+    wait_until(lambda: not window.busy and window.state.layer("real").title == "extra_scan.nii.gz")
+    before = len(window.scans)
+    window.lists.setCurrentIndex(1)  # the Real scans tab
+    window.activateWindow()
+    window.scan_list.setFocus()
+    qtbot.keyClick(window.scan_list, Qt.Key.Key_Delete)
+    assert len(window.scans) == before - 1 and extra not in window.scans.paths
+    assert window.state.layer("real").data is None  # the removed scan is not left on screen
+    # generated volumes: the context menu's Remove (the same slot), then the quit prompt
+    count = len(window.library)
+    window.volume_list.setCurrentRow(count - 1)
+    window.volume_list.item(count - 1).setSelected(True)
+    removed = window.library.entries[count - 1]
+    window.remove_selected_volumes()
+    assert len(window.library) == count - 1 and removed not in window.library.entries
+    assert window.volume_list.count() == count - 1
+    assert window.unexported == []  # every volume was exported by the NIfTI export test above
+    assert window.confirm_quit()  # so quitting does not ask
+    window._exported.clear()  # as if they had not been
+    asked = []
+
+    def question(parent, title, text, *args, **kwargs):
+        asked.append(text)
+        return QMessageBox.StandardButton.Cancel
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    window.quiet = False
+    try:
+        assert not window.quit_requested()  # File ▸ Quit, answered Cancel
+    finally:
+        window.quiet = True
+    assert window.isVisible() and "not been exported" in asked[-1]
+    window.lists.setCurrentIndex(0)
 
 
 @pytest.fixture
@@ -544,3 +640,85 @@ def test_a_damaged_checkpoint_loaded_in_the_background_is_one_error_and_keeps_th
     assert win.generation_panel.generate_button.isEnabled() and win.checkpoint_progress.isHidden()
     assert win.recent.get("checkpoints") == [checkpoint_path.resolve()]
     win.close()
+
+
+def test_the_timeline_opens_on_the_starting_noise(window):
+    import torch
+
+    from engine.samplers import initial_noise
+
+    entry = window.library.entries[0]
+    shape = (entry.spec.unet.in_channels, *entry.spec.grid.shape)
+    noise, _ = initial_noise(shape, [entry.volume.seed], "cpu", torch.float32)
+    start = entry.volume.trajectory.start.float().numpy()
+    np.testing.assert_allclose(start, noise[0, 0].numpy(), atol=2e-3)  # float16 storage
+    steps, timesteps = entry.timeline()
+    assert steps[0] == -1 and timesteps[0] == entry.spec.schedule.num_train_timesteps
+    assert steps[1:] == entry.volume.trajectory.steps
+
+
+def test_synthetic_only_never_shows_the_hidden_real_value(window):
+    window.scan_list.setCurrentRow(0, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+    wait_until(lambda: not window.busy and window.state.layer("real").data is not None)
+    window.volume_list.setCurrentRow(0)
+    window.state.cursor.set_voxel((8, 12, 8))
+    window.state.display.set_compare("side-by-side")
+    assert "real " in window.readout.text() and "synthetic " in window.readout.text()
+    window.state.display.set_compare("synthetic only")
+    assert "real" not in window.readout.text() and "synthetic " in window.readout.text()
+    window.state.display.set_compare("side-by-side")
+    assert "real " in window.readout.text()
+
+
+def test_the_wheel_steps_the_view_under_the_mouse_not_the_focused_one(window):
+    axial = window.viewer.view("synthetic", "axial")
+    sagittal = window.viewer.view("synthetic", "sagittal")
+    window.state.cursor.set_voxel((8, 12, 8))
+    axial.setFocus()
+    centre = QPointF(sagittal.viewport().width() / 2, sagittal.viewport().height() / 2)
+    wheel = QWheelEvent(
+        centre,
+        sagittal.viewport().mapToGlobal(centre),
+        QPoint(0, 0),
+        QPoint(0, -120),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(sagittal.viewport(), wheel)
+    assert window.state.cursor.voxel == (7, 12, 8)  # the sagittal slice moved, the axial did not
+
+
+def test_a_click_on_the_timeline_groove_jumps_there(window, qtbot):
+    window.volume_list.setCurrentRow(0)
+    assert len(window.state.trajectory) > 2
+    slider = window.timeline.slider
+    slider.resize(400, slider.sizeHint().height())
+    window.state.trajectory.set_index(0)
+    qtbot.mouseClick(slider, Qt.MouseButton.LeftButton, pos=QPoint(slider.width() - 3, slider.height() // 2))
+    assert window.state.trajectory.index == len(window.state.trajectory) - 1  # not one page step
+    qtbot.mouseClick(slider, Qt.MouseButton.LeftButton, pos=QPoint(3, slider.height() // 2))
+    assert window.state.trajectory.index == 0
+
+
+def test_the_timeline_says_it_is_recording(window):
+    window.state.trajectory.clear()
+    window.timeline.set_recording(True)
+    assert "recording" in window.timeline.label.text() and "no trajectory" not in window.timeline.label.text()
+    window.timeline.set_recording(False)
+    assert "no trajectory recorded" in window.timeline.label.text()
+    assert not window.timeline.play_button.icon().isNull() and "⏸" not in window.timeline.play_button.text()
+    window.volume_list.setCurrentRow(0)
+
+
+def test_rows_have_equal_heights_after_switching_display_modes(window, qtbot):
+    display = window.state.display
+    for mode in ("overlay", "synthetic only", "side-by-side"):
+        display.set_compare(mode)
+        QApplication.processEvents()
+    window.resize(1024, 700)
+    QApplication.processEvents()
+    top = window.viewer.view("synthetic", "axial").height()
+    bottom = window.viewer.view("real", "axial").height()
+    assert abs(top - bottom) <= 2, (top, bottom)

@@ -3,9 +3,11 @@
 So that nothing but image content can tell a real scan from a synthetic one, every case file
 is loaded the same way (:func:`engine.volumes.load_volume`: RAS+, float32, NaNs removed), put
 on the study's grid and into standard intensity space by the same function
-(:func:`engine.preprocessing.prepare_scan`: world-coordinate trilinear resampling with
-anti-aliasing, brain mask, background 0, the brain's 99.5th percentile at 1000, clipped to
-[0, 1000]), and shown in the same fixed window. What a reader gets is a
+(:func:`engine.preprocessing.prepare_scan` for the MNI-space checks and the scale, then
+world-coordinate trilinear resampling with anti-aliasing, the one background rule of
+:mod:`engine.masking` for the brain mask with one surface voxel peeled off, background 0, the
+brain's 99.5th percentile at 1000, clipped to [0, 1000] and rounded to whole numbers),
+and shown in the same fixed window. What a reader gets is a
 :class:`DisplayCase`: an anonymous case number, a read-only array and the window, plus the
 study grid's spacing and affine, which are the same for every case. File names, paths,
 header fields (descrip, cal_min/cal_max, xform codes, data type, scaling), load warnings and
@@ -113,14 +115,32 @@ def display_array(path: str | os.PathLike, settings: DisplaySettings) -> np.ndar
         VolumeError: the file cannot be read or is not in MNI space (the message names the
             file; for the study organiser, never for readers).
     """
-    from engine.preprocessing import prepare_scan
+    from scipy import ndimage
+
+    from engine.masking import zero_background
+    from engine.preprocessing import prepare_scan, resample_to_grid
     from engine.volumes import load_volume
 
     volume = load_volume(Path(path))
-    # prepare_scan uses only .grid and .intensity of its spec, so the settings stand in for a
-    # ModelSpec and reviewing never imports torch.
+    # prepare_scan checks the scan lies in MNI space and gives the factor that puts its brain's
+    # upper percentile at ``scale``; it uses only .grid and .intensity of its spec, so the
+    # settings stand in for a ModelSpec and reviewing never imports torch. Its own mask is not
+    # used: it is chosen by what the background looks like (Otsu for a noisy one, 5 % for a
+    # constant one), which differs between real and synthetic volumes.
     prepared = prepare_scan(volume, settings)  # type: ignore[arg-type]
-    data = np.clip(prepared.data, 0.0, float(settings.intensity.scale)).astype(np.float32, copy=False)
+    scale = float(settings.intensity.scale)
+    resampled = resample_to_grid(volume, settings.grid, order=1) * np.float32(prepared.scale_factor)
+    _, mask = zero_background(np.clip(resampled, 0.0, scale), scale=scale)
+    # The outermost layer is partial volume, where a real scan's resampling halo and the
+    # network's learned edge differ most; peeled off every case alike (on the demo the mean of
+    # that layer told real from synthetic with an AUC of 0.88 before, 0.69 after).
+    peeled = ndimage.binary_erosion(mask)
+    mask = peeled if peeled.any() else (mask if mask.any() else prepared.mask)
+    # Scaled again within the rule's mask, so every case has its upper percentile at ``scale``.
+    data = settings.intensity.scanner_to_standard(resampled, mask)
+    # Whole numbers: real scans often come from integer files and synthetic ones never do, so
+    # a shared quantisation step (invisible at 1/1000 of the window) leaves nothing to tell.
+    data = np.rint(np.clip(data, 0.0, scale)).astype(np.float32, copy=False)
     return np.ascontiguousarray(data)
 
 

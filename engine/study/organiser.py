@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engine.errors import BrainSynthError
-from engine.study.case_files import case_file_problem, case_file_sha256
+from engine.study.case_files import case_file_problem, case_file_sha256, synthetic_files
 from engine.study.case_order import anonymous_numbers, reader_order
 from engine.study.database import DatabaseConnection, now_iso
 from engine.study.display import DisplaySettings, display_array
@@ -57,6 +57,7 @@ class StudyDatabase(DatabaseConnection):
         seed: int | None = None,
         questions: Sequence[Question] = DEFAULT_QUESTIONS,
         validate: bool = True,
+        allow_synthetic_in_real: bool = False,
         progress: ProgressCallback | None = None,
     ) -> StudyInfo:
         """Create a study from pools of real and synthetic volumes.
@@ -78,14 +79,18 @@ class StudyDatabase(DatabaseConnection):
             questions: the rating panel; must contain the 1..5 ``confidence`` question.
             validate: run every file through the display pipeline now (slow for big pools;
                 tests of storage alone switch it off).
+            allow_synthetic_in_real: accept real-pool files whose BrainSynth sidecar says they
+                are synthetic (refused otherwise: a mislabelled pool makes the study's truth wrong).
             progress: called as ``progress(done, total)`` while validating.
 
         Returns:
-            The new study.
+            The new study. Unbalanced pools are allowed; front ends warn with
+            :func:`engine.study.case_files.pool_balance_warning`.
 
         Raises:
             StudyError: a bad name, no readers or duplicate readers, an empty pool, a file in
-                both pools or twice, unusable files (all of them listed), a name that exists.
+                both pools or twice, a real-pool file whose sidecar says it is synthetic, unusable
+                files (all of them listed), a name that exists.
         """
         from engine import __version__
         from engine.volumes import find_volumes
@@ -111,6 +116,13 @@ class StudyDatabase(DatabaseConnection):
             raise StudyError(
                 f"{both[0]} is in both the real and the synthetic pool"
                 + (f" (and {len(both) - 1} more)" if len(both) > 1 else "")
+            )
+        mislabelled = [] if allow_synthetic_in_real else synthetic_files(pools["real"])
+        if mislabelled:
+            raise StudyError(
+                f"{mislabelled[0].name} is in the real pool but its sidecar says it is synthetic"
+                + (f" (and {len(mislabelled) - 1} more)" if len(mislabelled) > 1 else "")
+                + "; move it to the synthetic pool, or allow synthetic files in the real pool on purpose"
             )
         with self.read() as conn:
             if conn.execute("SELECT 1 FROM studies WHERE name = ?", (name,)).fetchone():
@@ -199,6 +211,53 @@ class StudyDatabase(DatabaseConnection):
             if conn.execute("SELECT 1 FROM readers WHERE study_id = ? AND name = ?", (study_id, reader)).fetchone():
                 raise StudyError(f"study {study!r} already has a reader named {reader!r}")
             self._insert_reader(conn, study_id, seed, reader)
+
+    def has_organiser_passphrase(self, study: str) -> bool:
+        """Whether ``study`` has an organiser passphrase (results and truth stay behind it).
+
+        Raises:
+            StudyError: no such study.
+        """
+        from engine.study.passphrase import meta_key
+
+        with self.read() as conn:
+            (study_id,) = self._study_row(conn, study, "id")
+            return conn.execute("SELECT 1 FROM meta WHERE key = ?", (meta_key(study_id),)).fetchone() is not None
+
+    def set_organiser_passphrase(self, study: str, passphrase: str, *, current: str | None = None) -> None:
+        """Set (or change) the organiser passphrase of ``study``; stored as a salted scrypt hash.
+
+        Args:
+            study: the study name.
+            passphrase: the new passphrase (at least 6 characters).
+            current: the passphrase now in force; needed to change an existing one.
+
+        Raises:
+            StudyError: no such study, a passphrase too short, or ``current`` missing or wrong.
+        """
+        from engine.study.passphrase import hash_passphrase, meta_key, verify_passphrase
+
+        record = hash_passphrase(passphrase)
+        with self.transaction() as conn:
+            (study_id,) = self._study_row(conn, study, "id")
+            key = meta_key(study_id)
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is not None and not verify_passphrase(current or "", row[0]):
+                raise StudyError(f"the current organiser passphrase of study {study!r} is needed to change it")
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, record))
+
+    def check_organiser_passphrase(self, study: str, passphrase: str) -> bool:
+        """Whether ``passphrase`` is the organiser passphrase of ``study`` (False when none is set).
+
+        Raises:
+            StudyError: no such study.
+        """
+        from engine.study.passphrase import meta_key, verify_passphrase
+
+        with self.read() as conn:
+            (study_id,) = self._study_row(conn, study, "id")
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (meta_key(study_id),)).fetchone()
+        return row is not None and verify_passphrase(passphrase, row[0])
 
     def _study_row(self, conn: sqlite3.Connection, study: str, columns: str) -> tuple:
         row = conn.execute(f"SELECT {columns} FROM studies WHERE name = ?", (study,)).fetchone()

@@ -304,19 +304,27 @@ class ReaderSession:
             )
         return Answer(int(number), clean, total, answered_at, now, revision)
 
-    def skip(self, number: int) -> None:
+    def skip(self, number: int, *, seconds: float | None = None) -> None:
         """Put an unanswered case at the end of this reader's order ("skip for later"), committed at once.
 
+        Args:
+            number: the case number.
+            seconds: time the reader spent on this visit, if the front end measured it (e.g.
+                excluding time the review window was hidden); None for the time since
+                :meth:`open_case`.
+
         Raises:
-            StudyError: unknown case, or the case is already answered.
+            StudyError: unknown case, the case is already answered, or a bad ``seconds``.
         """
+        if seconds is not None and (not math.isfinite(seconds) or seconds < 0):
+            raise StudyError(f"time spent must be a non-negative number of seconds, got {seconds!r}")
         with self._db.transaction() as conn:
             case_id = self._case_id(conn, number)
             if conn.execute(
                 "SELECT 1 FROM answers WHERE reader_id = ? AND case_id = ?", (self._reader_id, case_id)
             ).fetchone():
                 raise StudyError(f"case {number} is already answered; only unanswered cases can be skipped")
-            self._close_visit(conn, case_id, "skipped", None)
+            self._close_visit(conn, case_id, "skipped", seconds)
             last = conn.execute(
                 "SELECT MAX(queue) FROM reader_cases WHERE reader_id = ?", (self._reader_id,)
             ).fetchone()[0]

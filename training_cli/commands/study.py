@@ -67,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     create.add_argument("--allow-changes", action="store_true", help="let readers change saved answers (all kept)")
     create.add_argument(
+        "--allow-synthetic-in-real",
+        action="store_true",
+        help="accept real-pool files whose sidecar says they are synthetic (refused otherwise)",
+    )
+    create.add_argument(
         "--seed", type=int, metavar="S", help="seed of case numbers and reader orders (default: random)"
     )
 
@@ -139,6 +144,8 @@ def _db(args: argparse.Namespace):
 
 
 def _create(args: argparse.Namespace) -> int:
+    from engine.study.case_files import pool_balance_warning
+
     readers = [r.strip() for r in args.readers.split(",")]
     with _db(args) as db:
 
@@ -155,9 +162,13 @@ def _create(args: argparse.Namespace) -> int:
             preset=args.preset,
             allow_changes=args.allow_changes,
             seed=args.seed,
+            allow_synthetic_in_real=args.allow_synthetic_in_real,
             progress=progress,
         )
         summary = next(s for s in db.list_studies() if s.name == info.name)
+        warning = pool_balance_warning(summary.n_real, summary.n_synthetic)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
         grid = " x ".join(str(n) for n in info.display.grid.shape)
         print(
             f"created study {info.name!r}: {info.n_cases} cases ({summary.n_real} real, {summary.n_synthetic} "
@@ -274,10 +285,38 @@ def _add_reader(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Environment variable holding the organiser passphrase for report and export (scripts, CI).
+PASSPHRASE_ENV = "BRAINSYNTH_ORGANISER_PASSPHRASE"
+
+
+def _organiser_check(db, study: str) -> None:
+    """Report and export reveal the truth: when the study has an organiser passphrase, ask for it.
+
+    Taken from $BRAINSYNTH_ORGANISER_PASSPHRASE, else asked for at the terminal (not echoed).
+    """
+    import getpass
+    import os
+
+    from engine.study import StudyError
+
+    if not db.has_organiser_passphrase(study):
+        return
+    passphrase = os.environ.get(PASSPHRASE_ENV)
+    if passphrase is None:
+        if not sys.stdin.isatty():
+            raise StudyError(
+                f"study {study!r} has an organiser passphrase; set ${PASSPHRASE_ENV} or run this at a terminal"
+            )
+        passphrase = getpass.getpass(f"organiser passphrase of {study!r}: ")
+    if not db.check_organiser_passphrase(study, passphrase):
+        raise StudyError(f"that is not the organiser passphrase of study {study!r}")
+
+
 def _report(args: argparse.Namespace) -> int:
     from engine.study.report import write_report
 
     with _db(args) as db:
+        _organiser_check(db, args.name)
         files = write_report(db, args.name, args.out, overwrite=args.overwrite)
         print(f"wrote {files.markdown}, {files.roc_png.name}, {files.csv.name} and {files.json.name}")
     return 0
@@ -287,6 +326,7 @@ def _export(args: argparse.Namespace) -> int:
     from engine.study.report import export_answers
 
     with _db(args) as db:
+        _organiser_check(db, args.name)
         path = export_answers(db, args.name, args.out, include_sources=args.with_sources, overwrite=args.overwrite)
         print(f"wrote {path}")
     return 0
