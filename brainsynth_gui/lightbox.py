@@ -34,7 +34,7 @@ def lightbox_slices(data: np.ndarray, count: int) -> list[int]:
     # Trim a sliver at each end: the first and last brain slices hold a few voxels only.
     margin = (hi - lo) // (2 * count) if hi - lo >= 2 * count else 0
     picks = np.linspace(lo + margin, hi - margin, count).round().astype(int)
-    return sorted(set(int(k) for k in picks))
+    return sorted({int(k) for k in picks})
 
 
 def mosaic(data: np.ndarray, slices: list[int], *, columns: int, radiological: bool, fill: float) -> np.ndarray:

@@ -88,8 +88,8 @@ class SyntheticEntry:
             return (), ()
         if not self.has_start:
             return tuple(trajectory.steps), tuple(trajectory.timesteps)
-        T = int(self.spec.schedule.num_train_timesteps)
-        return (-1, *trajectory.steps), (T, *trajectory.timesteps)
+        big_t = int(self.spec.schedule.num_train_timesteps)  # the starting noise sits at t = T
+        return (-1, *trajectory.steps), (big_t, *trajectory.timesteps)
 
     def frame(self, kind: str, index: int) -> np.ndarray:
         """Timeline frame ``index`` of ``kind`` ("x_t" or "x0") in standard units (unclipped).

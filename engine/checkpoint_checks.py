@@ -68,7 +68,7 @@ def parse_metadata(text: str, *, source: str) -> dict:
         )
     try:
         header = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except _BadNumber as exc:
+    except _BadNumberError as exc:
         raise CheckpointError(f"{source}: its BrainSynth metadata holds {exc}, which is not a usable number") from None
     except (json.JSONDecodeError, ValueError, RecursionError):
         # ValueError too: an integer of more than 4300 digits is refused by int().
@@ -286,18 +286,18 @@ class _ShapesOnly:
         return self._state
 
 
-class _BadNumber(ValueError):
+class _BadNumberError(ValueError):
     pass
 
 
 def _refuse_constant(name: str):
-    raise _BadNumber(name)
+    raise _BadNumberError(name)
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise _BadNumber(text if len(text) <= 20 else text[:17] + "...")
+        raise _BadNumberError(text if len(text) <= 20 else text[:17] + "...")
     return value
 
 

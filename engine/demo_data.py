@@ -128,19 +128,19 @@ def draw_parameters(seed: int, *, ftd: bool = False) -> SubjectParameters:
     head = rng.normal(1.0, 0.035) * (0.975 if sex == "F" else 1.025)
     young, old = AGE_RANGE
     atrophy = float(np.clip(0.05 + 0.6 * (age - young) / (old - young) + rng.normal(0.0, 0.07), 0.0, 1.0))
-    params = dict(
-        seed=int(seed),
-        scale=tuple(float(head * rng.normal(1.0, 0.015)) for _ in range(3)),
-        rotation_deg=tuple(float(v) for v in rng.normal(0.0, 2.0, 3)),
-        shift_mm=tuple(float(v) for v in rng.normal(0.0, 1.5, 3)),
-        deformation_mm=float(rng.uniform(1.5, 4.0)),
-        atrophy=atrophy,
-        bias_strength=float(rng.uniform(0.03, 0.12)),
-        noise_fraction=float(rng.uniform(0.01, 0.03)),
-        gain=float(rng.uniform(600.0, 1400.0)),
-        age=age,
-        sex=sex,
-    )
+    params = {
+        "seed": int(seed),
+        "scale": tuple(float(head * rng.normal(1.0, 0.015)) for _ in range(3)),
+        "rotation_deg": tuple(float(v) for v in rng.normal(0.0, 2.0, 3)),
+        "shift_mm": tuple(float(v) for v in rng.normal(0.0, 1.5, 3)),
+        "deformation_mm": float(rng.uniform(1.5, 4.0)),
+        "atrophy": atrophy,
+        "bias_strength": float(rng.uniform(0.03, 0.12)),
+        "noise_fraction": float(rng.uniform(0.01, 0.03)),
+        "gain": float(rng.uniform(600.0, 1400.0)),
+        "age": age,
+        "sex": sex,
+    }
     severity, laterality = float(rng.uniform(0.5, 1.0)), float(rng.uniform(-0.5, 0.5))
     if ftd:
         params.update(group="ftd", ftd_severity=severity, ftd_laterality=laterality)

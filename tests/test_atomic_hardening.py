@@ -57,8 +57,10 @@ def test_the_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
 
 def test_temporary_files_are_recognisable_and_keep_the_suffix(tmp_path):
     tmp = temporary_path(tmp_path / "sub-01.nii.gz")
-    assert tmp.parent == tmp_path and tmp.name.startswith(".sub-01" + TEMP_MARKER)
-    assert tmp.name.endswith(".nii.gz") and str(os.getpid()) in tmp.name
+    assert tmp.parent == tmp_path
+    assert tmp.name.startswith(".sub-01" + TEMP_MARKER)
+    assert tmp.name.endswith(".nii.gz")
+    assert str(os.getpid()) in tmp.name
 
 
 def test_orphaned_temporaries_of_dead_processes_are_removed(tmp_path):
@@ -114,12 +116,14 @@ def test_a_group_appears_together(tmp_path):
         group.path(image).write_bytes(b"image")
         assert not image.exists()
         group.path(sidecar).write_text("{}")
-        assert not image.exists() and not sidecar.exists()
-    assert image.read_bytes() == b"image" and sidecar.read_text() == "{}"
+        assert not image.exists()
+        assert not sidecar.exists()
+    assert image.read_bytes() == b"image"
+    assert sidecar.read_text() == "{}"
 
 
 def test_a_failing_group_leaves_nothing(tmp_path):
-    with pytest.raises(RuntimeError), atomic_group() as group:
+    with pytest.raises(RuntimeError), atomic_group() as group:  # noqa: PT012 - the failure is raised inside the write
         group.path(tmp_path / "a.nii").write_bytes(b"image")
         raise RuntimeError("the sidecar could not be made")
     assert list(tmp_path.iterdir()) == []
@@ -136,7 +140,7 @@ def test_a_rename_failing_midway_takes_back_the_first_file(tmp_path, monkeypatch
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", second_fails)
-    with pytest.raises(WriteError, match=r"cannot write .*a\.json: the disk is full"), atomic_group() as group:
+    with pytest.raises(WriteError, match=r"cannot write .*a\.json: the disk is full"), atomic_group() as group:  # noqa: PT012 - the failure is raised inside the write
         group.path(tmp_path / "a.nii").write_bytes(b"image")
         group.path(tmp_path / "a.json").write_text("{}")
     assert list(tmp_path.iterdir()) == []
@@ -214,7 +218,8 @@ def test_sample_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, tiny_c
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     err = result.stderr.strip().splitlines()[-1]  # after the progress lines
-    assert err.startswith("brainsynth-cli sample: error: cannot write") and "synthetic_0000" in err, err
+    assert err.startswith("brainsynth-cli sample: error: cannot write"), err
+    assert "synthetic_0000" in err, err
     assert not out.exists() or [p.name for p in out.iterdir()] == []
 
 
@@ -275,10 +280,12 @@ def test_the_cache_writes_array_and_metadata_together(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", json_only)
     with pytest.raises(WriteError, match="the disk is full"):
         cache.prepare(DataItem(path=scan))
-    assert [p for p in cache.root.iterdir()] == []
+    assert list(cache.root.iterdir()) == []
     monkeypatch.undo()
     item = cache.prepare(DataItem(path=scan))
-    assert item.ok and item.array_path.exists() and item.array_path.with_suffix(".json").exists()
+    assert item.ok
+    assert item.array_path.exists()
+    assert item.array_path.with_suffix(".json").exists()
 
 
 def test_orphans_are_removed_when_a_cache_is_opened(tmp_path):

@@ -18,7 +18,8 @@ def test_bundled_checkpoint_generates_a_finite_volume_on_the_demo_grid():
     assert path is not None, "resources/demo_model.safetensors is missing"
     assert path.stat().st_size < 25 * 2**20
     ckpt = load_checkpoint(path)
-    assert ckpt.spec.name == "demo" and ckpt.has_ema
+    assert ckpt.spec.name == "demo"
+    assert ckpt.has_ema
     assert ckpt.spec == PRESETS["demo"], "the bundled model is the current demo preset (network, schedule, grid)"
     assert ckpt.provenance.get("training"), "the demo model records how it was trained"
     model = ckpt.build_model()
@@ -39,7 +40,8 @@ def test_bundled_demo_scans_lie_on_the_demo_grid():
         volume = load_volume(path)
         assert volume.shape == spec.grid.shape
         np.testing.assert_allclose(volume.affine, spec.grid.affine, atol=1e-4)
-        assert volume.data.min() >= 0 and volume.data.max() <= spec.intensity.scale
+        assert volume.data.min() >= 0
+        assert volume.data.max() <= spec.intensity.scale
 
 
 def test_bundled_model_with_its_own_sampler_makes_a_brain_like_the_demo_scans():

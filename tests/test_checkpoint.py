@@ -21,7 +21,8 @@ def test_round_trip_keeps_weights_ema_spec_and_provenance(tiny_checkpoint, tiny_
     for key, value in tiny_weights.items():
         assert torch.equal(ckpt.weights[key], value)
     assert ckpt.provenance["source"] == "test"
-    assert "created" in ckpt.provenance and "software_version" in ckpt.provenance
+    assert "created" in ckpt.provenance
+    assert "software_version" in ckpt.provenance
     meta = read_metadata(tiny_checkpoint)
     assert meta["spec"]["grid"]["affine"] == tiny_spec.grid.affine.tolist()
 
@@ -96,7 +97,8 @@ def test_wrong_architecture_names_keys_and_shapes(tmp_path, tiny_weights):
         load_checkpoint(path, preset="demo")
     message = str(info.value)
     assert "does not fit preset 'demo'" in message
-    assert "wrong shapes" in message and "conv_in.conv.weight" in message
+    assert "wrong shapes" in message
+    assert "conv_in.conv.weight" in message
     assert "It fits preset 'tiny'" in message
 
 
@@ -155,14 +157,18 @@ def test_preset_that_disagrees_with_checkpoint(tiny_checkpoint):
 def test_cli_info(tiny_checkpoint, capsys):
     assert cli(["info", str(tiny_checkpoint)]) == 0
     out = capsys.readouterr().out
-    assert "tiny" in out and "16 x 24 x 16" in out and "EMA weights: yes" in out
+    assert "tiny" in out
+    assert "16 x 24 x 16" in out
+    assert "EMA weights: yes" in out
     assert "dpmpp-2m, 25 steps by default (the engine's; the model names none)" in out
 
 
 def test_cli_info_error_is_one_line(tmp_path, capsys):
     assert cli(["info", str(tmp_path / "nope.safetensors")]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "does not exist" in err and "Traceback" not in err
+    assert err.count("\n") == 0
+    assert "does not exist" in err
+    assert "Traceback" not in err
 
 
 def test_paper_preset_is_the_reference_study():
@@ -170,7 +176,8 @@ def test_paper_preset_is_the_reference_study():
     assert spec.grid.shape == (84, 128, 84)
     assert spec.unet.channels == (128, 128, 256)
     assert spec.unet.attention_levels == (False, False, True)
-    assert spec.unet.num_head_channels == 256 and spec.unet.num_res_blocks == 2
+    assert spec.unet.num_head_channels == 256
+    assert spec.unet.num_res_blocks == 2
     assert spec.schedule.num_train_timesteps == 1000
     assert spec.schedule.schedule == "scaled_linear_beta"
     assert (spec.schedule.beta_start, spec.schedule.beta_end) == (0.0005, 0.0195)
@@ -198,7 +205,8 @@ def test_damaged_model_description_is_one_clear_error(tmp_path, tiny_checkpoint,
     save_file(load_file(str(tiny_checkpoint)), str(bad), metadata={"brainsynth": json.dumps(header)})
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(bad)
-    assert str(info.value).startswith("edited.safetensors") and message in str(info.value)
+    assert str(info.value).startswith("edited.safetensors")
+    assert message in str(info.value)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
@@ -219,7 +227,9 @@ def test_one_read_gives_the_files_sha256_and_reports_progress_to_the_end(
     fractions: list[float] = []
     ckpt = load_checkpoint(path, preset="tiny" if suffix == ".pt" else None, progress=fractions.append)
     assert ckpt.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert len(fractions) >= 4 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert len(fractions) >= 4
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
     assert 0.0 < fractions[0] < 1.0
     assert set(ckpt.weights) == set(tiny_weights)
 
@@ -236,7 +246,8 @@ def test_our_safetensors_reader_agrees_with_safetensors_own(tiny_checkpoint):
     ours = {f"model.{k}": v for k, v in ckpt.weights.items()} | {f"ema.{k}": v for k, v in ckpt.ema_weights.items()}
     assert set(ours) == set(reference)
     for key, value in reference.items():
-        assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), key
+        assert ours[key].dtype == value.dtype, key
+        assert torch.equal(ours[key], value), key
 
 
 def test_misaligned_and_damaged_tensor_entries(tmp_path):
@@ -258,7 +269,8 @@ def test_misaligned_and_damaged_tensor_entries(tmp_path):
     )  # fmt: skip
     layout, start = _safetensors_header(path, data)
     tensors = _safetensors_tensors(path, data, layout, start)
-    assert torch.equal(tensors["x"], values) and tensors["flag"].tolist() == [7]
+    assert torch.equal(tensors["x"], values)
+    assert tensors["flag"].tolist() == [7]
     for entry, message in (
         ({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}, "inconsistent offsets"),
         ({"dtype": "F32", "shape": [2], "data_offsets": [0, 8000]}, "inconsistent offsets"),

@@ -30,7 +30,8 @@ def _refused(path, *match: str) -> str:
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     text = str(info.value)
-    assert text.startswith(path.name) and "\n" not in text
+    assert text.startswith(path.name)
+    assert "\n" not in text
     for part in match:
         assert part in text, text
     return text
@@ -213,8 +214,12 @@ def test_cli_info_prints_control_characters_escaped(tmp_path, tiny_checkpoint, c
     path = _write(tmp_path, tiny_checkpoint, header=header)
     assert cli(["info", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "\x1b" not in out and "\r" not in out and "\x07" not in out
-    assert "tiny\\x1b[2J\\x1b[31m" in out and "run\\x0d\\x1b]0;owned\\x07" in out and "na\\x1bme" in out
+    assert "\x1b" not in out
+    assert "\r" not in out
+    assert "\x07" not in out
+    assert "tiny\\x1b[2J\\x1b[31m" in out
+    assert "run\\x0d\\x1b]0;owned\\x07" in out
+    assert "na\\x1bme" in out
 
 
 def test_app_model_panel_escapes_control_characters(tmp_path, tiny_checkpoint):
@@ -224,7 +229,10 @@ def test_app_model_panel_escapes_control_characters(tmp_path, tiny_checkpoint):
     header["provenance"]["source"] = "evil\x1b[2J\u202e"
     header["provenance"]["training"] = {"no\x07te": "x\x00y"}
     html = describe_checkpoint(load_checkpoint(_write(tmp_path, tiny_checkpoint, header=header)))
-    assert "\x1b" not in html and "\u202e" not in html and "\x07" not in html and "\x00" not in html
+    assert "\x1b" not in html
+    assert "\u202e" not in html
+    assert "\x07" not in html
+    assert "\x00" not in html
     assert "evil\\x1b[2J\\u202e" in html
 
 
@@ -234,4 +242,6 @@ def test_cli_sample_of_a_damaged_checkpoint_is_one_line(tmp_path, tiny_checkpoin
     path = _write(tmp_path, tiny_checkpoint, header=header)
     assert cli(["sample", "--checkpoint", str(path), "--out", str(tmp_path / "out"), "--steps", "2"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "norm_num_groups" in err and "Traceback" not in err
+    assert err.count("\n") == 0
+    assert "norm_num_groups" in err
+    assert "Traceback" not in err

@@ -49,21 +49,27 @@ def test_end_to_end_writes_json_markdown_and_pngs(folders, tmp_path, capsys):
     argv = [*_args(folders, out), "--train", str(folders["train"]), "--fid-weights", str(folders["weights"])]
     assert main([*argv, "--fid-2d", "--pairs", "3", "--seed", "5"]) == 0
     stdout = capsys.readouterr().out
-    assert "MMD (unbiased, linear kernel)" in stdout and "near copies of training scans" in stdout
+    assert "MMD (unbiased, linear kernel)" in stdout
+    assert "near copies of training scans" in stdout
 
     data = json.loads((out / "evaluation.json").read_text())
-    assert data["n_real"] == 3 and data["n_train"] == 4
-    assert data["fid_3d"]["available"] and data["fid_3d"]["feature_dim"] == 512
+    assert data["n_real"] == 3
+    assert data["n_train"] == 4
+    assert data["fid_3d"]["available"]
+    assert data["fid_3d"]["feature_dim"] == 512
     assert data["fid_3d"]["parameters"]["weights_sha256"]
     assert data["fid_2d"]["available"]
-    assert data["msssim"]["seed"] == 5 and data["msssim"]["within_real"]["n_pairs"] == 3
+    assert data["msssim"]["seed"] == 5
+    assert data["msssim"]["within_real"]["n_pairs"] == 3
     assert data["sources"]["training"].endswith("train")
     assert data["brain_volume"]["voxel_volume_ml"] == pytest.approx(abs(np.linalg.det(AFFINE[:3, :3])) / 1000)
     flagged = data["memorisation"]["flagged"]
     assert [(n["label"], n["train_label"]) for n in flagged] == [("sample-00", "train-00")]
 
     md = (out / "report.md").read_text()
-    assert "## Table 1" in md and "Memorisation check" in md and "sample-00" in md
+    assert "## Table 1" in md
+    assert "Memorisation check" in md
+    assert "sample-00" in md
     for png in ("intensity_histograms.png", "brain_volume.png", "msssim.png", "nearest_neighbours.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "closest_pairs.png").stat().st_size > 10_000
@@ -75,7 +81,8 @@ def test_without_weights_fid_is_unavailable_and_rerun_needs_overwrite(folders, t
     assert main([*_args(folders, out), "--pairs", "2"]) == 0
     assert "unavailable" in capsys.readouterr().out
     data = json.loads((out / "evaluation.json").read_text())
-    assert data["fid_3d"]["available"] is False and "huggingface.co/TencentMedicalNet" in data["fid_3d"]["reason"]
+    assert data["fid_3d"]["available"] is False
+    assert "huggingface.co/TencentMedicalNet" in data["fid_3d"]["reason"]
     assert data["memorisation"]["available"] is False
     assert main([*_args(folders, out), "--pairs", "2"]) == 1
     assert "already exists" in capsys.readouterr().err
@@ -100,7 +107,8 @@ def test_bad_inputs_exit_1_with_one_line(folders, tmp_path, capsys):
     notes.write_text("not weights")
     assert main([*_args(folders, tmp_path / "d"), "--fid-weights", str(notes)]) == 1
     err = capsys.readouterr().err
-    assert "cannot be read as PyTorch weights" in err and err.count("\n") == 1
+    assert "cannot be read as PyTorch weights" in err
+    assert err.count("\n") == 1
 
 
 def test_the_fid_network_runs_in_the_precision_asked_and_records_it(folders, tmp_path, capsys, monkeypatch):
@@ -129,4 +137,5 @@ def test_the_fid_network_runs_in_the_precision_asked_and_records_it(folders, tmp
     capsys.readouterr()
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "bf16 precision is not available here" in err and err.count("\n") == 1
+    assert "bf16 precision is not available here" in err
+    assert err.count("\n") == 1

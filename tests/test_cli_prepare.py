@@ -36,13 +36,16 @@ def test_prepare_writes_nifti_and_sidecar(tmp_path, capsys):
     img = nib.load(out / "sub-01_T1w.nii.gz")
     assert img.shape == spec.grid.shape
     np.testing.assert_allclose(img.affine, spec.grid.affine, atol=1e-5)
-    assert int(img.get_sform(coded=True)[1]) == 4 and int(img.get_qform(coded=True)[1]) == 4
+    assert int(img.get_sform(coded=True)[1]) == 4
+    assert int(img.get_qform(coded=True)[1]) == 4
     data = img.get_fdata()
-    assert data.min() == 0.0 and data.max() == pytest.approx(spec.intensity.scale)
+    assert data.min() == 0.0
+    assert data.max() == pytest.approx(spec.intensity.scale)
 
     meta = json.loads((out / "sub-01_T1w.json").read_text())
     assert meta["source"] == str(scan.resolve())
-    assert meta["preset"] == "tiny" and meta["grid"]["shape"] == [16, 24, 16]
+    assert meta["preset"] == "tiny"
+    assert meta["grid"]["shape"] == [16, 24, 16]
     assert meta["scale_factor"] > 0
 
 
@@ -75,7 +78,8 @@ def test_bad_inputs_are_skipped_one_by_one(tmp_path, capsys):
     assert len(errors) == 3
     assert errors[0].startswith(f"skipped {four_d}: scan.mgz is 4-D (64x64x30x2); a 3-D T1 volume is needed")
     assert errors[1].startswith(f"skipped {text}: notes.nii.gz is not a readable NIfTI image")
-    assert errors[2].startswith(f"skipped {missing}:") and "does not exist" in errors[2]
+    assert errors[2].startswith(f"skipped {missing}:")
+    assert "does not exist" in errors[2]
     assert captured.out.strip().endswith("; 3 skipped")
     assert sorted(p.name for p in out.iterdir()) == ["good.json", "good.nii.gz"]
 
@@ -148,4 +152,5 @@ def test_subprocess_entry_point(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("prepared 1 of 1 scans")
-    assert (tmp_path / "o" / "s.nii.gz").is_file() and (tmp_path / "o" / "s.json").is_file()
+    assert (tmp_path / "o" / "s.nii.gz").is_file()
+    assert (tmp_path / "o" / "s.json").is_file()

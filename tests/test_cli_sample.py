@@ -29,11 +29,16 @@ def test_sample_writes_volumes_with_affine_sidecar_and_trajectory(tmp_path, tiny
     image = nib.load(volumes[0])
     assert image.shape == spec.grid.shape
     np.testing.assert_allclose(image.affine, spec.grid.affine, atol=1e-5)
-    assert int(image.header["sform_code"]) == 4 and int(image.header["qform_code"]) == 4
+    assert int(image.header["sform_code"]) == 4
+    assert int(image.header["qform_code"]) == 4
     data = np.asarray(image.dataobj)
-    assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= spec.intensity.scale
+    assert np.isfinite(data).all()
+    assert data.min() >= 0
+    assert data.max() <= spec.intensity.scale
     sidecar = json.loads(volumes[0].with_suffix("").with_suffix(".json").read_text())
-    assert sidecar["seed"] == 5 and sidecar["sampler"] == "dpmpp-2m" and sidecar["steps"] == 3
+    assert sidecar["seed"] == 5
+    assert sidecar["sampler"] == "dpmpp-2m"
+    assert sidecar["steps"] == 3
     assert sidecar["checkpoint_sha256"] == sha256_file(tiny_checkpoint)
     assert sidecar["weights"] == "ema"
     trajectory = nib.load(out / "synthetic_0000_seed5_trajectory_x0.nii.gz")
@@ -60,7 +65,8 @@ def test_existing_output_is_refused_before_sampling(tmp_path, tiny_checkpoint, c
     before = (out / "synthetic_0000_seed0.nii.gz").read_bytes()
     assert _sample(tiny_checkpoint, out) == 1
     err = capsys.readouterr().err
-    assert "already exists" in err and "Traceback" not in err
+    assert "already exists" in err
+    assert "Traceback" not in err
     assert (out / "synthetic_0000_seed0.nii.gz").read_bytes() == before
     assert _sample(tiny_checkpoint, out, "--overwrite") == 0
 
@@ -78,7 +84,8 @@ def test_existing_output_is_refused_before_sampling(tmp_path, tiny_checkpoint, c
 def test_bad_requests_are_one_line_errors(tmp_path, tiny_checkpoint, capsys, extra, message):
     assert _sample(tiny_checkpoint, tmp_path / "o", *extra) == 1
     err = capsys.readouterr().err.strip()
-    assert message in err and "\n" not in err
+    assert message in err
+    assert "\n" not in err
     assert not list(tmp_path.glob("o/*.nii.gz"))
 
 
@@ -99,7 +106,9 @@ def test_debug_shows_the_traceback(tmp_path):
         text=True,
         check=False,
     )
-    assert result.returncode != 0 and "Traceback" in result.stderr and "does not exist" in result.stderr
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+    assert "does not exist" in result.stderr
 
 
 def test_sample_uses_the_models_default_sampler_unless_told(tmp_path, tiny_checkpoint):

@@ -51,10 +51,12 @@ def _arrays(model, request) -> list[np.ndarray]:
 
 def test_paper_preset_is_unchanged_without_conditions():
     plain = PRESETS["paper"].build_model()
-    assert not hasattr(plain, "class_embedding") and plain.num_class_embeds is None
+    assert not hasattr(plain, "class_embedding")
+    assert plain.num_class_embeds is None
     conditional = replace(PRESETS["paper"], conditions=CONDITIONS).build_model()
-    extra = {k for k in conditional.state_dict()} - {k for k in plain.state_dict()}
-    assert extra and all(k.startswith("class_embedding.") for k in extra)
+    extra = set(conditional.state_dict()) - set(plain.state_dict())
+    assert extra
+    assert all(k.startswith("class_embedding.") for k in extra)
 
 
 def test_a_new_covariate_embedding_changes_nothing(conditional):
@@ -76,7 +78,8 @@ def test_conditioning_changes_the_output(conditional):
     young = _arrays(model, _request(spec, conditions=({"age": 46, "sex": "F", "group": "control"},)))[0]
     old = _arrays(model, _request(spec, conditions=({"age": 84, "sex": "F", "group": "control"},)))[0]
     ftd = _arrays(model, _request(spec, conditions=({"age": 46, "sex": "F", "group": "ftd"},)))[0]
-    assert np.abs(young - old).max() > 1e-2 and np.abs(young - ftd).max() > 1e-2
+    assert np.abs(young - old).max() > 1e-2
+    assert np.abs(young - ftd).max() > 1e-2
 
 
 def test_guidance_one_is_the_plain_conditional_prediction_and_zero_the_null(conditional):
@@ -100,7 +103,8 @@ def test_no_condition_is_the_unconditional_branch(conditional):
     nothing = _arrays(model, _request(spec))[0]
     guided_zero = _arrays(model, _request(spec, conditions=({"age": 80, "group": "ftd"},), guidance=0.0))[0]
     all_any = _arrays(model, _request(spec, conditions=({"age": "any", "sex": None},)))[0]
-    assert np.array_equal(nothing, guided_zero) and np.array_equal(nothing, all_any)
+    assert np.array_equal(nothing, guided_zero)
+    assert np.array_equal(nothing, all_any)
     # ... which is what the network computes with all-null labels, step by step.
     assert not np.array_equal(nothing, _arrays(model, _request(spec, conditions=({"age": 80},)))[0])
 
@@ -124,9 +128,12 @@ def test_conditions_and_guidance_are_in_the_provenance(conditional):
         spec, seeds=(1, 2), conditions=({"age": 90, "sex": "f"}, {}), guidance=2.0, allow_extrapolation=True
     )
     first, second = (request.provenance(s) for s in (1, 2))
-    assert first["conditions"] == {"age": 90.0, "sex": "F"} and first["guidance"] == 2.0
-    assert first["allow_extrapolation"] is True and first["extrapolated"] == ["age"]
-    assert second["conditions"] == {} and second["guidance"] is None
+    assert first["conditions"] == {"age": 90.0, "sex": "F"}
+    assert first["guidance"] == 2.0
+    assert first["allow_extrapolation"] is True
+    assert first["extrapolated"] == ["age"]
+    assert second["conditions"] == {}
+    assert second["guidance"] is None
     volumes = [
         v for event in generate(model, replace(request, settings=SamplerSettings("ddim", 2))) for v in event.finished
     ]
@@ -134,7 +141,7 @@ def test_conditions_and_guidance_are_in_the_provenance(conditional):
 
 
 @pytest.mark.parametrize(
-    "condition, message",
+    ("condition", "message"),
     [
         ({"age": 95}, "outside the training range 45 to 85"),
         ({"age": "old"}, "age must be a number"),
@@ -164,7 +171,8 @@ def test_a_conditional_checkpoint_round_trips(tmp_path, conditional):
     spec, model = conditional
     path = save_checkpoint(tmp_path / "c.safetensors", spec=spec, weights=model.state_dict())
     loaded = load_checkpoint(path)
-    assert loaded.spec == spec and loaded.spec.conditions == CONDITIONS
+    assert loaded.spec == spec
+    assert loaded.spec.conditions == CONDITIONS
     rebuilt = loaded.build_model()
     request = _request(spec, conditions=({"age": 60, "group": "ftd"},), guidance=2.0)
     assert np.array_equal(_arrays(model, request)[0], _arrays(rebuilt, request)[0])
@@ -177,7 +185,8 @@ def test_cli_info_lists_the_covariates(tmp_path, conditional, capsys):
     path = save_checkpoint(tmp_path / "c.safetensors", spec=spec, weights=model.state_dict())
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "age: continuous, 45 to 85" in out and "group: categorical, control / ftd" in out
+    assert "age: continuous, 45 to 85" in out
+    assert "group: categorical, control / ftd" in out
 
 
 def test_dropout_nulls_covariates_at_their_rates():
@@ -213,7 +222,8 @@ def test_cli_samples_with_conditions_guidance_and_a_csv(tmp_path, conditional_ch
     args = ["--condition", "age=70", "--condition", "sex=F", "--condition", "group=ftd", "--guidance", "2"]
     assert _cli_sample(conditional_checkpoint, out, *args) == 0
     sidecar = json.loads((out / "synthetic_0000_seed0.json").read_text())
-    assert sidecar["conditions"] == {"age": 70.0, "sex": "F", "group": "ftd"} and sidecar["guidance"] == 2.0
+    assert sidecar["conditions"] == {"age": 70.0, "sex": "F", "group": "ftd"}
+    assert sidecar["guidance"] == 2.0
     assert "guidance runs the network on twice the batch" in capsys.readouterr().err
 
     table = tmp_path / "cohort.csv"
@@ -259,7 +269,7 @@ def test_cli_samples_with_conditions_guidance_and_a_csv(tmp_path, conditional_ch
 
 
 @pytest.mark.parametrize(
-    "extra, message",
+    ("extra", "message"),
     [
         (["--condition", "age=99"], "outside the training range 45 to 85; give a value inside it, or allow"),
         (["--condition", "age"], "--condition takes NAME=VALUE"),
@@ -273,7 +283,9 @@ def test_cli_refuses_bad_conditions_in_one_line(tmp_path, conditional_checkpoint
     extra = [str(table) if e == "CSV" else e for e in extra]
     assert _cli_sample(conditional_checkpoint, tmp_path / "o", *extra) == 1
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err and not (tmp_path / "o").exists()
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_extrapolation_is_allowed_on_request_and_recorded(tmp_path, conditional_checkpoint):
@@ -281,7 +293,8 @@ def test_cli_extrapolation_is_allowed_on_request_and_recorded(tmp_path, conditio
 
     assert _cli_sample(conditional_checkpoint, tmp_path / "o", "--condition", "age=95", "--allow-extrapolation") == 0
     sidecar = json.loads((tmp_path / "o" / "synthetic_0000_seed0.json").read_text())
-    assert sidecar["allow_extrapolation"] is True and sidecar["extrapolated"] == ["age"]
+    assert sidecar["allow_extrapolation"] is True
+    assert sidecar["extrapolated"] == ["age"]
 
 
 def test_an_unconditional_model_refuses_conditions(tmp_path, tiny_checkpoint, capsys):

@@ -34,11 +34,15 @@ def test_shifted_set_scores_worse_and_everything_is_reported():
     assert shifted.mmd.rbf_value > same.mmd.rbf_value
     assert shifted.msssim.between.mean < 1.0
     assert shifted.intensity.comparisons[0].wasserstein > 50.0
-    assert not shifted.fid_3d.available and "--fid-weights" in shifted.fid_3d.reason
+    assert not shifted.fid_3d.available
+    assert "--fid-weights" in shifted.fid_3d.reason
     assert shifted.fid_2d is None
     mem = shifted.memorisation
-    assert mem.available and len(mem.synthetic) == 3 and len(mem.train_reference) == 3
-    assert len(mem.closest_pairs) == 3 and mem.closest_pairs[0].synthetic_slices[2].shape == (32, 32)
+    assert mem.available
+    assert len(mem.synthetic) == 3
+    assert len(mem.train_reference) == 3
+    assert len(mem.closest_pairs) == 3
+    assert mem.closest_pairs[0].synthetic_slices[2].shape == (32, 32)
     assert shifted.brain_volume.voxel_volume_ml > 0
     assert shifted.msssim.settings.n_scales == 4  # 32^3 cannot hold 5 scales
 
@@ -58,7 +62,8 @@ def test_pairs_and_seed_are_reported_and_repeatable():
     a = evaluate_volumes(real, synth, options=EvaluationOptions(n_pairs=4, seed=7))
     b = evaluate_volumes(real, synth, options=EvaluationOptions(n_pairs=4, seed=7))
     assert a.msssim.within_real.pairs == b.msssim.within_real.pairs
-    assert a.msssim.within_real.n_pairs == 4 and a.msssim.within_real.n_possible == 10
+    assert a.msssim.within_real.n_pairs == 4
+    assert a.msssim.within_real.n_possible == 10
     assert a.msssim.seed == 7
 
 
@@ -109,7 +114,9 @@ def test_report_files_json_and_overwrite(tmp_path):
     assert data["fid_3d"]["available"] is False
     assert "synthetic_slices" not in json.dumps(data)
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "## Table 1" in md and "| MMD" in md and "unavailable" in md
+    assert "## Table 1" in md
+    assert "| MMD" in md
+    assert "unavailable" in md
     with pytest.raises(EvaluationError, match=r"already exists.*--overwrite"):
         write_report(result, tmp_path / "out")
     write_report(result, tmp_path / "out", overwrite=True)

@@ -64,7 +64,8 @@ def test_save_nifti_header(tmp_path):
     img = nib.load(path)
     sform, scode = img.get_sform(coded=True)
     qform, qcode = img.get_qform(coded=True)
-    assert int(scode) == 4 and int(qcode) == 4  # NIFTI_XFORM_MNI_152
+    assert int(scode) == 4
+    assert int(qcode) == 4
     np.testing.assert_allclose(sform, affine, atol=1e-5)
     np.testing.assert_allclose(qform, affine, atol=1e-5)
     assert img.header.get_xyzt_units()[0] == "mm"
@@ -133,18 +134,22 @@ def test_export_batch_files_and_sidecars(tmp_path):
         brain = brain_region(expected, scale=TINY.intensity.scale)
         expected = np.where(brain, expected, 0.0)
         np.testing.assert_allclose(img.get_fdata(dtype=np.float32), expected, rtol=1e-6, atol=1e-4)
-        assert brain.mean() > 0.5 and meta_background(path)["brain_voxels"] == int(brain.sum())
+        assert brain.mean() > 0.5
+        assert meta_background(path)["brain_voxels"] == int(brain.sum())
 
         meta = json.loads(sidecar_path(path).read_text())
-        assert meta["seed"] == seed and meta["file"] == path.name
+        assert meta["seed"] == seed
+        assert meta["file"] == path.name
         assert meta["checkpoint_sha256"] == "ab" * 32
         assert meta["model_spec"] == json.loads(json.dumps(TINY.to_dict()))
         assert (meta["sampler"], meta["steps"], meta["eta"]) == ("ddim", 50, 0.0)
         assert (meta["weights"], meta["precision"], meta["device"]) == ("ema", "fp32", "cpu")
         assert meta["software_version"] == __version__
         assert datetime.fromisoformat(meta["created"]).tzinfo is not None
-        assert meta["intensity"]["scale"] == TINY.intensity.scale and meta["intensity"]["space"] == "standard"
-        assert meta["grid"]["shape"] == list(TINY.grid.shape) and meta["resampled_to_1mm"] is False
+        assert meta["intensity"]["scale"] == TINY.intensity.scale
+        assert meta["intensity"]["space"] == "standard"
+        assert meta["grid"]["shape"] == list(TINY.grid.shape)
+        assert meta["resampled_to_1mm"] is False
         np.testing.assert_allclose(meta["grid"]["affine"], TINY.grid.affine)
 
 
@@ -153,7 +158,8 @@ def test_export_clips_out_of_range_model_values(tmp_path):
     model[0] = -3.0
     (path,) = _batch(TINY, tmp_path, [(0, model)])
     data = nib.load(path).get_fdata()
-    assert data.max() == TINY.intensity.scale and data.min() == 0.0
+    assert data.max() == TINY.intensity.scale
+    assert data.min() == 0.0
 
 
 def test_existing_file_refused_and_nothing_written(tmp_path):
@@ -245,7 +251,8 @@ def test_resampled_to_1mm_keeps_world_positions(tmp_path):
         assert int(code) == 4
         np.testing.assert_allclose(xform, mni_box_affine(), atol=1e-5)
     meta = json.loads(sidecar_path(fine).read_text())
-    assert meta["resampled_to_1mm"] is True and meta["grid"]["shape"] == [181, 217, 181]
+    assert meta["resampled_to_1mm"] is True
+    assert meta["grid"]["shape"] == [181, 217, 181]
     assert meta["model_grid"]["shape"] == list(grid.shape)
 
     def centre_mm(path):
@@ -270,11 +277,14 @@ def test_trajectory_nifti(tmp_path):
     )
     img = nib.load(path)
     assert img.shape == (*TINY.grid.shape, 5)
-    assert int(img.get_sform(coded=True)[1]) == 4 and int(img.get_qform(coded=True)[1]) == 4
+    assert int(img.get_sform(coded=True)[1]) == 4
+    assert int(img.get_qform(coded=True)[1]) == 4
     np.testing.assert_allclose(img.get_fdata()[..., 2], frames[2].astype(np.float32))
     meta = json.loads((tmp_path / "traj.json").read_text())
-    assert meta["steps"] == [999, 750, 500, 250, 0] and meta["frame_axis"] == 3
-    assert meta["space"] == "model" and meta["seed"] == 3
+    assert meta["steps"] == [999, 750, 500, 250, 0]
+    assert meta["frame_axis"] == 3
+    assert meta["space"] == "model"
+    assert meta["seed"] == 3
     with pytest.raises(ExportError, match="already exists"):
         save_trajectory_nifti(path, frames, TINY.grid.affine, steps=[1, 2, 3, 4, 5])
 

@@ -55,7 +55,8 @@ def test_volume_k_is_exactly_the_same_in_any_batch(name):
         generate(net, GenerationRequest(spec=SPEC, seeds=seeds, settings=settings, device="cpu", batch_size=2))
     )
     for a, b, c in zip(singles, batched, pairs, strict=True):
-        assert np.array_equal(a.array, b.array) and np.array_equal(a.array, c.array)
+        assert np.array_equal(a.array, b.array)
+        assert np.array_equal(a.array, c.array)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +74,8 @@ def test_volume_k_does_not_depend_on_batch_size_with_a_unet(damping_model, setti
     assert [v.seed for v in singles] == [v.seed for v in batched] == seeds
     assert [v.index for v in batched] == [0, 1, 2]
     for a, b in zip(singles, batched, strict=True):
-        assert a.array.shape == GRID and a.array.dtype == np.float32
+        assert a.array.shape == GRID
+        assert a.array.dtype == np.float32
         # The UNet's output for a batch differs from single runs by ~2e-6 (kernel choice); the damping
         # model (conftest) contracts, so the chain keeps it there (measured <= 3e-6 here) whatever
         # the sampler: 2e-4 is a bound by construction, not by luck.
@@ -133,11 +135,13 @@ def test_progress_events(model):
     assert all(e.volumes_total == 3 and e.steps == 5 for e in events)
     assert [len(e.finished) for e in events] == [0, 0, 0, 0, 2, 0, 0, 0, 0, 1]
     fractions = [e.fraction for e in events]
-    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
     # Previews every 2nd step and on the last one: x_0 of the batch's first volume, on the grid.
     assert [e.preview is not None for e in events] == [True, False, True, False, True] * 2
     preview = events[4].preview
-    assert preview.shape == GRID and preview.dtype == np.float32
+    assert preview.shape == GRID
+    assert preview.dtype == np.float32
     # DDIM's last step lands on the predicted x_0, so the last preview is the finished volume.
     np.testing.assert_allclose(preview, events[4].finished[0].array)
     assert [v.seed for e in events for v in e.finished] == [7, 8, 9]
@@ -171,7 +175,8 @@ def test_trajectory_frames(model, downsample, shape):
     )
     for volume in volumes:
         trajectory = volume.trajectory
-        assert len(trajectory) == 3 and trajectory.steps == (0, 3, 5)  # 2.5 rounds up
+        assert len(trajectory) == 3
+        assert trajectory.steps == (0, 3, 5)
         assert trajectory.x_t_array().shape == (3, *shape)
         assert trajectory.x0_array().shape == (3, *shape)
         if downsample == 1:  # the last frame is the volume, in float16

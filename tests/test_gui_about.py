@@ -27,7 +27,8 @@ def open_about_from_the_menu(window):
     action.trigger()
     QApplication.processEvents()
     dialog = window._about_dialog
-    assert dialog.isVisible() and dialog.windowTitle() == "About BrainSynth"
+    assert dialog.isVisible()
+    assert dialog.windowTitle() == "About BrainSynth"
     return dialog
 
 
@@ -47,10 +48,12 @@ def test_about_box_names_version_licences_and_template_notice(window):
         lines = [line.strip() for line in text.splitlines()]
         row = lines[lines.index(part) : lines.index(part) + 3]  # a table row: part, version, licence
         assert row[2].startswith(licence), (part, row)
-    assert "unmodified" in text and "shared libraries" in text  # the LGPL relinking note
+    assert "unmodified" in text
+    assert "shared libraries" in text
     assert " ".join(TEMPLATE_NOTICE.split()) in " ".join(text.split())
     links = dialog.about_text.toHtml()
-    assert "https://www.gnu.org/licenses/lgpl-3.0.html" in links and dialog.about_text.openExternalLinks()
+    assert "https://www.gnu.org/licenses/lgpl-3.0.html" in links
+    assert dialog.about_text.openExternalLinks()
     assert about.installed_version("torch")  # versions come from the installed distributions
     dialog.close()
 
@@ -66,7 +69,9 @@ def test_model_card_is_rendered_as_markdown_and_scrolls(window, monkeypatch, tmp
     dialog.tabs.setCurrentWidget(dialog.model_card)
     qtbot.waitUntil(lambda: dialog.model_card.verticalScrollBar().maximum() > 0)
     rendered = dialog.model_card.toPlainText()
-    assert rendered.startswith("Demo model card") and "**" not in rendered and "# " not in rendered
+    assert rendered.startswith("Demo model card")
+    assert "**" not in rendered
+    assert "# " not in rendered
     assert "<table" in dialog.model_card.toHtml()
     dialog.close()
 

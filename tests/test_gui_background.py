@@ -96,11 +96,14 @@ def test_any_other_error_asks_for_a_report_with_the_traceback_in_the_log(qtbot, 
         recorder = run_to_end(qtbot, BackgroundWorker(buggy))
     assert recorder.kinds() == ["started", "errored", "finished"]
     message = recorder.events[1][1]
-    assert message.startswith("unexpected error (KeyError: 'missing')") and "report this with the log" in message
+    assert message.startswith("unexpected error (KeyError: 'missing')")
+    assert "report this with the log" in message
     assert "\n" not in message  # one line for the user; the traceback is in the log
     logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
-    assert caplog.records and caplog.records[0].exc_info is not None
-    assert "Traceback" in caplog.text and "buggy" in caplog.text, logged
+    assert caplog.records
+    assert caplog.records[0].exc_info is not None
+    assert "Traceback" in caplog.text, logged
+    assert "buggy" in caplog.text, logged
 
 
 def test_out_of_memory_gives_the_hint(qtbot):
@@ -172,7 +175,8 @@ def test_abort_before_start_runs_nothing(qtbot):
     worker = BackgroundWorker(stepper)
     worker.abort()
     recorder = run_to_end(qtbot, worker)
-    assert recorder.kinds() == ["started", "aborted", "finished"] and ran == []
+    assert recorder.kinds() == ["started", "aborted", "finished"]
+    assert ran == []
 
 
 def test_a_worker_needs_work():
@@ -191,7 +195,8 @@ def test_running_workers_forgets_each_worker_once_it_has_finished(qtbot):
     for n in (1, 2):
         worker = create_worker(lambda n=n: gate.wait(10) and n, start=False, connect={"returned": results.append})
         running.start(worker)
-    assert len(running) == 2 and all(w.isRunning() for w in running)
+    assert len(running) == 2
+    assert all(w.isRunning() for w in running)
     gate.set()
     qtbot.waitUntil(lambda: len(running) == 0, timeout=10_000)
     assert sorted(results) == [1, 2]

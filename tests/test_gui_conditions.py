@@ -28,13 +28,15 @@ def test_the_panel_builds_controls_from_the_model(qtbot):
     panel.set_model(spec)
     assert panel.conditions_box.isVisible()
     age, sex, group = (panel.covariate_controls[n] for n in ("age", "sex", "group"))
-    assert isinstance(age, ContinuousCovariate) and isinstance(sex, CategoricalCovariate)
+    assert isinstance(age, ContinuousCovariate)
+    assert isinstance(sex, CategoricalCovariate)
     assert (age.field.minimum(), age.field.maximum()) == (45.0, 85.0)  # the training range
     assert [sex.itemText(i) for i in range(sex.count())] == ["any", "F", "M"]
     # Everything starts at "any": the whole population, as the command line without --condition.
     checkpoint = Checkpoint(spec=spec, weights=spec.build_model().state_dict())
     request = panel.choices().to_request(checkpoint)
-    assert request.conditions == ({},) and request.guidance is None
+    assert request.conditions == ({},)
+    assert request.guidance is None
 
     age.any.setChecked(False)
     age.slider.setValue(age.slider.maximum())  # dragging the slider moves the field
@@ -46,17 +48,20 @@ def test_the_panel_builds_controls_from_the_model(qtbot):
     choices = panel.choices()
     assert dict(choices.conditions) == {"age": 70.0, "sex": None, "group": "ftd"}
     request = choices.to_request(checkpoint)
-    assert request.conditions == ({"age": 70.0, "group": "ftd"},) and request.guidance == 2.0
+    assert request.conditions == ({"age": 70.0, "group": "ftd"},)
+    assert request.guidance == 2.0
     assert request.provenance(request.seeds[0])["conditions"] == {"age": 70.0, "group": "ftd"}
 
     # The choices come back into the controls (the command line uses this).
     panel.set_model(spec)
     panel.set_choices(choices)
-    assert dict(panel.choices().conditions) == dict(choices.conditions) and panel.guidance.value() == 2.0
+    assert dict(panel.choices().conditions) == dict(choices.conditions)
+    assert panel.guidance.value() == 2.0
 
     # An unconditional model: no controls, and its request has no conditions.
     panel.set_model(PRESETS["tiny"])
-    assert not panel.conditions_box.isVisible() and panel.covariate_controls == {}
+    assert not panel.conditions_box.isVisible()
+    assert panel.covariate_controls == {}
     plain = Checkpoint(spec=PRESETS["tiny"], weights=PRESETS["tiny"].build_model().state_dict())
     assert panel.choices().to_request(plain).conditions == ()
 

@@ -81,7 +81,8 @@ def assert_blind(window, pools) -> None:
     texts = "\n".join(visible_texts(window))
     for secret in secret_strings(pools):
         assert secret not in texts, f"{secret!r} is visible in review mode"
-    assert "synthetic" not in window.windowTitle().lower() and "real" not in window.windowTitle().lower()
+    assert "synthetic" not in window.windowTitle().lower()
+    assert "real" not in window.windowTitle().lower()
 
 
 def key(window, k, text: str = "") -> None:
@@ -106,11 +107,13 @@ def test_rating_state_is_qt_free_and_blocks_until_required():
     seen = []
     rating.subscribe(lambda: seen.append(rating.focus))
     assert rating.missing == ["confidence", "realism", "plausibility", "consistency"]
-    assert rating.choose(4) and rating.focus == 1
+    assert rating.choose(4)
+    assert rating.focus == 1
     assert not rating.choose(9)  # not on the scale: ignored, focus stays
     for value in (3, 4, 5):
         rating.choose(value)
-    assert rating.complete and rating.focused.key == "notes"
+    assert rating.complete
+    assert rating.focused.key == "notes"
     assert not rating.choose(2)  # digits do not answer a text question
     rating.set_value("notes", "  ")
     assert "notes" not in rating.values
@@ -118,7 +121,9 @@ def test_rating_state_is_qt_free_and_blocks_until_required():
     rating.step_value(1)
     assert rating.values["confidence"] == 5
     rating.reset({"confidence": 2, "bogus": 1})
-    assert rating.values == {"confidence": 2} and rating.focus == 0 and seen
+    assert rating.values == {"confidence": 2}
+    assert rating.focus == 0
+    assert seen
 
 
 def test_review_by_keyboard_skip_resume_and_finish(main_window, db_path, pools):
@@ -128,17 +133,20 @@ def test_review_by_keyboard_skip_resume_and_finish(main_window, db_path, pools):
     first = review.current
     assert first == order[0]
     assert review.windowTitle() == f"Pilot — Dr A — Case {first} · 1 of 4"
-    assert review.layer.data is not None and review.layer.data.shape == (16, 24, 16)
+    assert review.layer.data is not None
+    assert review.layer.data.shape == (16, 24, 16)
     assert list(review.state.layers) == ["case"]  # one layer in review mode
     assert_blind(review, pools)
 
     # Next is blocked until every required question is answered.
     key(review, Qt.Key.Key_Return)
-    assert review.current == first and session.answer_of(first) is None
+    assert review.current == first
+    assert session.answer_of(first) is None
     assert not review.next_button.isEnabled()
     for k in (Qt.Key.Key_4, Qt.Key.Key_3, Qt.Key.Key_4):
         key(review, k)
-    assert not review.next_button.isEnabled() and "Consistency" in review.missing_label.text()
+    assert not review.next_button.isEnabled()
+    assert "Consistency" in review.missing_label.text()
     key(review, Qt.Key.Key_Up)  # arrows move between questions: back to plausibility
     assert review.rating.focused.key == "plausibility"
     key(review, Qt.Key.Key_Right)  # and change its answer
@@ -154,20 +162,23 @@ def test_review_by_keyboard_skip_resume_and_finish(main_window, db_path, pools):
     assert review.current == first
     key(review, Qt.Key.Key_Return)
     saved = session.answer_of(first)
-    assert saved is not None and saved.values == {
+    assert saved is not None
+    assert saved.values == {
         "confidence": 4,
         "realism": 3,
         "plausibility": 5,
         "consistency": 5,
         "notes": "s 5 smooth",
     }
-    assert saved.seconds is not None and saved.seconds >= 0
+    assert saved.seconds is not None
+    assert saved.seconds >= 0
 
     wait_until(lambda: review.current == order[1])
     assert review.windowTitle().endswith(f"Case {order[1]} · 2 of 4")
     assert review.rating.values == {}
     key(review, Qt.Key.Key_L)  # the lightbox shows the same case
-    assert review.view_stack.currentWidget() is review.lightbox and 6 <= len(review.lightbox.slices) <= 12
+    assert review.view_stack.currentWidget() is review.lightbox
+    assert 6 <= len(review.lightbox.slices) <= 12
     assert_blind(review, pools)
     key(review, Qt.Key.Key_L)
     key(review, Qt.Key.Key_S)  # skip for later
@@ -177,7 +188,8 @@ def test_review_by_keyboard_skip_resume_and_finish(main_window, db_path, pools):
         key(review, k)
     assert session.answer_of(order[2]).values == {"confidence": 1, "realism": 2, "plausibility": 3, "consistency": 4}
     wait_until(lambda: review.current == order[3])
-    assert not review.back_button.isVisible() and not review.back()  # this study allows no changes
+    assert not review.back_button.isVisible()
+    assert not review.back()
     review.close()
     main_window.review_windows.remove(review)
 
@@ -191,7 +203,8 @@ def test_review_by_keyboard_skip_resume_and_finish(main_window, db_path, pools):
     for k in (Qt.Key.Key_2, Qt.Key.Key_2, Qt.Key.Key_2, Qt.Key.Key_2, Qt.Key.Key_Return):
         key(review, k)
     wait_until(lambda: review.finished)
-    assert "Study finished" in review.finished_label.text() and "all 4 cases" in review.finished_label.text()
+    assert "Study finished" in review.finished_label.text()
+    assert "all 4 cases" in review.finished_label.text()
     assert review.session.progress().done
     assert_blind(review, pools)
     review.close()
@@ -204,7 +217,8 @@ def test_changing_an_answer_when_the_study_allows_it(main_window, db_path):
         key(review, k)
     wait_until(lambda: review.current not in (None, first))
     second = review.current
-    assert review.back_button.isVisible() and review.back_button.isEnabled()
+    assert review.back_button.isVisible()
+    assert review.back_button.isEnabled()
     key(review, Qt.Key.Key_B)
     wait_until(lambda: review.current == first)
     assert review.rating.values == {"confidence": 4, "realism": 4, "plausibility": 4, "consistency": 4}
@@ -213,7 +227,8 @@ def test_changing_an_answer_when_the_study_allows_it(main_window, db_path):
     key(review, Qt.Key.Key_Return)
     wait_until(lambda: review.current == second)
     answer = review.session.answer_of(first)
-    assert answer.values["confidence"] == 2 and answer.revision == 2
+    assert answer.values["confidence"] == 2
+    assert answer.revision == 2
     assert [h.action for h in review.session.history(first)] == ["answer", "change"]
     review.close()
 
@@ -244,7 +259,8 @@ def test_results_view_shows_pooled_figures_and_exports(main_window, db_path, tmp
     assert [p.name for p in written] == ["report.md", "roc.png", "answers.csv", "answers.json"]
     assert dialog.write_report(tmp_path / "report", overwrite=None) == []  # quiet: never replaces silently
     csv = dialog.export(tmp_path / "answers.csv")
-    assert csv is not None and csv.read_text().count("\n") == 1 + expected.pooled.n_answered
+    assert csv is not None
+    assert csv.read_text().count("\n") == 1 + expected.pooled.n_answered
     dialog.close()
 
 
@@ -277,7 +293,8 @@ def test_create_study_from_the_app_with_session_volumes(qapp, db_path, pools, tm
     dialog.name.setText("From the app")
     dialog.readers.setText("Dr A, Dr B")
     dialog.create()  # no synthetic volumes chosen yet
-    assert "synthetic" in dialog.errors[-1] and dialog._job is None
+    assert "synthetic" in dialog.errors[-1]
+    assert dialog._job is None
     dialog.real.add(dialog.session_scans)
     dialog.use_session.setChecked(True)
     dialog.export_dir.setText(str(tmp_path / "exported"))
@@ -285,7 +302,8 @@ def test_create_study_from_the_app_with_session_volumes(qapp, db_path, pools, tm
     wait_until(lambda: dialog.created is not None or len(dialog.errors) > 1)
     dialog.wait()
     assert dialog.created is not None, dialog.errors
-    assert dialog.created.n_cases == 4 and dialog.created.readers == ("Dr A", "Dr B")
+    assert dialog.created.n_cases == 4
+    assert dialog.created.readers == ("Dr A", "Dr B")
     assert sorted(p.name for p in (tmp_path / "exported").glob("*.nii.gz")) == [
         "synthetic_0001_seed11.nii.gz",
         "synthetic_0002_seed12.nii.gz",
@@ -318,7 +336,8 @@ def test_evaluate_generated_volumes_from_the_app(qapp, tmp_path, tiny_checkpoint
         dialog.pairs.setValue(3)
         assert dialog.run()
         wait_until(lambda: not dialog.running)
-        assert dialog.result is None and "synthetic set has 1 volume" in dialog.errors[-1]
+        assert dialog.result is None
+        assert "synthetic set has 1 volume" in dialog.errors[-1]
 
         window.library.add(
             GeneratedVolume(1, 6, settings, np.clip(base + rng.normal(0, 0.1, base.shape), -1, 1).astype(np.float32)),
@@ -333,7 +352,8 @@ def test_evaluate_generated_volumes_from_the_app(qapp, tmp_path, tiny_checkpoint
             dialog.table.item(r, 0).text(): dialog.table.item(r, 1).text() for r in range(dialog.table.rowCount())
         }
         assert figures["MMD (unbiased, linear kernel)"].startswith(f"{dialog.result.mmd.value:.4g}")
-        assert "within real" in " ".join(figures) and "Brain volume, synthetic" in figures
+        assert "within real" in " ".join(figures)
+        assert "Brain volume, synthetic" in figures
         assert figures["Memorisation (near copies of training scans)"].startswith("not checked")
         written = dialog.write_report(tmp_path / "evaluation")
         assert {p.name for p in written} >= {"report.md", "evaluation.json"}
@@ -368,5 +388,7 @@ def test_cancelling_an_evaluation_says_cancelled_and_reports_no_error(qapp, tmp_
     release.set()
     wait_until(lambda: not dialog.running)
     assert calls == ["real", "synthetic"]  # stopped at the next progress report, before the training scans
-    assert dialog.status.text() == "Cancelled." and not dialog.errors and dialog.result is None
+    assert dialog.status.text() == "Cancelled."
+    assert not dialog.errors
+    assert dialog.result is None
     dialog.close()

@@ -73,16 +73,19 @@ def test_next_is_refused_until_the_rating_is_complete_then_saves_and_moves_on(db
     order = front.session.order()
     flow = front.flow
     flow.start()
-    assert flow.current == order[0] and front.shown == [order[0]]
+    assert flow.current == order[0]
+    assert front.shown == [order[0]]
     assert flow.position_text() == f"Case {order[0]} · 1 of 4"
     assert flow.kept == (order[0], order[1])  # the next case is loaded ahead, no more
-    assert not flow.can_next and not flow.next()
+    assert not flow.can_next
+    assert not flow.next()
     assert front.session.answer_of(order[0]) is None
     front.rating.set_value("confidence", 4)
     assert not flow.next()  # still incomplete
     assert front.answer()
     assert front.session.answer_of(order[0]).values == GOOD
-    assert flow.current == order[1] and flow.answered_order == [order[0]]
+    assert flow.current == order[1]
+    assert flow.answered_order == [order[0]]
     assert front.requests.count(order[1]) == 1  # the prefetched case was not loaded twice
     assert flow.position_text() == f"Case {order[1]} · 2 of 4"
     assert front.rating.values == {}  # a fresh rating for the new case
@@ -94,20 +97,30 @@ def test_a_case_loading_in_the_background_has_no_clock_and_a_failed_prefetch_sta
     order = front.session.order()
     flow = front.flow
     flow.start()
-    assert flow.loading == order[0] and flow.current is None and front.shown == []
-    assert flow.case_number == order[0] and flow.can_skip and not flow.can_next
+    assert flow.loading == order[0]
+    assert flow.current is None
+    assert front.shown == []
+    assert flow.case_number == order[0]
+    assert flow.can_skip
+    assert not flow.can_next
     assert front.requests == [order[0]]
     front.deliver(order[0])
-    assert flow.current == order[0] and flow.loading is None and front.shown == [order[0]]
+    assert flow.current == order[0]
+    assert flow.loading is None
+    assert front.shown == [order[0]]
     assert front.requests == [order[0], order[1]]  # prefetch asked for
     flow.load_failed(order[1], "prefetch broke")
-    assert not front.errors and flow.failed is None  # a prefetch failing says nothing yet
+    assert not front.errors
+    assert flow.failed is None
     assert front.answer()
-    assert flow.loading == order[1] and front.requests[-1] == order[1]  # asked again for the screen
+    assert flow.loading == order[1]
+    assert front.requests[-1] == order[1]
     flow.load_failed(order[1], "cannot read the case")
-    assert front.errors == [("Cannot show case", "cannot read the case")] and flow.failed == order[1]
+    assert front.errors == [("Cannot show case", "cannot read the case")]
+    assert flow.failed == order[1]
     assert flow.skip()  # a case that cannot be shown can still be skipped
-    assert flow.loading == order[2] and flow.failed is None
+    assert flow.loading == order[2]
+    assert flow.failed is None
 
 
 def test_skip_sends_the_case_to_the_end_and_the_study_finishes_once(db):
@@ -123,16 +136,20 @@ def test_skip_sends_the_case_to_the_end_and_the_study_finishes_once(db):
         assert front.answer()
         seen.append(flow.current)
     assert seen == [order[1], order[2], order[3], order[0], None]
-    assert flow.finished and front.finished == 1 and front.session.progress().done
+    assert flow.finished
+    assert front.finished == 1
+    assert front.session.progress().done
     assert flow.position_text() == "Finished · 4 of 4"
-    assert not flow.skip() and not flow.next()
+    assert not flow.skip()
+    assert not flow.next()
 
 
 def test_back_changes_an_earlier_answer_only_when_the_study_allows_it(db):
     fixed = Front(db, "Fixed", "Dr A")
     fixed.flow.start()
     assert fixed.answer()
-    assert not fixed.flow.can_back and not fixed.flow.back()
+    assert not fixed.flow.can_back
+    assert not fixed.flow.back()
 
     front = Front(db, "Changes", "Dr C")
     flow = front.flow
@@ -140,17 +157,23 @@ def test_back_changes_an_earlier_answer_only_when_the_study_allows_it(db):
     first = flow.current
     assert front.answer({**GOOD, "confidence": 5})
     second = flow.current
-    assert flow.can_back and flow.back()
-    assert flow.current == first and flow.revisiting == 0
+    assert flow.can_back
+    assert flow.back()
+    assert flow.current == first
+    assert flow.revisiting == 0
     assert front.rating.values == {**GOOD, "confidence": 5}  # the saved answer, to change
     assert flow.position_text() == f"Case {first} · changing your answer"
-    assert not flow.can_skip and not flow.skip()  # an answered case is not skipped
+    assert not flow.can_skip
+    assert not flow.skip()
     front.rating.set_value("confidence", 2)
     assert flow.next()
-    assert flow.current == second and flow.revisiting is None  # back where the reader was
+    assert flow.current == second
+    assert flow.revisiting is None
     answer = front.session.answer_of(first)
-    assert answer.values["confidence"] == 2 and answer.revision == 2
-    assert flow.back() and flow.next()  # unchanged: nothing new is written
+    assert answer.values["confidence"] == 2
+    assert answer.revision == 2
+    assert flow.back()
+    assert flow.next()
     assert front.session.answer_of(first).revision == 2
 
 
@@ -158,7 +181,8 @@ def test_a_new_flow_resumes_where_the_reader_left(db):
     front = Front(db, "Changes", "Dr C")
     order = front.session.order()
     front.flow.start()
-    assert front.answer() and front.answer()
+    assert front.answer()
+    assert front.answer()
     again = Front(db, "Changes", "Dr C")
     again.flow.start()
     assert again.flow.current == order[2]

@@ -78,17 +78,20 @@ def test_review_is_full_screen_hides_the_main_window_and_brings_it_back(main_win
     review = main_window.open_review(db_path, "Pilot", "Dr A")
     assert review is not None, main_window.errors
     wait_until(lambda: review.current is not None)
-    assert review.isFullScreen() and review.isVisible()
+    assert review.isFullScreen()
+    assert review.isVisible()
     assert not main_window.isVisible(), "file names and the real-scan row must be out of sight"
     review.activateWindow()
     QApplication.processEvents()
     focus = QApplication.focusWidget()
-    assert focus is not None and review.isAncestorOf(focus), "the keyboard belongs to the review window"
+    assert focus is not None, "the keyboard belongs to the review window"
+    assert review.isAncestorOf(focus), "the keyboard belongs to the review window"
     QTest.keyClick(focus, Qt.Key.Key_4)  # a digit answers the first question at once
     assert review.rating.values.get("confidence") == 4
     review.rating.reset()  # nothing unsaved: closes without asking
     review.close()
-    assert not review.isVisible() and main_window.isVisible()
+    assert not review.isVisible()
+    assert main_window.isVisible()
 
 
 def test_the_clock_stands_still_while_hidden_or_in_the_background(main_window, db_path):
@@ -134,12 +137,15 @@ def test_closing_mid_case_warns_that_unsaved_answers_are_dropped(main_window, db
     review.choose(2)
     monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Cancel))
     review.close()
-    assert review.isVisible() and not main_window.isVisible(), "Cancel keeps the reader in review mode"
-    assert f"answers to case {review.current} are not saved" in asked[-1] and "dropped" in asked[-1]
+    assert review.isVisible(), "Cancel keeps the reader in review mode"
+    assert not main_window.isVisible(), "Cancel keeps the reader in review mode"
+    assert f"answers to case {review.current} are not saved" in asked[-1]
+    assert "dropped" in asked[-1]
     monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Close))
     number = review.current
     review.close()
-    assert not review.isVisible() and main_window.isVisible()
+    assert not review.isVisible()
+    assert main_window.isVisible()
     with StudyDatabase(db_path) as db:
         assert db.session("Pilot", "Dr C").answer_of(number) is None
 
@@ -150,7 +156,8 @@ def test_results_need_the_organiser_passphrase(qapp, db_path):
     setting.first.setText("organiser-1")
     setting.second.setText("organiser-2")
     setting._accept()
-    assert setting.result() != OrganiserPassphraseDialog.DialogCode.Accepted and "differ" in setting.message.text()
+    assert setting.result() != OrganiserPassphraseDialog.DialogCode.Accepted
+    assert "differ" in setting.message.text()
     setting.second.setText("organiser-1")
     setting._accept()
     assert setting.result() == OrganiserPassphraseDialog.DialogCode.Accepted
@@ -162,7 +169,8 @@ def test_results_need_the_organiser_passphrase(qapp, db_path):
     asking.first.setText("reader guess")
     QTest.keyClick(asking.first, Qt.Key.Key_Return)
     assert asking.result() != OrganiserPassphraseDialog.DialogCode.Accepted
-    assert "organiser passphrase</span>" in asking.message.text() and "that is not this study" in asking.message.text()
+    assert "organiser passphrase</span>" in asking.message.text()
+    assert "that is not this study" in asking.message.text()
     asking.first.setText("organiser-1")
     QTest.keyClick(asking.first, Qt.Key.Key_Return)
     assert asking.result() == OrganiserPassphraseDialog.DialogCode.Accepted
@@ -211,8 +219,10 @@ def test_create_study_asks_before_synthetic_files_in_the_real_pool_and_unbalance
 
     monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.No))
     dialog.create()
-    assert dialog._job is None and asked[-1][0] == "Synthetic files in the real pool"
-    assert export.name in asked[-1][1] and "Move the synthetic files" in dialog.errors[-1]
+    assert dialog._job is None
+    assert asked[-1][0] == "Synthetic files in the real pool"
+    assert export.name in asked[-1][1]
+    assert "Move the synthetic files" in dialog.errors[-1]
     asked.clear()
     dialog.errors.clear()
     monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Yes))
@@ -222,7 +232,8 @@ def test_create_study_asks_before_synthetic_files_in_the_real_pool_and_unbalance
     assert "3 real and 1 synthetic" in asked[-1][1]
     wait_until(lambda: dialog.created is not None or dialog.errors)
     dialog.wait()
-    assert dialog.created is not None and dialog.created.n_cases == 4, dialog.errors
+    assert dialog.created is not None, dialog.errors
+    assert dialog.created.n_cases == 4, dialog.errors
 
 
 def test_a_plain_monai_checkpoint_asks_which_preset(qapp, tmp_path, tiny_weights, monkeypatch):
@@ -243,9 +254,11 @@ def test_a_plain_monai_checkpoint_asks_which_preset(qapp, tmp_path, tiny_weights
     monkeypatch.setattr(QInputDialog, "getItem", choose)
     try:
         assert window.open_checkpoint(path, wait=True), warnings
-        assert window.checkpoint.spec.name == "tiny" and any(i.startswith("paper") for i in offered)
+        assert window.checkpoint.spec.name == "tiny"
+        assert any(i.startswith("paper") for i in offered)
         monkeypatch.setattr(QInputDialog, "getItem", lambda *a, **k: ("", False))
         assert not window.open_checkpoint(path, wait=True)  # cancelled: the model stays
-        assert window.checkpoint.spec.name == "tiny" and not warnings
+        assert window.checkpoint.spec.name == "tiny"
+        assert not warnings
     finally:
         window.close()

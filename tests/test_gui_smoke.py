@@ -14,7 +14,8 @@ def test_window_shows_checkpoint(qtbot, tmp_path, tiny_checkpoint):
     window = MainWindow(recent=RecentFiles(tmp_path / "recent.json"))
     qtbot.addWidget(window)
     assert window.open_checkpoint(tiny_checkpoint, wait=True)
-    assert "tiny" in window.model_info.text() and "16 x 24 x 16" in window.model_info.text()
+    assert "tiny" in window.model_info.text()
+    assert "16 x 24 x 16" in window.model_info.text()
 
 
 def test_bad_checkpoint_is_reported_not_raised(qtbot, tmp_path):
@@ -24,7 +25,8 @@ def test_bad_checkpoint_is_reported_not_raised(qtbot, tmp_path):
     bad.write_text("nope")
     assert not window.open_checkpoint(bad, wait=True)
     assert "not a readable safetensors" in window.statusBar().currentMessage()
-    assert window.errors and "not a readable safetensors" in window.errors[0]
+    assert window.errors
+    assert "not a readable safetensors" in window.errors[0]
 
 
 def test_screenshot_command_line_waits_for_generation(tmp_path, tiny_checkpoint):
@@ -42,7 +44,8 @@ def test_screenshot_command_line_waits_for_generation(tmp_path, tiny_checkpoint)
     import imageio.v3 as iio
 
     image = iio.imread(shot)
-    assert image.shape[1] >= 1000 and image[..., :3].std() > 10
+    assert image.shape[1] >= 1000
+    assert image[..., :3].std() > 10
 
 
 def test_screenshot_with_a_bad_checkpoint_exits_nonzero_with_the_message(tmp_path):
@@ -52,7 +55,8 @@ def test_screenshot_with_a_bad_checkpoint_exits_nonzero_with_the_message(tmp_pat
     cmd = [sys.executable, "-m", "brainsynth_gui.app", "--checkpoint", str(bad), "--screenshot", str(shot)]
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "BRAINSYNTH_CONFIG_DIR": str(tmp_path / "cfg")}
     result = subprocess.run(cmd, timeout=120, env=env, capture_output=True, text=True)
-    assert result.returncode == 1 and "not a readable safetensors" in result.stderr
+    assert result.returncode == 1
+    assert "not a readable safetensors" in result.stderr
     assert shot.is_file()
 
 

@@ -104,12 +104,13 @@ def test_window_level_fields_and_drag_agree():
 
 def test_orientation_and_display_and_zoom():
     orientation = OrientationState()
-    assert orientation.radiological and orientation.name == "radiological"
+    assert orientation.radiological
+    assert orientation.name == "radiological"
     orientation.set_radiological(False)
     assert orientation.name == "neurological"
 
     display = DisplayState()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="compare mode must be one of"):
         display.set_compare("sideways")
     display.set_overlay_opacity(3)
     assert display.overlay_opacity == 1.0
@@ -122,16 +123,19 @@ def test_orientation_and_display_and_zoom():
     zoom.pan_by((1, 2, 3))
     np.testing.assert_allclose(zoom.centre_mm, centre + np.array([1, 2, 3]))
     zoom.reset()
-    assert zoom.factor == 1 and np.allclose(zoom.centre_mm, centre)
+    assert zoom.factor == 1
+    assert np.allclose(zoom.centre_mm, centre)
 
 
 def test_trajectory_timeline():
     traj = TrajectoryState()
-    assert traj.label() == "" and traj.at_end
+    assert traj.label() == ""
+    assert traj.at_end
     traj.set_playing(True)
     assert not traj.playing  # nothing to play
     traj.set_frames((0, 4, 9), (999, 599, 99), total_steps=10)
-    assert traj.index == 2 and traj.at_end
+    assert traj.index == 2
+    assert traj.at_end
     traj.set_index(-5)
     assert traj.index == 0
     traj.step_by(1)
@@ -150,14 +154,15 @@ def test_trajectory_timeline():
     assert traj.label() == "frame 1 of 3 · starting noise (t = 1000)"
     traj.set_frames((0, 4, 9), (999, 599, 99), total_steps=10)
     traj.set_kind("x0")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="kind must be one of"):
         traj.set_kind("eps")
     traj.set_fps(1000)
     assert traj.fps == TrajectoryState.MAX_FPS
     traj.set_playing(True)
     assert traj.playing
     traj.clear()
-    assert len(traj) == 0 and not traj.playing
+    assert len(traj) == 0
+    assert not traj.playing
 
 
 def test_layer_value_and_readout():
@@ -168,7 +173,9 @@ def test_layer_value_and_readout():
     assert state.layer("synthetic").value_at((1, 2, 3)) == data[1, 2, 3]
     assert ImageLayer("e").value_at((0, 0, 0)) is None
     text = state.readout()
-    assert "voxel [1, 2, 3]" in text and f"synthetic {data[1, 2, 3]:.0f}" in text and "MNI (" in text
+    assert "voxel [1, 2, 3]" in text
+    assert f"synthetic {data[1, 2, 3]:.0f}" in text
+    assert "MNI (" in text
     assert "real" not in text
 
 
@@ -180,7 +187,8 @@ def test_a_viewer_state_holds_any_number_of_named_layers():
     three.layer("real").set(data * 2)
     assert three.readout().endswith("real 14   mask 7")  # every layer with data, in order
     one = ViewerState.for_grid(GRID, layer_names=("case",))  # review mode
-    assert list(one.layers) == ["case"] and one.layer("case").name == "case"
+    assert list(one.layers) == ["case"]
+    assert one.layer("case").name == "case"
     with pytest.raises(KeyError, match="no layer 'real'; this state has case"):
         one.layer("real")
     assert list(ViewerState.for_grid(GRID).layers) == ["synthetic", "real"]  # the main window's
@@ -196,7 +204,8 @@ def test_orientation_of_slices_and_letters():
     rad = screen_rows(oriented_slice(vol, axial, 5, radiological=True))
     neuro = screen_rows(oriented_slice(vol, axial, 5, radiological=False))
     # Anterior is up; in radiological view the patient's left is on the screen's right.
-    assert rad[0, -1] == 1 and neuro[0, 0] == 1
+    assert rad[0, -1] == 1
+    assert neuro[0, 0] == 1
     assert axial.edge_letters(True) == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
     assert axial.edge_letters(False)["left"] == "L"
     sagittal = PLANES["sagittal"]
@@ -211,7 +220,8 @@ def test_slice_rect_covers_the_grid_in_scene_mm():
         x, y, w, h = slice_rect_mm(
             PLANES["axial"], GRID.shape, GRID.spacing_mm, GRID.origin_mm, radiological=radiological
         )
-        assert w == pytest.approx(181) and h == pytest.approx(217)
+        assert w == pytest.approx(181)
+        assert h == pytest.approx(217)
         assert y == pytest.approx(-126.5)
         assert x == pytest.approx(-90.5)  # the MNI box is symmetric in x
 
@@ -219,7 +229,9 @@ def test_slice_rect_covers_the_grid_in_scene_mm():
 def test_colourise_and_compose():
     raster = np.array([[0.0, 500.0, 1000.0]])
     rgb = colourise(raster, low=0, high=1000, colormap="gray")
-    assert rgb.shape == (1, 3, 3) and rgb[0, 0, 0] == 0 and rgb[0, 2, 0] == 255
+    assert rgb.shape == (1, 3, 3)
+    assert rgb[0, 0, 0] == 0
+    assert rgb[0, 2, 0] == 255
     vol = np.random.default_rng(0).uniform(0, 1000, GRID.shape).astype(np.float32)
     one = compose_views(
         vol,
@@ -242,7 +254,8 @@ def test_colourise_and_compose():
         high=1000,
         colormap="hot",
     )
-    assert one.shape[1] == pytest.approx(181, abs=1) and one.shape[0] == pytest.approx(217 + 22, abs=1)
+    assert one.shape[1] == pytest.approx(181, abs=1)
+    assert one.shape[0] == pytest.approx(217 + 22, abs=1)
     assert three.shape[1] == pytest.approx(181 + 217 + 181 + 8, abs=3)
     assert pad_to_multiple(one, 16).shape[0] % 16 == 0
     with pytest.raises(ValueError, match="unknown colour map"):
@@ -257,7 +270,8 @@ def test_gif_round_trip_and_mp4_hint(tmp_path, monkeypatch):
     frames = [np.full((20, 30, 3), v, np.uint8) for v in (0, 120, 250)]
     path = media.write_animation(tmp_path / "a.gif", frames, fps=5)
     back = iio.imread(path, index=None)
-    assert back.shape[0] == 3 and back.shape[1:3] == (20, 30)
+    assert back.shape[0] == 3
+    assert back.shape[1:3] == (20, 30)
     with pytest.raises(ExportError, match="already exists"):
         media.write_animation(path, frames, fps=5)
     with pytest.raises(ExportError, match=r"\.gif or \.mp4"):
@@ -277,9 +291,10 @@ def test_mp4_round_trip(tmp_path):
     frames = [np.full((21, 30, 3), v, np.uint8) for v in (0, 120, 250, 60)]
     path = media.write_animation(tmp_path / "a.mp4", frames, fps=4)
     reader = imageio.get_reader(path, format="FFMPEG")
-    got = [f for f in reader]
+    got = list(reader)
     reader.close()
-    assert len(got) == 4 and got[0].shape[0] % 16 == 0
+    assert len(got) == 4
+    assert got[0].shape[0] % 16 == 0
 
 
 def test_recent_files(tmp_path):
@@ -304,7 +319,8 @@ def test_generation_choices_and_time_left():
     choices = GenerationChoices(sampler="ddim", steps=3, count=2, seed=7)
     assert choices.resolve_seeds() == [7, 8]
     seeds = GenerationChoices(count=3, random_seed=True).resolve_seeds(random.Random(1))
-    assert len(seeds) == 3 and seeds[1] == seeds[0] + 1
+    assert len(seeds) == 3
+    assert seeds[1] == seeds[0] + 1
     checkpoint = Checkpoint(spec=PRESETS["tiny"], weights={})
     with pytest.raises(SamplingError):
         GenerationChoices(sampler="euler").to_request(checkpoint)
@@ -312,7 +328,9 @@ def test_generation_choices_and_time_left():
     clock = RemainingTime(clock=lambda: next(ticks))
     assert clock.update(0.1) is None
     assert clock.update(0.2) == pytest.approx(80.0)
-    assert format_seconds(None) == "…" and format_seconds(65) == "1 min 05 s" and format_seconds(3700) == "1 h 01 min"
+    assert format_seconds(None) == "…"
+    assert format_seconds(65) == "1 min 05 s"
+    assert format_seconds(3700) == "1 h 01 min"
 
 
 def test_out_of_memory_says_what_to_lower():
@@ -322,6 +340,8 @@ def test_out_of_memory_says_what_to_lower():
 
     oom = getattr(torch.cuda, "OutOfMemoryError", RuntimeError)("CUDA out of memory. Tried to allocate 2 GiB")
     assert describe_failure(oom) == OOM_HINT
-    assert "batch size" in OOM_HINT and "trajectory frames" in OOM_HINT and "CPU" in OOM_HINT
+    assert "batch size" in OOM_HINT
+    assert "trajectory frames" in OOM_HINT
+    assert "CPU" in OOM_HINT
     assert describe_failure(SamplingError("no CUDA GPU")) == "no CUDA GPU"
     assert "unexpectedly" in describe_failure(ZeroDivisionError("x"))

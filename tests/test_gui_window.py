@@ -93,11 +93,14 @@ def dialogs(monkeypatch):
 
 def test_generated_volumes_are_listed_and_shown(window):
     assert window.volume_list.count() == 2
-    assert "seed 11" in window.volume_list.item(0).text() and "ddim 3 steps" in window.volume_list.item(0).text()
+    assert "seed 11" in window.volume_list.item(0).text()
+    assert "ddim 3 steps" in window.volume_list.item(0).text()
     entry = window.library.entries[0]
     np.testing.assert_array_equal(window.state.layer("synthetic").data, entry.standard())
-    assert "tiny" in window.model_info.text() and "EMA" in window.model_info.text()
-    assert window.state.layer("real").data is not None and window.state.layer("real").data.shape == (16, 24, 16)
+    assert "tiny" in window.model_info.text()
+    assert "EMA" in window.model_info.text()
+    assert window.state.layer("real").data is not None
+    assert window.state.layer("real").data.shape == (16, 24, 16)
     assert "Done: 2 volumes" in window.generation_panel.status.text()
 
 
@@ -210,8 +213,10 @@ def test_window_level_field_and_right_drag_stay_in_sync(window, qtbot):
     axial = window.viewer.view("synthetic", "axial")
     start = QPoint(axial.viewport().width() // 2, axial.viewport().height() // 2)
     drag(axial.viewport(), start, start + QPoint(50, -10), Qt.MouseButton.RightButton)
-    assert wl.window > 400 and wl.level < 300
-    assert panel.window.value() == pytest.approx(wl.window) and panel.level.value() == pytest.approx(wl.level)
+    assert wl.window > 400
+    assert wl.level < 300
+    assert panel.window.value() == pytest.approx(wl.window)
+    assert panel.level.value() == pytest.approx(wl.level)
     window.state.window_level.set(window=1000, level=500)
 
 
@@ -221,7 +226,8 @@ def test_radiological_switch_flips_left_right(window):
     before = axial.image.image.copy()
     window.display_panel.radiological.setChecked(False)
     assert not window.state.orientation.radiological
-    assert axial.letters["left"].text() == "L" and axial.letters["right"].text() == "R"
+    assert axial.letters["left"].text() == "L"
+    assert axial.letters["right"].text() == "R"
     np.testing.assert_array_equal(axial.image.image, before[::-1, :])
     sagittal = window.viewer.view("synthetic", "sagittal")
     assert sagittal.letters["left"].text() == "A"  # sagittal is unaffected
@@ -235,16 +241,20 @@ def test_overlay_mode_and_colormap(window):
     assert all(not v.isVisible() for v in window.viewer.real_views)
     window.display_panel.opacity.setValue(30)
     axial = window.viewer.view("synthetic", "axial")
-    assert axial.overlay.isVisible() and axial.overlay.opacity() == pytest.approx(0.3)
+    assert axial.overlay.isVisible()
+    assert axial.overlay.opacity() == pytest.approx(0.3)
     assert "phantom" in axial.title.text()
     # the overlay has its own colour map and threshold (the base stays grey)
     real = window.state.layer("real")
-    assert window.display_panel.overlay_row.isVisible() and real.colormap == "hot"
+    assert window.display_panel.overlay_row.isVisible()
+    assert real.colormap == "hot"
     rgba = axial.overlay.image
-    assert rgba.shape[-1] == 4 and not np.array_equal(rgba[..., 0], rgba[..., 2])  # not grey
+    assert rgba.shape[-1] == 4
+    assert not np.array_equal(rgba[..., 0], rgba[..., 2])
     assert (rgba[..., 3] == 255).all()
     window.display_panel.overlay_colormap.setCurrentText("viridis")
-    assert real.colormap == "viridis" and display.colormap == "gray"
+    assert real.colormap == "viridis"
+    assert display.colormap == "gray"
     window.display_panel.threshold.setValue(500)
     assert real.threshold == 500
     section = oriented_slice(real.data, PLANES["axial"], window.state.cursor.voxel[2], radiological=True)
@@ -255,10 +265,12 @@ def test_overlay_mode_and_colormap(window):
     window.display_panel.overlay_colormap.setCurrentText("hot")
     window.display_panel.compare.setCurrentText("side-by-side")
     assert not window.display_panel.overlay_row.isVisible()
-    assert not axial.overlay.isVisible() and all(v.isVisible() for v in window.viewer.real_views)
+    assert not axial.overlay.isVisible()
+    assert all(v.isVisible() for v in window.viewer.real_views)
     window.display_panel.colormap.setCurrentText("hot")
     assert display.colormap == "hot"
-    assert axial.image.lut[-1].tolist() == [255, 255, 255] and axial.image.lut[128][2] == 0
+    assert axial.image.lut[-1].tolist() == [255, 255, 255]
+    assert axial.image.lut[128][2] == 0
     window.display_panel.colormap.setCurrentText("gray")
 
 
@@ -266,8 +278,10 @@ def test_scrub_and_play_the_trajectory(window, qtbot):
     window.volume_list.setCurrentRow(1)
     entry = window.library.entries[1]
     traj = window.state.trajectory
-    assert len(traj) == 4 and traj.at_end  # the starting noise and 3 recorded steps
-    assert "frame 4 of 4" in window.timeline.label.text() and "final sample" in window.timeline.label.text()
+    assert len(traj) == 4
+    assert traj.at_end
+    assert "frame 4 of 4" in window.timeline.label.text()
+    assert "final sample" in window.timeline.label.text()
     window.timeline.slider.setValue(0)
     assert traj.index == 0
     np.testing.assert_allclose(window.state.layer("synthetic").data, entry.frame("x_t", 0))
@@ -315,7 +329,8 @@ def test_nifti_export_reads_back_and_never_overwrites_silently(window, tmp_path,
 
     monkeypatch.setattr(QMessageBox, "question", question)
     assert window.export_nifti(tmp_path) == []
-    assert asked and written[0].stat().st_mtime_ns == mtime
+    assert asked
+    assert written[0].stat().st_mtime_ns == mtime
 
 
 def test_gif_export_reads_back(window, tmp_path):
@@ -344,7 +359,8 @@ def test_png_of_the_views(window, tmp_path):
     import imageio.v3 as iio
 
     image = iio.imread(tmp_path / "views.png")
-    assert image.shape[0] > 200 and image[..., :3].std() > 5  # not an empty picture
+    assert image.shape[0] > 200
+    assert image[..., :3].std() > 5
 
 
 def test_bad_files_give_dialogs_not_crashes(window, tmp_path, dialogs):
@@ -388,8 +404,10 @@ def test_a_failed_open_never_replaces_the_scan_on_screen(window, tmp_path, dialo
     window.open_scans([bad])
     wait_until(lambda: not window.busy and any(t == "Cannot show scan" for t, _ in dialogs))
     assert [t for t, _ in dialogs].count("Cannot show scan") == 1  # reported once
-    assert window.state.layer("real").data is shown and window.state.layer("real").title == title
-    assert bad not in window.scans.paths and window.scan_list.currentRow() == 0
+    assert window.state.layer("real").data is shown
+    assert window.state.layer("real").title == title
+    assert bad not in window.scans.paths
+    assert window.scan_list.currentRow() == 0
 
 
 def test_remove_real_scans_and_generated_volumes(window, tmp_path, qtbot, monkeypatch):
@@ -403,7 +421,8 @@ def test_remove_real_scans_and_generated_volumes(window, tmp_path, qtbot, monkey
     window.activateWindow()
     window.scan_list.setFocus()
     qtbot.keyClick(window.scan_list, Qt.Key.Key_Delete)
-    assert len(window.scans) == before - 1 and extra not in window.scans.paths
+    assert len(window.scans) == before - 1
+    assert extra not in window.scans.paths
     assert window.state.layer("real").data is None  # the removed scan is not left on screen
     # generated volumes: the context menu's Remove (the same slot), then the quit prompt
     count = len(window.library)
@@ -411,7 +430,8 @@ def test_remove_real_scans_and_generated_volumes(window, tmp_path, qtbot, monkey
     window.volume_list.item(count - 1).setSelected(True)
     removed = window.library.entries[count - 1]
     window.remove_selected_volumes()
-    assert len(window.library) == count - 1 and removed not in window.library.entries
+    assert len(window.library) == count - 1
+    assert removed not in window.library.entries
     assert window.volume_list.count() == count - 1
     assert window.unexported == []  # every volume was exported by the NIfTI export test above
     assert window.confirm_quit()  # so quitting does not ask
@@ -428,7 +448,8 @@ def test_remove_real_scans_and_generated_volumes(window, tmp_path, qtbot, monkey
         assert not window.quit_requested()  # File ▸ Quit, answered Cancel
     finally:
         window.quiet = True
-    assert window.isVisible() and "not been exported" in asked[-1]
+    assert window.isVisible()
+    assert "not been exported" in asked[-1]
     window.lists.setCurrentIndex(0)
 
 
@@ -441,20 +462,25 @@ def no_bundled_resources(monkeypatch, tmp_path):
     empty = tmp_path / "no-resources"
     empty.mkdir()
     monkeypatch.setattr(resources, "resources_dir", lambda: empty)
-    assert resources.bundled_checkpoint() is None and resources.bundled_demo_scans() == []
+    assert resources.bundled_checkpoint() is None
+    assert resources.bundled_demo_scans() == []
     return empty
 
 
 def test_no_model_message_and_generate_without_model(qapp, tmp_path, dialogs, no_bundled_resources):
     win = make_window(tmp_path)
     assert not win.open_checkpoint(None) or win.checkpoint is not None  # bundled model only if installed
-    assert win.checkpoint is None and not win.loading_checkpoint
+    assert win.checkpoint is None
+    assert not win.loading_checkpoint
     assert "No model loaded" in win.model_info.text()
-    assert "Open a checkpoint" in win.model_info.text() and "Ctrl+O" in win.model_info.text()
+    assert "Open a checkpoint" in win.model_info.text()
+    assert "Ctrl+O" in win.model_info.text()
     assert "open a checkpoint" in win.statusBar().currentMessage()
-    assert not win.generation_panel.generate_button.isEnabled() and not win.generate_action.isEnabled()
+    assert not win.generation_panel.generate_button.isEnabled()
+    assert not win.generate_action.isEnabled()
     assert not win.start_generation(REQUEST)
-    assert dialogs and "open a checkpoint" in dialogs[-1][1]
+    assert dialogs
+    assert "open a checkpoint" in dialogs[-1][1]
     win.close()
 
 
@@ -470,8 +496,11 @@ def test_app_starts_without_a_bundled_model(qapp, tmp_path, monkeypatch, no_bund
     assert shot.is_file()
     (win,) = [w for w in qapp.topLevelWidgets() if isinstance(w, MainWindow) and all(w is not b for b in before)]
     try:
-        assert win.isVisible() and win.checkpoint is None and not win.errors
-        assert "No model loaded" in win.model_info.text() and "Open checkpoint" in win.model_info.text()
+        assert win.isVisible()
+        assert win.checkpoint is None
+        assert not win.errors
+        assert "No model loaded" in win.model_info.text()
+        assert "Open checkpoint" in win.model_info.text()
         assert not win.generation_panel.generate_button.isEnabled()
         assert win.scan_list.count() == 0  # no bundled demo scans either
     finally:
@@ -489,7 +518,8 @@ def test_drop_checkpoint_opens_it(qapp, tmp_path, checkpoint_path):
     win.dropEvent(drop)
     assert win.loading_checkpoint  # read in the background
     wait_until(lambda: not win.loading_checkpoint)
-    assert win.checkpoint is not None and win.recent.get("checkpoints") == [checkpoint_path.resolve()]
+    assert win.checkpoint is not None
+    assert win.recent.get("checkpoints") == [checkpoint_path.resolve()]
     win.close()
 
 
@@ -514,7 +544,8 @@ def test_cancel_stops_within_one_step(qapp, tmp_path, checkpoint_path):
     wait_until(lambda: finished)
     assert finished == [True]
     assert len(calls) <= at_cancel[0] + 1
-    assert win.volume_list.count() == 0 and "Cancelled" in win.generation_panel.status.text()
+    assert win.volume_list.count() == 0
+    assert "Cancelled" in win.generation_panel.status.text()
     win.close()
 
 
@@ -601,10 +632,13 @@ def test_checkpoint_loads_in_the_background_while_the_window_stays_responsive(
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
     assert win.open_checkpoint(checkpoint_path)  # returns at once: the load has started
-    assert win.loading_checkpoint and win.busy and win.checkpoint is None
+    assert win.loading_checkpoint
+    assert win.busy
+    assert win.checkpoint is None
     wait_until(lambda: win.checkpoint_progress.value() >= 500 and len(ticks) >= 10, timeout=15)
     # Held halfway: the window is drawn, its timer fires, its controls answer, the panel still says no model.
-    assert win.checkpoint_progress.isVisible() and win.checkpoint_progress.value() < 1000
+    assert win.checkpoint_progress.isVisible()
+    assert win.checkpoint_progress.value() < 1000
     assert "No model loaded" in win.model_info.text()
     assert not win.generation_panel.generate_button.isEnabled()
     win.state.zoom.zoom_by(2.0)
@@ -613,10 +647,13 @@ def test_checkpoint_loads_in_the_background_while_the_window_stays_responsive(
     release.set()
     wait_until(lambda: not win.loading_checkpoint, timeout=15)
     timer.stop()
-    assert win.checkpoint is not None and win.checkpoint.path == checkpoint_path
+    assert win.checkpoint is not None
+    assert win.checkpoint.path == checkpoint_path
     assert win.checkpoint.sha256 == hashlib.sha256(checkpoint_path.read_bytes()).hexdigest()
-    assert "tiny" in win.model_info.text() and "16 x 24 x 16" in win.model_info.text()
-    assert win.checkpoint_progress.isHidden() and win.generation_panel.generate_button.isEnabled()
+    assert "tiny" in win.model_info.text()
+    assert "16 x 24 x 16" in win.model_info.text()
+    assert win.checkpoint_progress.isHidden()
+    assert win.generation_panel.generate_button.isEnabled()
     assert dialogs == [("Cannot open checkpoint", "another checkpoint is loading; wait for it to finish")]
     win.close()
 
@@ -633,11 +670,15 @@ def test_a_damaged_checkpoint_loaded_in_the_background_is_one_error_and_keeps_th
     assert win.open_checkpoint(damaged)  # started in the background
     wait_until(lambda: not win.loading_checkpoint)
     qapp.processEvents()
-    assert len(dialogs) == 1 and len(win.errors) == 1
+    assert len(dialogs) == 1
+    assert len(win.errors) == 1
     title, message = dialogs[0]
-    assert title == "Cannot open checkpoint" and "damaged.safetensors is damaged or truncated" in message
-    assert win.checkpoint is previous and win.model_info.text() == panel
-    assert win.generation_panel.generate_button.isEnabled() and win.checkpoint_progress.isHidden()
+    assert title == "Cannot open checkpoint"
+    assert "damaged.safetensors is damaged or truncated" in message
+    assert win.checkpoint is previous
+    assert win.model_info.text() == panel
+    assert win.generation_panel.generate_button.isEnabled()
+    assert win.checkpoint_progress.isHidden()
     assert win.recent.get("checkpoints") == [checkpoint_path.resolve()]
     win.close()
 
@@ -653,7 +694,8 @@ def test_the_timeline_opens_on_the_starting_noise(window):
     start = entry.volume.trajectory.start.float().numpy()
     np.testing.assert_allclose(start, noise[0, 0].numpy(), atol=2e-3)  # float16 storage
     steps, timesteps = entry.timeline()
-    assert steps[0] == -1 and timesteps[0] == entry.spec.schedule.num_train_timesteps
+    assert steps[0] == -1
+    assert timesteps[0] == entry.spec.schedule.num_train_timesteps
     assert steps[1:] == entry.volume.trajectory.steps
 
 
@@ -663,9 +705,11 @@ def test_synthetic_only_never_shows_the_hidden_real_value(window):
     window.volume_list.setCurrentRow(0)
     window.state.cursor.set_voxel((8, 12, 8))
     window.state.display.set_compare("side-by-side")
-    assert "real " in window.readout.text() and "synthetic " in window.readout.text()
+    assert "real " in window.readout.text()
+    assert "synthetic " in window.readout.text()
     window.state.display.set_compare("synthetic only")
-    assert "real" not in window.readout.text() and "synthetic " in window.readout.text()
+    assert "real" not in window.readout.text()
+    assert "synthetic " in window.readout.text()
     window.state.display.set_compare("side-by-side")
     assert "real " in window.readout.text()
 
@@ -705,10 +749,12 @@ def test_a_click_on_the_timeline_groove_jumps_there(window, qtbot):
 def test_the_timeline_says_it_is_recording(window):
     window.state.trajectory.clear()
     window.timeline.set_recording(True)
-    assert "recording" in window.timeline.label.text() and "no trajectory" not in window.timeline.label.text()
+    assert "recording" in window.timeline.label.text()
+    assert "no trajectory" not in window.timeline.label.text()
     window.timeline.set_recording(False)
     assert "no trajectory recorded" in window.timeline.label.text()
-    assert not window.timeline.play_button.icon().isNull() and "⏸" not in window.timeline.play_button.text()
+    assert not window.timeline.play_button.icon().isNull()
+    assert "⏸" not in window.timeline.play_button.text()
     window.volume_list.setCurrentRow(0)
 
 

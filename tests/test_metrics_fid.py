@@ -41,9 +41,12 @@ def test_frechet_distance_refuses_a_single_sample():
 
 def test_loads_medicalnet_file_and_extracts_features(medicalnet_weights):
     net = load_medicalnet(medicalnet_weights)
-    assert "ResNet-10" in net.name and "shortcut B" in net.name and len(net.sha256) == 64
+    assert "ResNet-10" in net.name
+    assert "shortcut B" in net.name
+    assert len(net.sha256) == 64
     feats = extract_features(net, brains(range(3)), batch_size=2)
-    assert feats.shape == (3, 512) and np.isfinite(feats).all()
+    assert feats.shape == (3, 512)
+    assert np.isfinite(feats).all()
     # The loaded weights are the saved ones (module. prefix stripped), not a fresh random init.
     saved = torch.load(medicalnet_weights, weights_only=True)["state_dict"]["module.layer4.0.conv2.weight"]
     assert torch.equal(net.model.state_dict()["layer4.0.conv2.weight"], saved)

@@ -60,7 +60,8 @@ def test_rbf_kernel_sees_shift_and_is_bounded():
     shifted = unbiased_mmd(real, _subjects(6, seed=2, offset=100.0))
     same = unbiased_mmd(real, real.copy())
     assert shifted.rbf_value > same.rbf_value
-    assert -2.0 <= shifted.rbf_value <= 2.0 and shifted.rbf_sigma > 0
+    assert -2.0 <= shifted.rbf_value <= 2.0
+    assert shifted.rbf_sigma > 0
 
 
 def test_blockwise_gram_equals_direct():

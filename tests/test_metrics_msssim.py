@@ -24,7 +24,8 @@ def test_paper_grid_gets_five_scales_and_a_window_of_five():
 
 def test_demo_grid_uses_fewer_scales_with_renormalised_weights():
     s = choose_settings((40, 48, 40))
-    assert s.n_scales == 4 and s.kernel_size == 3
+    assert s.n_scales == 4
+    assert s.kernel_size == 3
     assert sum(s.weights) == pytest.approx(1.0)
     assert s.weights[0] / s.weights[1] == pytest.approx(STANDARD_WEIGHTS[0] / STANDARD_WEIGHTS[1])
     assert "4 scales" in s.note
@@ -80,10 +81,13 @@ def test_shape_mismatch_is_refused():
 
 def test_pairs_are_distinct_reproducible_and_capped():
     pairs, possible = sample_pairs(6, None, n_pairs=100, rng=np.random.default_rng(0))
-    assert possible == 15 and len(pairs) == 15 and len(set(pairs)) == 15
+    assert possible == 15
+    assert len(pairs) == 15
+    assert len(set(pairs)) == 15
     assert all(i < j for i, j in pairs)
     a, _ = sample_pairs(10, 7, n_pairs=20, rng=np.random.default_rng(3))
     b, _ = sample_pairs(10, 7, n_pairs=20, rng=np.random.default_rng(3))
-    assert a == b and len(set(a)) == 20
+    assert a == b
+    assert len(set(a)) == 20
     with pytest.raises(EvaluationError, match="at least 2"):
         sample_pairs(1, None, n_pairs=5, rng=np.random.default_rng(0))

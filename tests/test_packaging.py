@@ -67,7 +67,8 @@ def test_wheel_holds_packages_resources_and_entry_points(wheel):
     assert f"brainsynth-{__version__}.dist-info/licenses/NOTICE" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "brainsynth-cli = training_cli.main:main" in text and "brainsynth = brainsynth_gui.app:main" in text
+    assert "brainsynth-cli = training_cli.main:main" in text
+    assert "brainsynth = brainsynth_gui.app:main" in text
 
 
 def test_installed_wheel_finds_its_resources(wheel, tmp_path):
@@ -85,7 +86,8 @@ def test_installed_wheel_finds_its_resources(wheel, tmp_path):
         [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, check=True
     )
     path, exists = out.stdout.split()
-    assert exists == "True" and path.startswith(str(target))
+    assert exists == "True"
+    assert path.startswith(str(target))
 
 
 @pytest.mark.parametrize("command", [["-m", "training_cli"], ["-m", "brainsynth_gui.app"]])
@@ -160,12 +162,14 @@ def test_wheel_installs_in_a_fresh_venv_and_both_entry_points_answer(wheel, tmp_
 
 
 def test_version_has_one_source():
-    assert "version" not in PYPROJECT["project"] and "version" in PYPROJECT["project"]["dynamic"]
+    assert "version" not in PYPROJECT["project"]
+    assert "version" in PYPROJECT["project"]["dynamic"]
     assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "engine.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+([ab]\d+|rc\d+)?", __version__)
     changelog = (ROOT / "CHANGELOG.md").read_text()
     first_release = re.search(r"^## \[(\d[^\]]*)\]", changelog, re.MULTILINE)
-    assert first_release and first_release.group(1) == __version__, "CHANGELOG.md's latest section is not __version__"
+    assert first_release, "CHANGELOG.md's latest section is not __version__"
+    assert first_release.group(1) == __version__, "CHANGELOG.md's latest section is not __version__"
 
 
 # -- the dependency lock ------------------------------------------------------------------------
@@ -208,7 +212,8 @@ def test_lock_without_torch_is_the_same_resolution_minus_torch_and_its_cuda_whee
 def test_makefile_lock_target_writes_the_lock_the_container_installs():
     makefile = (ROOT / "Makefile").read_text()
     assert "LOCK := packaging/requirements-lock.txt" in makefile
-    assert re.search(r"^lock:", makefile, re.MULTILINE) and "--generate-hashes" in makefile
+    assert re.search(r"^lock:", makefile, re.MULTILINE)
+    assert "--generate-hashes" in makefile
     assert "--constraint packaging/lock-constraints.txt" in makefile
 
 
@@ -235,7 +240,8 @@ def definition_sections(text: str) -> tuple[dict[str, str], dict[str, str]]:
         elif current is None:
             if stripped and not stripped.startswith("#"):
                 key, sep, value = stripped.partition(":")
-                assert sep and value.strip(), f"header line {stripped!r} is not 'Keyword: value'"
+                assert sep, f"header line {stripped!r} is not 'Keyword: value'"
+                assert value.strip(), f"header line {stripped!r} is not 'Keyword: value'"
                 header[key.strip()] = value.strip()
         else:
             sections[current] += line + "\n"
@@ -264,7 +270,8 @@ def test_apptainer_installs_from_the_lock_the_readme_and_makefile_use():
     assert "--require-hashes -r /opt/brainsynth-dist/requirements-lock.txt" in post
     assert "--require-hashes -r /opt/brainsynth-dist/requirements-lock-notorch.txt" in post
     assert "install --no-deps /opt/brainsynth-dist/brainsynth-*.whl" in post
-    assert "{{ TORCH_INDEX }}" in post and "TORCH_INDEX=pypi" in sections["arguments"]
+    assert "{{ TORCH_INDEX }}" in post
+    assert "TORCH_INDEX=pypi" in sections["arguments"]
     if shutil.which("bash"):
         subprocess.run(["bash", "-n"], input=post, text=True, check=True)  # the %post script parses
 
@@ -287,7 +294,8 @@ def test_apptainer_build_dry_run_where_apptainer_exists():
 def test_slurm_templates_show_the_container():
     for name in ("train_multinode.sbatch", "sample_multigpu.sbatch", "README.md"):
         text = (ROOT / "packaging" / "slurm" / name).read_text()
-        assert "apptainer exec --nv" in text and "brainsynth.sif" in text, name
+        assert "apptainer exec --nv" in text, name
+        assert "brainsynth.sif" in text, name
 
 
 # -- the desktop bundle's files ---------------------------------------------------------------
@@ -304,7 +312,8 @@ def test_bundle_entry_scripts_call_the_installed_entry_points():
     ast.parse(spec)
     for exe in scripts:
         assert f'name="{exe}"' in spec
-    assert "entry_brainsynth.py" in spec and "entry_brainsynth_cli.py" in spec
+    assert "entry_brainsynth.py" in spec
+    assert "entry_brainsynth_cli.py" in spec
     assert any(r.startswith("pyinstaller") for r in PYPROJECT["project"]["optional-dependencies"]["bundle"])
 
 
@@ -312,9 +321,12 @@ def test_desktop_entry():
     text = (DESKTOP / "brainsynth.desktop").read_text()
     entry = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
     assert text.startswith("[Desktop Entry]")
-    assert entry["Type"] == "Application" and entry["Name"] == "BrainSynth"
-    assert entry["Exec"].split()[0] == "brainsynth" and entry["Icon"] == "brainsynth"
-    assert entry["Terminal"] == "false" and entry["Categories"].endswith(";")
+    assert entry["Type"] == "Application"
+    assert entry["Name"] == "BrainSynth"
+    assert entry["Exec"].split()[0] == "brainsynth"
+    assert entry["Icon"] == "brainsynth"
+    assert entry["Terminal"] == "false"
+    assert entry["Categories"].endswith(";")
     validate = shutil.which("desktop-file-validate")
     if validate:
         subprocess.run([validate, str(DESKTOP / "brainsynth.desktop")], check=True, capture_output=True)
@@ -324,5 +336,7 @@ def test_png_icon_is_rendered_from_the_svg():
     from PIL import Image
 
     with Image.open(ROOT / "resources" / "icons" / "brainsynth.png") as icon:
-        assert icon.size == (256, 256) and icon.mode == "RGBA"
-        assert icon.getpixel((0, 0))[3] == 0 and icon.getpixel((128, 128))[3] == 255  # rounded corner, opaque body
+        assert icon.size == (256, 256)
+        assert icon.mode == "RGBA"
+        assert icon.getpixel((0, 0))[3] == 0
+        assert icon.getpixel((128, 128))[3] == 255

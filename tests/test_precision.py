@@ -48,21 +48,26 @@ def test_explicit_choices_are_checked_not_timed():
 def test_auto_keeps_bf16_only_when_a_step_is_faster(cache, bf16_units):
     calls: list[str] = []
     fast = choose_precision("auto", device=CPU, step=_sleeping_step({"fp32": 0.03, "bf16": 0.005}, calls))
-    assert fast.precision == "bf16" and "faster than fp32" in fast.reason and "AMX" in fast.reason
+    assert fast.precision == "bf16"
+    assert "faster than fp32" in fast.reason
+    assert "AMX" in fast.reason
     assert fast.seconds_per_step["bf16"] < fast.seconds_per_step["fp32"]
     assert calls.count("fp32") == calls.count("bf16") == 4  # one warm-up, three timed
     slow = choose_precision("auto", device=CPU, step=_sleeping_step({"fp32": 0.005, "bf16": 0.03}, []))
-    assert slow.precision == "fp32" and "bf16 was not faster" in slow.reason
+    assert slow.precision == "fp32"
+    assert "bf16 was not faster" in slow.reason
 
 
 def test_the_timing_is_cached_per_network_and_device(cache, bf16_units):
     calls: list[str] = []
     step = _sleeping_step({"fp32": 0.02, "bf16": 0.002}, calls)
     first = choose_precision("auto", device=CPU, step=step, cache_key="net-a")
-    assert calls and (cache / "precision-timings.json").is_file()
+    assert calls
+    assert (cache / "precision-timings.json").is_file()
     calls.clear()
     again = choose_precision("auto", device=CPU, step=step, cache_key="net-a")
-    assert calls == [] and again == first
+    assert calls == []
+    assert again == first
     choose_precision("auto", device=CPU, step=step, cache_key="net-b")
     assert calls  # another network is timed afresh
 
@@ -98,7 +103,8 @@ def test_auto_records_what_it_chose_in_every_sidecar(cache, tiny_spec):
     request = GenerationRequest(spec=tiny_spec, seeds=[0], settings=SamplerSettings("ddim", 2), device="cpu",
                                 precision="auto")  # fmt: skip
     resolved = resolve_precision(model, request)
-    assert resolved.precision in ("fp32", "bf16") and resolved.precision_reason.startswith("auto: ")
+    assert resolved.precision in ("fp32", "bf16")
+    assert resolved.precision_reason.startswith("auto: ")
     assert resolve_precision(model, resolved) is resolved  # resolving twice changes nothing
     (volume,) = [v for e in generate(model, resolved) for v in e.finished]
     assert volume.provenance["precision"] == resolved.precision

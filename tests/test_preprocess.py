@@ -84,7 +84,8 @@ def test_stripped_scans_are_recognised_and_raw_heads_are_not():
     rng = np.random.default_rng(0)
     brain = np.where(inside, 800.0 + 50 * rng.standard_normal(inside.shape), 0.0).astype(np.float32)
     mask = stripped_brain_mask(Volume(brain, affine))
-    assert mask is not None and np.array_equal(mask, inside)
+    assert mask is not None
+    assert np.array_equal(mask, inside)
     # The same image with noise in the air (a raw scan) is not stripped...
     noisy = np.abs(brain + 20 * rng.standard_normal(brain.shape)).astype(np.float32)
     assert stripped_brain_mask(Volume(noisy, affine)) is None
@@ -123,7 +124,8 @@ def test_outliers_are_flagged_by_range_and_by_distance_from_the_batch():
         title="QC",
     )
     assert "6 scans preprocessed, 1 flagged for a look, 1 refused." in text
-    assert "![s5](qc/s5.png)" in text and "- bad.nii: is 4-D" in text
+    assert "![s5](qc/s5.png)" in text
+    assert "- bad.nii: is 4-D" in text
 
 
 def test_ants_images_keep_the_world_position_of_an_oblique_scan():
@@ -180,7 +182,8 @@ def test_nibabels_own_odd_files_are_refused_with_one_line_each(tmp_path, capsys)
     assert "4-D (128x96x24x2)" in reasons["example4d.nii.gz"]
     assert "4-D" in reasons["functional.nii"]
     assert "covers only 66 x 82 x 50 mm" in reasons["anatomical.nii"]
-    assert "covers only" in reasons["standard.nii.gz"] and "covers only" in reasons["reoriented_anat_moved.nii"]
+    assert "covers only" in reasons["standard.nii.gz"]
+    assert "covers only" in reasons["reoriented_anat_moved.nii"]
     assert "4-D (3x4x5x2)" in reasons["test.mgz"]
     assert "a 3-D T1 volume is needed" in reasons["slice.nii.gz"]
     assert not list(out.glob("*.nii*"))  # nothing written for a refused scan
@@ -224,7 +227,8 @@ def raw_subject(tmp_path_factory):
 def test_demo_data_raw_is_a_scanner_space_head_scan(raw_subject):
     _, truth, full = raw_subject
     img = nib.load(full)
-    assert img.get_data_dtype() == np.int16 and img.dataobj.slope not in (0.0, 1.0)
+    assert img.get_data_dtype() == np.int16
+    assert img.dataobj.slope not in (0.0, 1.0)
     assert "".join(nib.aff2axcodes(img.affine)) == "PIL"
     zooms = np.round(img.header.get_zooms(), 3)
     assert sorted(zooms) == [1.0, 1.0, 1.2]
@@ -232,12 +236,14 @@ def test_demo_data_raw_is_a_scanner_space_head_scan(raw_subject):
     rotation = img.affine[:3, :3] / zooms
     assert np.abs(np.abs(rotation) - np.round(np.abs(rotation))).max() > 0.1  # oblique
     sidecar = json.loads(full.with_name("demo_s3_0000.json").read_text())
-    assert sidecar["ground_truth"] == "../demo_s3_0000.nii.gz" and "not a patient" in sidecar["kind"]
+    assert sidecar["ground_truth"] == "../demo_s3_0000.nii.gz"
+    assert "not a patient" in sidecar["kind"]
     data = np.asarray(img.dataobj, dtype=np.float32)
     # Noise in the air, a bright scalp: far more signal outside the brain than a stripped scan has.
     assert (data > 0).mean() > 0.9
     ground_truth = nib.load(truth)
-    assert ground_truth.shape == MNI_BOX_SHAPE and int(ground_truth.header["sform_code"]) == 4
+    assert ground_truth.shape == MNI_BOX_SHAPE
+    assert int(ground_truth.header["sform_code"]) == 4
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +263,8 @@ def test_raw_scan_gives_its_ground_truth(preprocessed):
     scan_img = nib.load(out / "sub-03_T1w.nii.gz")
     assert scan_img.shape == MNI_BOX_SHAPE
     np.testing.assert_allclose(scan_img.affine, mni_box_affine())
-    assert int(scan_img.header["sform_code"]) == 4 and int(scan_img.header["qform_code"]) == 4
+    assert int(scan_img.header["sform_code"]) == 4
+    assert int(scan_img.header["qform_code"]) == 4
     scan = np.asarray(scan_img.dataobj, dtype=np.float32)
     mask = np.asarray(nib.load(out / "masks" / "sub-03_T1w_mask.nii.gz").dataobj) > 0
     gt = np.asarray(nib.load(truth).dataobj, dtype=np.float32)
@@ -275,14 +282,16 @@ def test_raw_scan_gives_its_ground_truth(preprocessed):
     # The study's normalisation: the brain's 99.5th percentile at 1000.
     assert abs(np.percentile(scan[mask], 99.5) - 1000) < 5
     record = json.loads((out / "sub-03_T1w.json").read_text())
-    assert record["registration"] == "affine" and record["notes"] == []
+    assert record["registration"] == "affine"
+    assert record["notes"] == []
     assert record["metrics"]["similarity"] > 0.85
     assert 1000 < record["metrics"]["brain_volume_ml"] < 2300
     assert {"brain_extraction", "denoise", "bias_field", "registration"} <= set(record["seconds"])
     assert (out / record["outputs"]["transform"]).stat().st_size > 0
     assert (out / "qc" / "sub-03_T1w.png").read_bytes()[:4] == b"\x89PNG"
     report = (out / "qc_report.md").read_text()
-    assert "| sub-03_T1w |" in report and "![sub-03_T1w](qc/sub-03_T1w.png)" in report
+    assert "| sub-03_T1w |" in report
+    assert "![sub-03_T1w](qc/sub-03_T1w.png)" in report
     assert (out / "failed.csv").read_text() == "input,reason\n"
 
 
@@ -305,7 +314,8 @@ def test_finished_scans_are_skipped_and_other_content_is_not_overwritten(preproc
     assert (out / "sub-03_T1w.nii.gz").stat().st_mtime_ns == before
     # Other settings are another result: refused without --overwrite, nothing touched.
     other = run_preprocess([raw], out, settings=PreprocessSettings(threads=2, fast=True, skip=("denoise",)))
-    assert other.outcomes[0].status == "failed" and "--overwrite" in other.outcomes[0].message
+    assert other.outcomes[0].status == "failed"
+    assert "--overwrite" in other.outcomes[0].message
     assert (out / "sub-03_T1w.nii.gz").stat().st_mtime_ns == before
 
 
@@ -318,7 +328,8 @@ def test_a_stripped_scan_in_mni_space_skips_extraction_and_registration(raw_subj
     assert outcome.status == "done"
     notes = " ".join(outcome.record["notes"])
     assert "already skull-stripped: brain extraction skipped" in notes
-    assert "already in MNI space" in notes and "registration skipped" in notes
+    assert "already in MNI space" in notes
+    assert "registration skipped" in notes
     assert outcome.record["registration"] == "identity"
     gt = np.asarray(nib.load(truth).dataobj, dtype=np.float32)
     scan = np.asarray(nib.load(tmp_path / "demo_s3_0000.nii.gz").dataobj, dtype=np.float32)
@@ -344,7 +355,8 @@ def test_a_non_brain_image_is_refused(tmp_path):
     assert (
         "does not look like a brain" in outcome.message or "registration to the MNI template failed" in outcome.message
     )
-    assert not (out / "noise.nii.gz").exists() and not (out / "noise.json").exists()
+    assert not (out / "noise.nii.gz").exists()
+    assert not (out / "noise.json").exists()
     assert "noise.nii.gz" in (out / "failed.csv").read_text()
 
 
@@ -395,6 +407,7 @@ def test_train_preprocess_refuses_raw_scans_it_cannot_use_in_one_line(tmp_path, 
     )
     assert code == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "is 4-D" in err
+    assert "Traceback" not in err
+    assert "is 4-D" in err
     assert "none of the raw scans could be preprocessed" in err
     assert (run_dir / "preprocessed" / "failed.csv").read_text().count("\n") == 2

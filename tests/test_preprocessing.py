@@ -80,7 +80,8 @@ def test_outside_the_scan_is_zero():
     vol = Volume(data=data, affine=np.diag([2.0, 2.0, 2.0, 1.0]))  # voxel centres 0..18 mm
     grid = GridGeometry(shape=(40, 40, 40), spacing_mm=(2.0, 2.0, 2.0), origin_mm=(-30.0, -30.0, -30.0))
     out = resample_to_grid(vol, grid, order=1)
-    assert out[0, 0, 0] == 0.0 and out[-1, -1, -1] == 0.0
+    assert out[0, 0, 0] == 0.0
+    assert out[-1, -1, -1] == 0.0
     assert out[20, 20, 20] == pytest.approx(1.0)  # 10 mm: inside the scan
 
 
@@ -113,8 +114,10 @@ def test_resample_grid_to_grid_onto_1mm_box_keeps_positions():
     blob = np.exp(-((grid.voxel_to_mm(ijk) - BLOB_MM) ** 2).sum(-1) / (2 * 8.0**2)).astype(np.float32)
     for order in (1, 3):
         out = resample_grid_to_grid(blob, grid, target_affine=mni_box_affine(), target_shape=MNI_BOX_SHAPE, order=order)
-        assert out.shape == MNI_BOX_SHAPE and out.dtype == np.float32
-        assert out.min() >= 0.0 and out.max() <= blob.max()
+        assert out.shape == MNI_BOX_SHAPE
+        assert out.dtype == np.float32
+        assert out.min() >= 0.0
+        assert out.max() <= blob.max()
         centre = np.asarray(ndimage.center_of_mass(out))
         np.testing.assert_allclose(centre - [90, 126, 72], BLOB_MM, atol=0.3)  # voxel → mm in the 1 mm box
 
@@ -161,17 +164,21 @@ def test_mask_of_blank_input_is_empty():
 
 def test_prepare_scan_outputs(brain):
     scan = prepare_scan(brain, DEMO)
-    assert scan.data.shape == DEMO.grid.shape and scan.data.dtype == np.float32
-    assert scan.mask.dtype == bool and 0.15 < scan.mask.mean() < 0.35
+    assert scan.data.shape == DEMO.grid.shape
+    assert scan.data.dtype == np.float32
+    assert scan.mask.dtype == bool
+    assert 0.15 < scan.mask.mean() < 0.35
     np.testing.assert_allclose(scan.affine, DEMO.grid.affine)
-    assert scan.data.min() == 0.0 and scan.data.max() == pytest.approx(DEMO.intensity.scale)
+    assert scan.data.min() == 0.0
+    assert scan.data.max() == pytest.approx(DEMO.intensity.scale)
     assert not scan.data[~scan.mask].any()
     # The reported factor is the one applied: standard = clip(scanner * factor) in the mask.
     resampled = resample_to_grid(brain, DEMO.grid)
     expected = np.clip(resampled * scan.scale_factor, 0, DEMO.intensity.scale)
     np.testing.assert_allclose(scan.data[scan.mask], expected[scan.mask], rtol=1e-5)
     model = scan.to_model()
-    assert model.min() == -1.0 and model.max() == pytest.approx(1.0)
+    assert model.min() == -1.0
+    assert model.max() == pytest.approx(1.0)
 
 
 def test_prepare_scan_scale_is_invariant_to_scanner_units(brain):

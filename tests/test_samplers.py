@@ -82,7 +82,9 @@ def test_trailing_timesteps_layout():
     assert trailing_timesteps(7, 7) == [6, 5, 4, 3, 2, 1, 0]
     for n in range(1, 101):
         ts = trailing_timesteps(100, n)
-        assert len(ts) == n and ts[0] == 99 and ts[-1] >= 0
+        assert len(ts) == n
+        assert ts[0] == 99
+        assert ts[-1] >= 0
         assert ts == sorted(set(ts), reverse=True)
 
 
@@ -93,7 +95,8 @@ def test_monai_ddim_layout_disagrees_with_its_own_step():
     listed = scheduler.timesteps.tolist()
     stepped_to = [t - 1000 // 50 for t in listed]  # what step() takes as the previous timestep
     assert listed[1:] != stepped_to[:-1]
-    assert listed[-1] == 0 and stepped_to[-1] == -20
+    assert listed[-1] == 0
+    assert stepped_to[-1] == -20
 
 
 # --- DDPM ------------------------------------------------------------------------------------
@@ -263,12 +266,12 @@ def _reference_dpmpp_2m(model, abar: np.ndarray, timesteps: list[int], x: torch.
             return x0
         h = lam[i + 1] - lam[i]
         if i == 0:
-            D = x0
+            d = x0
         else:
             h_last = lam[i] - lam[i - 1]
             r = h_last / h
-            D = (1 + 1 / (2 * r)) * data_predictions[-1] - 1 / (2 * r) * data_predictions[-2]
-        x = sigma[i + 1] / sigma[i] * x - alpha[i + 1] * (np.exp(-h) - 1.0) * D
+            d = (1 + 1 / (2 * r)) * data_predictions[-1] - 1 / (2 * r) * data_predictions[-2]
+        x = sigma[i + 1] / sigma[i] * x - alpha[i + 1] * (np.exp(-h) - 1.0) * d
     raise AssertionError("unreachable")
 
 
@@ -329,7 +332,8 @@ def test_yields_every_step_with_frames_on_request(unet):
     assert [s.timestep for s in steps] == trailing_timesteps(100, 5)
     assert [s.x0_pred is not None for s in steps] == [True, False, True, False, False]
     assert [s.x_t is not None for s in steps] == [True, False, True, False, True]  # the final sample always
-    assert steps[-1].is_last and steps[-1].x_t.shape == (1, *SHAPE)
+    assert steps[-1].is_last
+    assert steps[-1].x_t.shape == (1, *SHAPE)
     # DDIM's last step lands on abar = 1, so the sample equals the clamped x_0 prediction.
     assert float(steps[2].x0_pred.abs().max()) <= 1.0
 

@@ -78,7 +78,8 @@ def test_intensity_mapping_is_invertible_and_bounded():
     assert standard.max() <= mapping.scale
     assert np.isclose(np.percentile(standard[mask], 99.5), mapping.scale, rtol=1e-3)
     model = mapping.standard_to_model(standard)
-    assert model.min() >= -1 and model.max() <= 1
+    assert model.min() >= -1
+    assert model.max() <= 1
     np.testing.assert_allclose(mapping.model_to_standard(model), standard, atol=1e-3)
     assert torch.allclose(mapping.model_to_standard(torch.tensor([2.0, -3.0])), torch.tensor([1000.0, 0.0]))
 
@@ -153,7 +154,7 @@ def test_default_sampler_travels_with_the_spec_and_older_specs_have_none():
     from engine.sampler_registry import DEFAULT_SAMPLER, SAMPLERS
     from engine.samplers import default_settings, default_steps
 
-    DEFAULT_STEPS = {name: info.default_steps for name, info in SAMPLERS.items()}
+    default_steps_of = {name: info.default_steps for name, info in SAMPLERS.items()}
 
     spec = replace(PRESETS["tiny"], default_sampler=SamplerSettings("ddim", 7))
     assert ModelSpec.from_dict(spec.to_dict()) == spec
@@ -161,11 +162,11 @@ def test_default_sampler_travels_with_the_spec_and_older_specs_have_none():
     del older["default_sampler"]  # a checkpoint written before models named their sampler
     assert ModelSpec.from_dict(older).default_sampler is None
     assert (default_settings(spec).name, default_settings(spec).steps) == ("ddim", 7)
-    assert default_steps(spec, "dpmpp-2m") == DEFAULT_STEPS["dpmpp-2m"]  # another sampler: its usual count
-    assert default_settings(spec, sampler="dpmpp-2m") == SamplerSettings("dpmpp-2m", DEFAULT_STEPS["dpmpp-2m"])
+    assert default_steps(spec, "dpmpp-2m") == default_steps_of["dpmpp-2m"]  # another sampler: its usual count
+    assert default_settings(spec, sampler="dpmpp-2m") == SamplerSettings("dpmpp-2m", default_steps_of["dpmpp-2m"])
     assert default_settings(spec, steps=3, eta=0.5) == SamplerSettings("ddim", 3, 0.5)  # the user's values win
     paper = default_settings(PRESETS["paper"])
-    assert (paper.name, paper.steps) == (DEFAULT_SAMPLER, DEFAULT_STEPS[DEFAULT_SAMPLER])
+    assert (paper.name, paper.steps) == (DEFAULT_SAMPLER, default_steps_of[DEFAULT_SAMPLER])
     demo = default_settings(PRESETS["demo"])
     assert (demo.name, demo.steps) == ("ddpm", 100)
 

@@ -102,7 +102,8 @@ def test_full_study_from_the_command_line(capsys, db_path, pools, tmp_path):
     code, out, _ = run(capsys, "study", "status", "pilot", "--db", str(db_path))
     assert out.splitlines() == ["ana: 6/6 answered (done)", "ben: 6/6 answered (done)"]
     for line in out.splitlines():
-        assert "real" not in line and "synthetic" not in line
+        assert "real" not in line
+        assert "synthetic" not in line
 
     report_dir = tmp_path / "report"
     code, out, err = run(capsys, "study", "report", "pilot", "--out", str(report_dir), "--db", str(db_path))
@@ -110,39 +111,49 @@ def test_full_study_from_the_command_line(capsys, db_path, pools, tmp_path):
     markdown = (report_dir / "report.md").read_text()
     assert "# Reader study: pilot" in markdown
     assert "| ana | 6 | 100% (6/6; 54%–100%) | 0.031 |" in markdown  # 6/6 vs chance: p = 2/64
-    assert "Cohen's kappa" in markdown and "Clopper–Pearson" in markdown and "![ROC" in markdown
+    assert "Cohen's kappa" in markdown
+    assert "Clopper–Pearson" in markdown
+    assert "![ROC" in markdown
     assert "not finished" not in markdown
     assert (report_dir / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((report_dir / "answers.csv").open()))
-    assert len(rows) == 12 and {r["truth"] for r in rows} == {"real", "synthetic"}
+    assert len(rows) == 12
+    assert {r["truth"] for r in rows} == {"real", "synthetic"}
     assert "source" not in rows[0]
     skipped = next(r for r in rows if r["reader"] == "ana" and int(r["case"]) == first)
     assert skipped["skips"] == "1"
     payload = json.loads((report_dir / "answers.json").read_text())
-    assert payload["format"] == "brainsynth-reader-study-answers" and len(payload["answers"]) == 12
+    assert payload["format"] == "brainsynth-reader-study-answers"
+    assert len(payload["answers"]) == 12
     assert len(payload["history"]) == 12
 
     code, _, err = run(capsys, "study", "report", "pilot", "--out", str(report_dir), "--db", str(db_path))
-    assert code == 1 and "already exists" in err
+    assert code == 1
+    assert "already exists" in err
 
     export = tmp_path / "answers_with_sources.csv"
     code, out, _ = run(capsys, "study", "export", "pilot", "--out", str(export), "--with-sources", "--db", str(db_path))
     rows = list(csv.DictReader(export.open()))
-    assert len(rows) == 12 and all(Path(r["source"]).is_file() for r in rows)
+    assert len(rows) == 12
+    assert all(Path(r["source"]).is_file() for r in rows)
     code, _, _ = run(capsys, "study", "export", "pilot", "--out", str(tmp_path / "a.json"), "--db", str(db_path))
-    assert code == 0 and json.loads((tmp_path / "a.json").read_text())["study"] == "pilot"
+    assert code == 0
+    assert json.loads((tmp_path / "a.json").read_text())["study"] == "pilot"
 
     code, out, _ = run(capsys, "study", "check", "pilot", "--db", str(db_path))
-    assert code == 0 and "present and unchanged" in out
+    assert code == 0
+    assert "present and unchanged" in out
 
 
 def test_changes_through_the_cli(capsys, db_path, pools):
     _create(capsys, db_path, pools, "--allow-changes")
     values = ["--confidence", "2", "--realism", "3", "--plausibility", "4", "--consistency", "5"]
     code, out, _ = _answer(capsys, db_path, "ana", *values, "--notes", "sharp", case=4)
-    assert code == 0 and out.startswith("case 4 saved")
+    assert code == 0
+    assert out.startswith("case 4 saved")
     code, out, _ = _answer(capsys, db_path, "ana", *values[:-1], "1", "--set", "notes=blurry", case=4)
-    assert code == 0 and out.startswith("case 4 changed (revision 2)")
+    assert code == 0
+    assert out.startswith("case 4 changed (revision 2)")
     with StudyDatabase(db_path) as db:
         history = db.session("pilot", "ana").history(4)
     assert [(h.values["consistency"], h.values["notes"]) for h in history] == [(5, "sharp"), (1, "blurry")]
@@ -162,20 +173,26 @@ def test_reader_errors_are_one_clear_line(capsys, db_path, pools):
     for argv, message in cases:
         code, _, err = run(capsys, *argv, "--db", str(db_path))
         assert code == 1, argv
-        assert err.startswith("brainsynth-cli study: error: ") and message in err and err.count("\n") == 1
+        assert err.startswith("brainsynth-cli study: error: ")
+        assert message in err
+        assert err.count("\n") == 1
     code, _, _ = _answer(capsys, db_path, "ana", *values, case=2)
     assert code == 0
     code, _, err = _answer(capsys, db_path, "ana", *values, case=2)
-    assert code == 1 and "does not allow changing answers" in err
+    assert code == 1
+    assert "does not allow changing answers" in err
     code, _, err = run(
         capsys, "study", "create", "--name", "x", "--real", str(pools[0]), "--synthetic", str(pools[0] / "nothing"),
         "--readers", "a", "--db", str(db_path),
     )  # fmt: skip
-    assert code == 1 and "1 of 4 volumes cannot be used: synthetic nothing" in err and "does not exist" in err
+    assert code == 1
+    assert "1 of 4 volumes cannot be used: synthetic nothing" in err
+    assert "does not exist" in err
     garbage = db_path.parent / "garbage.sqlite"
     garbage.write_text("not a database " * 100)
     code, _, err = run(capsys, "study", "list", "--db", str(garbage))
-    assert code == 1 and "not a BrainSynth study database or is damaged" in err
+    assert code == 1
+    assert "not a BrainSynth study database or is damaged" in err
 
 
 def test_interactive_rating_in_the_terminal(capsys, db_path, pools, monkeypatch, tmp_path):
@@ -187,7 +204,9 @@ def test_interactive_rating_in_the_terminal(capsys, db_path, pools, monkeypatch,
         capsys, "study", "rate", "pilot", "--reader", "ben", "--db", str(db_path), "--volume-dir", str(tmp_path / "v")
     )
     assert code == 0
-    assert "not a whole number from 1 to 5" in out and "skipped for later" in out and "saved" in out
+    assert "not a whole number from 1 to 5" in out
+    assert "skipped for later" in out
+    assert "saved" in out
     assert "stopped; 1 of 6 answered" in out
     assert len(list((tmp_path / "v").glob("case_*.nii.gz"))) == 3  # the third case was shown before q
     with StudyDatabase(db_path) as db:

@@ -47,15 +47,22 @@ def test_real_and_synthetic_cases_look_alike_to_the_code(study, pools):
         assert isinstance(case, DisplayCase)
         assert {f.name for f in dataclasses.fields(case)} == {"number", "data", "window", "spacing_mm", "affine"}
         assert case.number == number
-        assert case.data.shape == (16, 24, 16) and case.data.dtype == np.float32
-        assert case.data.flags.c_contiguous and not case.data.flags.writeable and not case.affine.flags.writeable
+        assert case.data.shape == (16, 24, 16)
+        assert case.data.dtype == np.float32
+        assert case.data.flags.c_contiguous
+        assert not case.data.flags.writeable
+        assert not case.affine.flags.writeable
         assert case.window == (0.0, 1000.0)
         # the same range convention for both kinds: background exactly 0, brain top at the scale
-        assert case.data.min() == 0.0 and case.data.max() == pytest.approx(1000.0)
+        assert case.data.min() == 0.0
+        assert case.data.max() == pytest.approx(1000.0)
         assert np.percentile(case.data[case.data > 0], 99.5) == pytest.approx(1000.0, rel=0.02)
         assert (case.data == 0).mean() > 0.3
         text = repr(case) + str(case)
-        assert "sub-" not in text and "synthetic" not in text and "seed" not in text and "DOE" not in text
+        assert "sub-" not in text
+        assert "synthetic" not in text
+        assert "seed" not in text
+        assert "DOE" not in text
 
     first = cases[next(iter(cases))]
     for case in cases.values():
@@ -102,7 +109,8 @@ def test_changed_or_missing_case_files_are_refused_without_naming_them(tmp_path,
         assert len(numbers) == 2
         for n, message in numbers.items():
             assert message.startswith(f"case {n} cannot be shown")
-            assert "sub-" not in message and str(tmp_path) not in message
+            assert "sub-" not in message
+            assert str(tmp_path) not in message
 
 
 def test_unusable_volumes_are_reported_at_creation(tmp_path, pools):
@@ -116,7 +124,8 @@ def test_unusable_volumes_are_reported_at_creation(tmp_path, pools):
             db.create_study(name="s", real=[real, unregistered, four_d], synthetic=[synthetic], readers=["ana"])
         message = str(info.value)
         assert message.startswith("2 of 8 volumes cannot be used")
-        assert "scanner_space.nii.gz" in message and "not in MNI space" in message
+        assert "scanner_space.nii.gz" in message
+        assert "not in MNI space" in message
         assert "series.nii.gz is 4-D" in message
         assert db.list_studies() == []
 

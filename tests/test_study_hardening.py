@@ -97,9 +97,11 @@ def test_a_read_only_database_can_be_read_but_not_changed(capsys, pools, tmp_pat
 
     code, out, err = run(capsys, "study", "list", "--db", str(db))
     assert code == 0, err
-    assert out.startswith("pilot: 6 cases") and "ana 1/6" in out
+    assert out.startswith("pilot: 6 cases")
+    assert "ana 1/6" in out
     code, out, err = run(capsys, "study", "status", "pilot", "--db", str(db))
-    assert code == 0 and out.strip().startswith("ana: 1/6 answered"), err
+    assert code == 0, err
+    assert out.strip().startswith("ana: 1/6 answered"), err
     code, out, err = run(capsys, "study", "report", "pilot", "--out", str(tmp_path / "report"), "--db", str(db))
     assert code == 0, err
     assert (tmp_path / "report" / "report.md").is_file()
@@ -111,20 +113,27 @@ def test_a_read_only_database_can_be_read_but_not_changed(capsys, pools, tmp_pat
     )  # fmt: skip
     assert code == 1
     line = err.strip()
-    assert line.count("\n") == 0 and "is read-only" in line and "damaged" not in line and "backup" in line
+    assert line.count("\n") == 0
+    assert "is read-only" in line
+    assert "damaged" not in line
+    assert "backup" in line
 
 
 def test_a_new_database_in_a_read_only_folder_says_so(capsys, read_only_folder):
     read_only_folder.make_read_only()
     code, _, err = run(capsys, "study", "list", "--db", str(read_only_folder.path / "new.sqlite"))
-    assert code == 1 and "folder is read-only" in err and err.strip().count("\n") == 0
+    assert code == 1
+    assert "folder is read-only" in err
+    assert err.strip().count("\n") == 0
 
 
 def test_an_empty_file_is_refused_not_made_into_a_new_database(tmp_path, capsys):
     db = tmp_path / "studies.sqlite"
     db.write_bytes(b"")
     code, _, err = run(capsys, "study", "list", "--db", str(db))
-    assert code == 1 and "is an empty file (0 bytes)" in err and "restore it from a backup" in err
+    assert code == 1
+    assert "is an empty file (0 bytes)" in err
+    assert "restore it from a backup" in err
     assert db.stat().st_size == 0  # left as it was: perhaps the user can still recover the real one
     with pytest.raises(StudyError, match="empty file"):
         StudyDatabase(db)
@@ -144,8 +153,11 @@ def test_a_zeroed_page_is_one_short_line(capsys, pools, tmp_path):
     db.write_bytes(bytes(data))
     code, _, err = run(capsys, "study", "list", "--db", str(db))
     line = err.strip()
-    assert code == 1 and line.count("\n") == 0 and len(line) < 400, line
-    assert "damaged" in line and "restore it from a backup" in line
+    assert code == 1, line
+    assert line.count("\n") == 0, line
+    assert len(line) < 400, line
+    assert "damaged" in line
+    assert "restore it from a backup" in line
 
 
 def test_backup_of_a_live_database_includes_the_answers_in_the_wal(capsys, pools, tmp_path):
@@ -168,13 +180,16 @@ def test_backup_of_a_live_database_includes_the_answers_in_the_wal(capsys, pools
     backup = tmp_path / "backup.sqlite"
     code, out, err = run(capsys, "study", "backup", "pilot", "--out", str(backup), "--db", str(db_path))
     assert code == 0, err
-    assert out.startswith("backed up 'pilot' from") and str(backup) in out
+    assert out.startswith("backed up 'pilot' from")
+    assert str(backup) in out
     live.close()
     copy = StudyDatabase(backup)
     assert copy.progress("pilot")["ana"].answered == 3
     copy.close()
 
     code, _, err = run(capsys, "study", "backup", "pilot", "--out", str(backup), "--db", str(db_path))
-    assert code == 1 and "already exists" in err
+    assert code == 1
+    assert "already exists" in err
     code, _, err = run(capsys, "study", "backup", "nope", "--out", str(tmp_path / "b2.sqlite"), "--db", str(db_path))
-    assert code == 1 and not (tmp_path / "b2.sqlite").exists()
+    assert code == 1
+    assert not (tmp_path / "b2.sqlite").exists()

@@ -66,18 +66,23 @@ def test_cli_refuses_the_mixed_pool_and_warns_about_unbalanced_pools(tmp_path, c
     base = ["study", "create", "--readers", "ana", "--db", db]
     code = main([*base, "--name", "a", "--real", str(folder), "--synthetic", str(synthetic)])
     _out, err = capsys.readouterr()
-    assert code != 0 and "sidecar says it is synthetic" in err and "Traceback" not in err
+    assert code != 0
+    assert "sidecar says it is synthetic" in err
+    assert "Traceback" not in err
     code = main(
         [*base, "--name", "b", "--real", str(real), "--synthetic", *map(str, sorted(synthetic.glob("*.nii.gz")))]
     )
     _out, err = capsys.readouterr()
-    assert code == 0 and "warning: the pools are unbalanced: 2 real and 4 synthetic" in err
+    assert code == 0
+    assert "warning: the pools are unbalanced: 2 real and 4 synthetic" in err
 
 
 def test_pool_balance_warning():
-    assert pool_balance_warning(10, 10) is None and pool_balance_warning(10, 15) is None
+    assert pool_balance_warning(10, 10) is None
+    assert pool_balance_warning(10, 15) is None
     warning = pool_balance_warning(4, 12)
-    assert "4 real and 12 synthetic" in warning and "'synthetic' would be right 75%" in warning
+    assert "4 real and 12 synthetic" in warning
+    assert "'synthetic' would be right 75%" in warning
     assert "'real' would be right 80%" in pool_balance_warning(8, 2)
 
 
@@ -93,7 +98,8 @@ def test_organiser_passphrase_is_hashed_checked_and_old_databases_open(tmp_path,
         with pytest.raises(StudyError, match="at least 6 characters"):
             db.set_organiser_passphrase("pilot", "short")
         db.set_organiser_passphrase("pilot", "correct horse")
-        assert db.has_organiser_passphrase("pilot") and not db.has_organiser_passphrase("other")
+        assert db.has_organiser_passphrase("pilot")
+        assert not db.has_organiser_passphrase("other")
         assert db.check_organiser_passphrase("pilot", "correct horse")
         assert not db.check_organiser_passphrase("pilot", "correct horsE")
         assert not db.check_organiser_passphrase("other", "correct horse")
@@ -111,7 +117,9 @@ def test_organiser_passphrase_is_hashed_checked_and_old_databases_open(tmp_path,
         (version,) = raw.execute("PRAGMA user_version").fetchone()
     finally:
         raw.close()
-    assert "battery staple" not in stored and '"kdf": "scrypt"' in stored and '"salt"' in stored
+    assert "battery staple" not in stored
+    assert '"kdf": "scrypt"' in stored
+    assert '"salt"' in stored
     assert version == 1  # no layout change: the frozen schema still describes the file
     with StudyDatabase(path) as db:  # reopens as before
         assert db.check_organiser_passphrase("pilot", "battery staple")

@@ -71,7 +71,8 @@ def test_roc_textbook_cases():
     assert st.roc_auc([0, 0, 1, 1], [5, 4, 2, 1]) == 0.0
     assert st.roc_auc([0, 1], [3, 3]) == 0.5
     roc = st.roc_curve([0, 0, 1, 1], [1, 2, 4, 5])
-    assert (roc.fpr[0], roc.tpr[0]) == (0.0, 0.0) and (roc.fpr[-1], roc.tpr[-1]) == (1.0, 1.0)
+    assert (roc.fpr[0], roc.tpr[0]) == (0.0, 0.0)
+    assert (roc.fpr[-1], roc.tpr[-1]) == (1.0, 1.0)
     assert math.isnan(st.roc_curve([1, 1], [4, 5]).auc)
 
 
@@ -86,7 +87,7 @@ def test_detection_counts_calls_and_leaves_out_unsure():
     assert (d.accuracy.proportion.successes, d.accuracy.proportion.n) == (4, 6)
     assert d.accuracy.p_value == pytest.approx(binomtest(4, 6, 0.5).pvalue)
     assert d.accuracy.proportion.ci_low == pytest.approx(binomtest(4, 6).proportion_ci(method="exact").low)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="confidence values must be from 1 to 5"):
         st.detection([True], [6])
 
 
@@ -110,7 +111,7 @@ def test_cohen_kappa_matches_scikit_learn(weights, seed):
 
 def test_cohen_kappa_undefined_when_chance_agreement_is_total():
     assert math.isnan(st.cohen_kappa(["real"] * 4, ["real"] * 4))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="both raters must rate the same subjects"):
         st.cohen_kappa([1, 2], [1])
 
 
@@ -149,7 +150,7 @@ def test_fleiss_kappa_matches_statsmodels():
 
 
 def test_fleiss_kappa_refuses_unequal_rater_counts_and_is_nan_when_undefined():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="same number"):
         st.fleiss_kappa(np.array([[2, 1], [1, 1]]))
     assert math.isnan(st.fleiss_kappa(np.array([[3, 0], [3, 0]])))
 
@@ -160,4 +161,5 @@ def test_summaries_and_ratings_by_class():
     assert s.sd == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
     assert st.summarise([]).n == 0
     by_class = st.ratings_by_class([True, False, True, False], [5, 1, 3, 2])
-    assert by_class["synthetic"].mean == 4.0 and by_class["real"].mean == 1.5
+    assert by_class["synthetic"].mean == 4.0
+    assert by_class["real"].mean == 1.5

@@ -38,7 +38,9 @@ def db(tmp_path):
 
 def test_create_stores_anonymous_cases_and_hides_truth(db, tmp_path):
     info = _create(db, tmp_path)
-    assert info.n_cases == 8 and info.readers == ("ana", "ben") and not info.allow_changes
+    assert info.n_cases == 8
+    assert info.readers == ("ana", "ben")
+    assert not info.allow_changes
     assert [q.key for q in info.questions] == [q.key for q in DEFAULT_QUESTIONS]
     session = db.session("pilot", "ana")
     assert sorted(session.order()) == list(range(1, 9))
@@ -114,11 +116,13 @@ def test_skip_for_later_returns_the_case_at_the_end(db, tmp_path):
     assert session.next_case() == order[0]  # skipped cases come back in the order they were skipped
     session.answer(order[0], GOOD)
     session.answer(order[1], GOOD)
-    assert session.next_case() is None and session.progress().done
+    assert session.next_case() is None
+    assert session.progress().done
     with pytest.raises(StudyError, match="already answered"):
         session.skip(order[0])
     skips = {r.case_number: r.skips for r in db.answer_records("pilot")}
-    assert skips[order[0]] == 1 and skips[order[2]] == 0
+    assert skips[order[0]] == 1
+    assert skips[order[2]] == 0
 
 
 def test_a_closed_database_says_closed_not_damaged(tmp_path):
@@ -154,13 +158,15 @@ def test_changes_kept_in_history_when_allowed(db, tmp_path):
     first = session.answer(n, GOOD)
     second = session.answer(n, {**GOOD, "confidence": 2, "notes": "  vessels look wrong "})
     assert (first.revision, second.revision) == (1, 2)
-    assert second.answered_at == first.answered_at and second.updated_at >= first.updated_at
+    assert second.answered_at == first.answered_at
+    assert second.updated_at >= first.updated_at
     history = session.history(n)
     assert [(h.action, h.revision, h.values["confidence"]) for h in history] == [("answer", 1, 4), ("change", 2, 2)]
     assert history[1].values["notes"] == "vessels look wrong"
     assert all(h.recorded_at for h in history)
     (record,) = db.answer_records("pilot")
-    assert record.values["confidence"] == 2 and record.revision == 2
+    assert record.values["confidence"] == 2
+    assert record.revision == 2
     assert [h.action for h in db.history_records("pilot")] == ["answer", "change"]
 
 
@@ -178,7 +184,8 @@ def test_answers_are_validated(db, tmp_path):
         session.answer(n, {**GOOD, "colour": 3})
     with pytest.raises(StudyError, match="no case 99"):
         session.answer(99, GOOD)
-    assert session.next_case() == n and session.progress().answered == 0  # nothing half-saved
+    assert session.next_case() == n
+    assert session.progress().answered == 0
     from engine.study import missing_required
 
     assert missing_required(session.questions, {"confidence": 4, "realism": 9}) == [
@@ -275,7 +282,8 @@ def test_a_schema_1_file_written_without_brainsynth_opens_and_resumes(db, tmp_pa
     with StudyDatabase(frozen) as old:
         session = old.session("old", "ana")
         assert session.order() == [2, 1]
-        assert session.answer_of(2).values == GOOD and session.answer_of(2).seconds == 12.5
+        assert session.answer_of(2).values == GOOD
+        assert session.answer_of(2).seconds == 12.5
         assert session.next_case() == 1
         session.answer(1, GOOD)
         records = old.answer_records("old")

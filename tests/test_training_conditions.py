@@ -58,8 +58,10 @@ def test_a_conditional_run_stores_its_covariates(tmp_path, capsys):
     assert conditions.names == ("age", "sex", "group")
     age, sex, group = conditions.covariates
     assert (age.kind, age.minimum, age.maximum) == ("continuous", 50.0, 85.0)  # inferred, all scans' range
-    assert sex.categories == ("F", "M") and group.categories == ("control", "ftd")
-    assert conditions.dropout == 0.1 and age.dropout == 0.1
+    assert sex.categories == ("F", "M")
+    assert group.categories == ("control", "ftd")
+    assert conditions.dropout == 0.1
+    assert age.dropout == 0.1
     assert any(k.startswith("class_embedding.") for k in ckpt.weights)
     assert any("conditions: age: continuous, 50 to 85" in e.message for e in events)
 
@@ -72,11 +74,12 @@ def test_manifest_columns_are_covariates(tmp_path):
     manifest.write_text("\n".join(lines) + "\n")
     train(_config(tmp_path, manifest, conditions="age:continuous:0.3,group"))
     conditions = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").spec.conditions
-    assert conditions.names == ("age", "group") and conditions.covariates[0].dropout == 0.3
+    assert conditions.names == ("age", "group")
+    assert conditions.covariates[0].dropout == 0.3
 
 
 @pytest.mark.parametrize(
-    "rows, conditions, message",
+    ("rows", "conditions", "message"),
     [
         (None, "age,height", "no covariate column 'height'; the covariate files have: age, group, sex"),
         (

@@ -63,7 +63,8 @@ def test_cache_prepares_once_and_remembers_failures(tmp_path, tiny_spec, scans):
     scans[0].write_bytes(scans[1].read_bytes())
     again = cache.prepare(discover([scans[0]])[0])
     by_name = {r.item.path.name: r for r in first}
-    assert again.from_cache and again.sha256 == by_name[scans[1].name].sha256
+    assert again.from_cache
+    assert again.sha256 == by_name[scans[1].name].sha256
     other = PreparationCache(tmp_path / "cache", tiny_spec.with_grid((16, 16, 16)))
     assert other.root != cache.root
 
@@ -76,7 +77,8 @@ def test_off_grid_scan_goes_through_the_engine_preprocessing(tmp_path, tiny_spec
     assert result.ok, result.reason
     data = np.load(result.array_path)
     assert data.shape == tuple(tiny_spec.grid.shape)
-    assert data.min() >= 0 and 990 <= data.max() <= 1000  # standard space after prepare_scan
+    assert data.min() >= 0
+    assert 990 <= data.max() <= 1000
 
 
 def test_too_many_failures_stop_with_the_reasons(tmp_path, tiny_spec, scans):
@@ -100,7 +102,8 @@ def test_manifest_with_subjects_and_groups(tmp_path, tiny_spec, scans):
         csv.writer(fh).writerows(rows)
     items = read_manifest(manifest)
     assert [it.path for it in items] == scans
-    assert items[3].subject_id == "sub-1" and items[3].group == "HC"
+    assert items[3].subject_id == "sub-1"
+    assert items[3].group == "HC"
     # Without a header the columns are path, subject_id, group.
     (tmp_path / "plain.csv").write_text(f"{scans[0]},s1\n{scans[1]},s1\n")
     plain = read_manifest(tmp_path / "plain.csv")

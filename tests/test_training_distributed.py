@@ -152,7 +152,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, da
     proc.stderr.close()
 
     state = torch.load(state_file, weights_only=True)
-    assert state["epoch"] == 0 and state["step_in_epoch"] > 0, "the kill should land mid-epoch"
+    assert state["epoch"] == 0, "the kill should land mid-epoch"
+    assert state["step_in_epoch"] > 0, "the kill should land mid-epoch"
     saved_step = state["global_step"]
     logged = len(read_csv(killed / "logs" / "steps.csv"))
     assert saved_step <= logged < total  # it was killed before finishing, after its checkpoint

@@ -59,7 +59,8 @@ def _orphan_of_a_dead_process(folder: Path, name: str) -> Path:
 def test_resume_repairs_a_cut_last_row_and_removes_orphans(tmp_path, data_dir):
     polls = iter(range(100))
     result = train(_config(tmp_path, data_dir), stop_requested=lambda: next(polls) >= 1)
-    assert result.stopped_early and result.global_step == 2
+    assert result.stopped_early
+    assert result.global_step == 2
     run = tmp_path / "run"
     steps_csv = run / "logs" / "steps.csv"
     # What a power cut leaves: a row cut short with no newline (and NULs the disk never wrote).
@@ -71,11 +72,12 @@ def test_resume_repairs_a_cut_last_row_and_removes_orphans(tmp_path, data_dir):
         _orphan_of_a_dead_process(run, "config.toml"),
     ]
     finished = train(resume_config(run), resume=True)
-    assert finished.global_step == 6 and finished.epochs_done == 2
+    assert finished.global_step == 6
+    assert finished.epochs_done == 2
     assert [int(r["global_step"]) for r in read_csv(steps_csv)] == [1, 2, 3, 4, 5, 6]
     assert all(len(r) == len(STEP_COLUMNS) and None not in r.values() for r in read_csv(steps_csv))
     assert not any(p.exists() for p in orphans)
-    assert not [p for p in run.rglob(f"*{TEMP_MARKER}*")]
+    assert not list(run.rglob(f"*{TEMP_MARKER}*"))
 
 
 @pytest.mark.parametrize(
@@ -108,7 +110,8 @@ def test_logs_are_fsynced_with_every_saved_state(tmp_path, data_dir, monkeypatch
 
     monkeypatch.setattr(logging_module, "sync_logs", recording)
     train(_config(tmp_path, data_dir, epochs=1))
-    assert synced and set(synced) == {"logs"}
+    assert synced
+    assert set(synced) == {"logs"}
 
 
 def test_a_run_folder_that_becomes_read_only_is_one_line(tmp_path, data_dir, monkeypatch):
@@ -124,4 +127,6 @@ def test_a_run_folder_that_becomes_read_only_is_one_line(tmp_path, data_dir, mon
     with pytest.raises(WriteError) as info:
         train(_config(tmp_path, data_dir, epochs=1))
     text = str(info.value)
-    assert "\n" not in text and text.startswith(f"cannot write {checkpoints}") and "permission denied" in text
+    assert "\n" not in text
+    assert text.startswith(f"cannot write {checkpoints}")
+    assert "permission denied" in text

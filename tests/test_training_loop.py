@@ -73,7 +73,8 @@ def test_a_run_writes_split_logs_figures_and_loadable_checkpoints(tmp_path, data
     # 8 scans, 2 to validation; 6 training volumes in micro-batches of 2, 2 per step → 2 steps per epoch.
     per_epoch = steps_per_epoch(6, batch_size=2, grad_accum=2, world_size=1)
     assert per_epoch == 2
-    assert result.global_step == 2 * per_epoch and result.epochs_done == 2
+    assert result.global_step == 2 * per_epoch
+    assert result.epochs_done == 2
     assert result.effective_batch_size == 4
     steps = read_csv(run / "logs" / "steps.csv")
     assert [int(r["global_step"]) for r in steps] == [1, 2, 3, 4]
@@ -93,7 +94,8 @@ def test_a_run_writes_split_logs_figures_and_loadable_checkpoints(tmp_path, data
     for name in ("last", "best", "epoch_0001", "epoch_0002"):
         assert (run / "checkpoints" / f"{name}.safetensors").exists(), name
     ckpt = load_checkpoint(run / "checkpoints" / "last.safetensors")
-    assert ckpt.has_ema and ckpt.spec.name == "tiny"
+    assert ckpt.has_ema
+    assert ckpt.spec.name == "tiny"
     assert ckpt.provenance["training"]["global_step"] == 4
     assert any(not torch.equal(ckpt.weights[k], ckpt.ema_weights[k]) for k in ckpt.weights)
     ckpt.build_model()  # what the app does with it
@@ -131,7 +133,8 @@ def test_init_from_with_frozen_encoder_levels(tmp_path, data_dir, tiny_checkpoin
     tuned = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
     frozen = [k for k in tuned.weights if k.startswith(("conv_in.", "down_blocks.0."))]
     trained = [k for k in tuned.weights if k.startswith(("up_blocks.", "out."))]
-    assert frozen and trained
+    assert frozen
+    assert trained
     # Started from the EMA weights of the source (the default), frozen levels kept exactly.
     assert all(torch.equal(tuned.weights[k], source.ema_weights[k]) for k in frozen)
     assert any(not torch.equal(tuned.weights[k], source.ema_weights[k]) for k in trained)
@@ -151,11 +154,14 @@ def test_a_stop_request_saves_the_state_and_a_resume_finishes_the_run(tmp_path, 
     config = _config(tmp_path, data_dir, epochs=2)
     # Polled once per optimizer step: asking on the second poll stops after step 2 of 3.
     result = train(config, stop_requested=lambda: next(polls) >= 1)
-    assert result.stopped_early and result.global_step == 2
+    assert result.stopped_early
+    assert result.global_step == 2
     state = torch.load(tmp_path / "run" / "resume" / "state.pt", weights_only=True)
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 2, 2)
     finished = train(resume_config(tmp_path / "run"), resume=True)
-    assert not finished.stopped_early and finished.global_step == 6 and finished.epochs_done == 2
+    assert not finished.stopped_early
+    assert finished.global_step == 6
+    assert finished.epochs_done == 2
     steps = read_csv(tmp_path / "run" / "logs" / "steps.csv")
     assert [int(r["global_step"]) for r in steps] == [1, 2, 3, 4, 5, 6]
 

@@ -81,7 +81,8 @@ def test_a_bf16_run_on_the_cpu_learns_and_keeps_weights_adam_and_ema_in_fp32(tmp
     config = _config(tmp_path, data_dir, epochs=4, batch_size=1, val_fraction=0.0, lr=2e-3, precision="bf16")
     events = []
     trainer = _Trainer.create(config, setup("cpu"), resume=False, callback=events.append)
-    assert trainer.precision == "bf16" and "precision: bf16 (asked for)" in _messages(events)
+    assert trainer.precision == "bf16"
+    assert "precision: bf16 (asked for)" in _messages(events)
     train_set, schedule = trainer.data.train_set, trainer.spec.schedule
     x0 = torch.stack([train_set[i] for i in range(len(train_set))]).repeat_interleave(4, dim=0)
     big_t = schedule.num_train_timesteps
@@ -102,7 +103,8 @@ def test_a_bf16_run_on_the_cpu_learns_and_keeps_weights_adam_and_ema_in_fp32(tmp
     assert {p.dtype for p in nets.model.parameters()} == {torch.float32}
     assert {p.dtype for p in nets.ema.module.parameters()} == {torch.float32}
     adam = [v for state in nets.optimizer.state.values() for v in state.values() if v.dim() > 0]
-    assert adam and {v.dtype for v in adam} == {torch.float32}
+    assert adam
+    assert {v.dtype for v in adam} == {torch.float32}
     training = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").provenance["training"]
     assert (training["precision"], training["precision_reason"]) == ("bf16", "bf16 (asked for)")
 
@@ -112,7 +114,8 @@ def test_auto_is_fp32_and_bf16_is_refused_on_a_cpu_without_bf16_units(tmp_path, 
     train(_config(tmp_path, data_dir, precision="auto"), callback=events.append)
     assert "precision: auto: fp32, no fast bf16 on this device" in _messages(events)
     training = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").provenance["training"]
-    assert training["precision"] == "fp32" and training["precision_reason"].startswith("auto: fp32")
+    assert training["precision"] == "fp32"
+    assert training["precision_reason"].startswith("auto: fp32")
     assert not cache.exists()  # nothing was timed
     with pytest.raises(TrainingError, match=r"this CPU has no bf16 units \(AVX-512 BF16 or AMX\)"):
         train(_config(tmp_path / "b", data_dir, precision="bf16"))
@@ -128,7 +131,8 @@ def test_auto_times_a_training_step_that_leaves_the_run_unchanged(tmp_path, data
     train(_config(tmp_path / "a", data_dir, precision="auto"), callback=events.append)
     assert calls == ["fp32", "bf16"]
     (line,) = [m for m in _messages(events) if m.startswith("precision:")]
-    assert line.startswith("precision: auto: bf16, 2.0x faster than fp32") and "training step" in line
+    assert line.startswith("precision: auto: bf16, 2.0x faster than fp32")
+    assert "training step" in line
     assert "of batch 2" in line
     # The second run reads the cache; timing or not, the runs train the same weights bit for bit.
     calls.clear()
@@ -159,7 +163,8 @@ def test_a_resumed_run_keeps_the_precision_it_started_with(tmp_path, data_dir, c
     _timings(monkeypatch, {"fp32": 0.01, "bf16": 0.02}, calls)
     events = []
     result = train(resume_config(tmp_path / "run"), resume=True, callback=events.append)
-    assert result.global_step == 6 and calls == []
+    assert result.global_step == 6
+    assert calls == []
     (line,) = [m for m in _messages(events) if m.startswith("precision:")]
     assert line.startswith("precision: bf16, kept from the run's start (auto: bf16, 2.0x faster")
     training = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").provenance["training"]

@@ -20,7 +20,8 @@ def _step(index: int, total: int, x: torch.Tensor) -> SamplingStep:
 def test_frames_evenly_spaced_with_first_and_last(frames, total):
     kept = frame_indices(frames, total)
     assert len(kept) == frames
-    assert kept[0] == 0 and kept[-1] == total - 1
+    assert kept[0] == 0
+    assert kept[-1] == total - 1
     gaps = np.diff(kept)
     assert gaps.min() >= 1
     assert gaps.max() - gaps.min() <= 1  # as even as integers allow

@@ -101,7 +101,8 @@ def test_a_few_nans_are_replaced_with_a_warning(tmp_path):
     vol = load_volume(write_nifti(tmp_path / "scan.nii.gz", data, affine))
     assert np.isfinite(vol.data).all()
     assert vol.data[0, 0, 0] == 0.0
-    assert len(vol.warnings) == 1 and "4 NaN or infinite voxels replaced by 0" in vol.warnings[0]
+    assert len(vol.warnings) == 1
+    assert "4 NaN or infinite voxels replaced by 0" in vol.warnings[0]
     assert "replaced" in vol.describe()
 
 
@@ -121,7 +122,8 @@ def test_describe_is_one_informative_line(tmp_path):
     text = vol.describe()
     assert "\n" not in text
     assert text.startswith("sub-01_T1w.nii.gz: 30 x 36 x 30 voxels")
-    assert "RAS+" in text and "mm" in text
+    assert "RAS+" in text
+    assert "mm" in text
 
 
 def test_in_memory_volume_describe():
@@ -280,7 +282,9 @@ def test_find_volumes_nothing_found(tmp_path):
 
 
 def test_extension_helpers():
-    assert is_supported("a.nii.gz") and is_supported("B.MGZ") and not is_supported("a.gz")
+    assert is_supported("a.nii.gz")
+    assert is_supported("B.MGZ")
+    assert not is_supported("a.gz")
     assert not is_supported(".nii")
     assert strip_extension("sub-01_T1w.nii.gz") == "sub-01_T1w"
     assert strip_extension("brain.mgz") == "brain"

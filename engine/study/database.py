@@ -250,7 +250,7 @@ class DatabaseConnection:
                 ) from exc
         try:
             return self._connect(read_only=False)
-        except _CannotWrite as exc:
+        except _CannotWriteError as exc:
             if not path.is_file():
                 raise StudyError(
                     f"cannot create the study database {path}: its folder is read-only ({exc}); "
@@ -259,7 +259,7 @@ class DatabaseConnection:
         self.read_only = True
         try:
             return self._connect(read_only=True)
-        except _CannotWrite:
+        except _CannotWriteError:
             # SQLite reads a WAL database read-only only where it can make the -shm file, or
             # when told the file is immutable. Immutable is right when no -wal file holds
             # answers (nothing can change in a read-only folder), wrong otherwise.
@@ -281,7 +281,7 @@ class DatabaseConnection:
             )
         except sqlite3.Error as exc:
             if not immutable and _is_read_only_error(exc):
-                raise _CannotWrite(str(exc)) from None
+                raise _CannotWriteError(str(exc)) from None
             raise StudyError(f"cannot open the study database {path}: {exc}") from exc
         try:
             conn.execute("PRAGMA foreign_keys = ON")
@@ -301,7 +301,7 @@ class DatabaseConnection:
         except sqlite3.DatabaseError as exc:
             conn.close()
             if not immutable and _is_read_only_error(exc):
-                raise _CannotWrite(str(exc)) from None
+                raise _CannotWriteError(str(exc)) from None
             raise StudyError(
                 f"{path} is not a BrainSynth study database or is damaged ({_one_line(exc)}); "
                 f"restore it from a backup, or point --db at another file"
@@ -380,7 +380,7 @@ class DatabaseConnection:
             raise StudyError(f"the study database {self.path} was closed; open it again to go on")
 
 
-class _CannotWrite(Exception):
+class _CannotWriteError(Exception):
     """The database file or its folder cannot be written (opened read-only instead)."""
 
 

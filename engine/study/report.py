@@ -261,9 +261,11 @@ def markdown_report(results: StudyResults, *, roc_image: str | None = ROC_NAME) 
     lines = [
         f"# Reader study: {results.study}",
         "",
-        f"{results.n_cases} cases ({results.n_real} real, {results.n_synthetic} synthetic), "
-        f"{len(results.unanswered)} reader{'s' if len(results.unanswered) != 1 else ''}. "
-        f"Generated {datetime.now(timezone.utc).astimezone().isoformat(timespec='seconds')}.",
+        (
+            f"{results.n_cases} cases ({results.n_real} real, {results.n_synthetic} synthetic), "
+            f"{len(results.unanswered)} reader{'s' if len(results.unanswered) != 1 else ''}. "
+            f"Generated {datetime.now(timezone.utc).astimezone().isoformat(timespec='seconds')}."
+        ),
         "",
     ]
     open_cases = {r: n for r, n in results.unanswered.items() if n}
@@ -300,15 +302,19 @@ def markdown_report(results: StudyResults, *, roc_image: str | None = ROC_NAME) 
         lines += ["Needs at least two readers with answers to the same cases.", ""]
     elif a.method == "cohen":
         lines += [
-            f"Cohen's kappa of the real / unsure / synthetic call, {' vs '.join(a.readers)}, over the "
-            f"{a.n_cases} cases both answered: **{format_number(a.kappa)}**; quadratically weighted kappa of the "
-            f"five-point confidence: **{format_number(a.weighted_kappa)}**.",
+            (
+                f"Cohen's kappa of the real / unsure / synthetic call, {' vs '.join(a.readers)}, over the "
+                f"{a.n_cases} cases both answered: **{format_number(a.kappa)}**; quadratically weighted kappa of the "
+                f"five-point confidence: **{format_number(a.weighted_kappa)}**."
+            ),
             "",
         ]
     else:
         lines += [
-            f"Fleiss' kappa of the real / unsure / synthetic call, {len(a.readers)} readers, over the "
-            f"{a.n_cases} cases all answered: **{format_number(a.kappa)}**.",
+            (
+                f"Fleiss' kappa of the real / unsure / synthetic call, {len(a.readers)} readers, over the "
+                f"{a.n_cases} cases all answered: **{format_number(a.kappa)}**."
+            ),
             "",
         ]
 
@@ -328,18 +334,30 @@ def markdown_report(results: StudyResults, *, roc_image: str | None = ROC_NAME) 
         "",
         "## Methods",
         "",
-        "- Readers saw every case through the same display pipeline (same grid, intensity normalisation "
-        "and window, anonymous case numbers) in an order shuffled per reader.",
-        "- Positive = synthetic: sensitivity is the share of synthetic cases called synthetic, specificity "
-        "the share of real cases called real.",
-        "- Calls: confidence 1–2 = real, 4–5 = synthetic; 3 (unsure) is no call and is left out of accuracy, "
-        "sensitivity and specificity (counted under *unsure*), but enters the ROC curve.",
-        "- Accuracy is tested against chance (50%) with an exact two-sided binomial test; 95% confidence "
-        "intervals are Clopper–Pearson (exact).",
-        "- ROC AUC uses the five-point confidence as score (ties count one half). An AUC near 0.5 means "
-        "readers could not tell synthetic from real.",
-        "- The pooled row treats all answers as independent although readers saw the same cases; read its "
-        "p-value as descriptive.",
+        (
+            "- Readers saw every case through the same display pipeline (same grid, intensity normalisation "
+            "and window, anonymous case numbers) in an order shuffled per reader."
+        ),
+        (
+            "- Positive = synthetic: sensitivity is the share of synthetic cases called synthetic, specificity "
+            "the share of real cases called real."
+        ),
+        (
+            "- Calls: confidence 1–2 = real, 4–5 = synthetic; 3 (unsure) is no call and is left out of accuracy, "
+            "sensitivity and specificity (counted under *unsure*), but enters the ROC curve."
+        ),
+        (
+            "- Accuracy is tested against chance (50%) with an exact two-sided binomial test; 95% confidence "
+            "intervals are Clopper–Pearson (exact)."
+        ),
+        (
+            "- ROC AUC uses the five-point confidence as score (ties count one half). An AUC near 0.5 means "
+            "readers could not tell synthetic from real."
+        ),
+        (
+            "- The pooled row treats all answers as independent although readers saw the same cases; read its "
+            "p-value as descriptive."
+        ),
         "- Time per case sums every visit to a case, including time before a skip.",
         "",
     ]

@@ -32,19 +32,29 @@ def run(args: argparse.Namespace) -> int:
     grid = spec.grid
     lines = [
         f"checkpoint   {printable(ckpt.path)}",
-        f"preset       {printable(spec.name)}   ({n_params / 1e6:.2f} M parameters, "
-        f"EMA weights: {'yes' if ckpt.has_ema else 'no'})",
-        f"network      MONAI DiffusionModelUNet, channels {tuple(spec.unet.channels)}, "
-        f"attention {tuple(spec.unet.attention_levels)}, {spec.unet.num_res_blocks} res blocks/level, "
-        f"{spec.unet.num_head_channels} head channels",
-        f"grid         {format_shape(grid.shape)} voxels of "
-        f"{' x '.join(f'{s:.3f}' for s in grid.spacing_mm)} mm, RAS+, MNI152, "
-        f"first voxel at ({', '.join(f'{o:.2f}' for o in grid.origin_mm)}) mm",
-        f"schedule     {spec.schedule.schedule}, T={spec.schedule.num_train_timesteps}, "
-        f"beta {spec.schedule.beta_start} → {spec.schedule.beta_end}, clip x0: {spec.schedule.clip_sample}, "
-        f"predicts {spec.schedule.prediction_type}",
-        f"intensity    {printable(spec.intensity.kind)}: "
-        f"brain p{spec.intensity.upper_percentile:g} → {spec.intensity.scale:g}",
+        (
+            f"preset       {printable(spec.name)}   ({n_params / 1e6:.2f} M parameters, "
+            f"EMA weights: {'yes' if ckpt.has_ema else 'no'})"
+        ),
+        (
+            f"network      MONAI DiffusionModelUNet, channels {tuple(spec.unet.channels)}, "
+            f"attention {tuple(spec.unet.attention_levels)}, {spec.unet.num_res_blocks} res blocks/level, "
+            f"{spec.unet.num_head_channels} head channels"
+        ),
+        (
+            f"grid         {format_shape(grid.shape)} voxels of "
+            f"{' x '.join(f'{s:.3f}' for s in grid.spacing_mm)} mm, RAS+, MNI152, "
+            f"first voxel at ({', '.join(f'{o:.2f}' for o in grid.origin_mm)}) mm"
+        ),
+        (
+            f"schedule     {spec.schedule.schedule}, T={spec.schedule.num_train_timesteps}, "
+            f"beta {spec.schedule.beta_start} → {spec.schedule.beta_end}, clip x0: {spec.schedule.clip_sample}, "
+            f"predicts {spec.schedule.prediction_type}"
+        ),
+        (
+            f"intensity    {printable(spec.intensity.kind)}: "
+            f"brain p{spec.intensity.upper_percentile:g} → {spec.intensity.scale:g}"
+        ),
         f"sampler      {sampler.name}, {sampler.steps} steps by default ({whose})",
         f"memory       {_memory_line(spec)}",
     ]

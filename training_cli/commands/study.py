@@ -342,11 +342,11 @@ def _backup(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Quit(Exception):
+class _Quit(Exception):  # noqa: N818 - a reader's command, not an error
     pass
 
 
-class _Skip(Exception):
+class _Skip(Exception):  # noqa: N818 - a reader's command, not an error
     pass
 
 
