@@ -13,6 +13,7 @@ message, for tests and for the screenshot mode's exit status.
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from PySide6.QtWidgets import (
     QMenu,
     QMessageBox,
     QProgressBar,
+    QProgressDialog,
     QPushButton,
     QScrollArea,
     QTabWidget,
@@ -55,7 +57,7 @@ from brainsynth_gui.viewer import OrthoViewer
 from brainsynth_gui.volume_library import RealScans, SyntheticEntry, SyntheticLibrary, model_to_display
 from engine import __version__
 from engine.checkpoint import TORCH_SUFFIXES, Checkpoint, load_checkpoint
-from engine.errors import BrainSynthError, CancelledError, ExportError, TargetExistsError
+from engine.errors import BrainSynthError, CancelledError, ExportError, NotInMNISpaceError, TargetExistsError
 from engine.specs import PRESETS, ModelSpec
 
 CHECKPOINT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
@@ -500,7 +502,7 @@ class MainWindow(ErrorReportingWindow):
             self._show_scan(path, spec, cached)
             return
         job = create_worker(
-            self.scans.prepared,
+            self._prepared_or_not_in_mni,
             row,
             spec,
             start=False,
@@ -520,12 +522,106 @@ class MainWindow(ErrorReportingWindow):
         row = self.scan_list.currentRow()
         return self.scans.paths[row] if 0 <= row < len(self.scans) else None
 
+    def _prepared_or_not_in_mni(self, row: int, spec: ModelSpec):
+        """The prepared scan, or the :class:`NotInMNISpaceError` itself (runs in a worker): a scan that
+        is not registered is offered for preprocessing rather than reported as a failure."""
+        try:
+            return self.scans.prepared(row, spec)
+        except NotInMNISpaceError as exc:
+            return exc
+
     def _show_scan(self, path: Path, spec: ModelSpec, prepared) -> None:
+        if isinstance(prepared, NotInMNISpaceError):
+            self._offer_preprocessing(path, str(prepared))
+            return
         if path != self._current_scan() or spec is not self.spec:
             return  # the user moved on while it was being prepared
         self._shown_scan = path
         self.real_layer.set(prepared.data, path.name)
         self.statusBar().showMessage("; ".join(prepared.warnings), 10000)
+
+    def _offer_preprocessing(self, path: Path, message: str) -> None:
+        """A scan that is not in MNI space leaves the list (it cannot be compared as it is) and is
+        offered for preprocessing; the preprocessed scan then takes its place."""
+        if path in self.scans.paths:
+            self._remove_scan_rows([self.scans.paths.index(path)])
+        if self.quiet:
+            print(f"{message}; preprocess it with brainsynth-cli preprocess", file=sys.stderr)
+            return
+        answer = QMessageBox.question(
+            self,
+            "Preprocess this scan?",
+            f"{message}.\n\nPreprocess it now? (brain extraction, denoising, bias-field correction and "
+            "registration to MNI152, offline; about a minute per scan on 2 CPU cores). The result is "
+            "kept in BrainSynth's cache and opened in its place.",
+        )
+        if answer == QMessageBox.StandardButton.Yes:
+            self.preprocess_scan(path)
+
+    def preprocess_scan(self, path: str | Path, *, settings=None, wait: bool = False) -> bool:
+        """Preprocess a raw scan in the background (:func:`engine.preprocess.preprocess_file`, into
+        the user cache, so the same scan is done once), with progress and Cancel; then open it.
+
+        Returns True when the work started (with ``wait``: when the preprocessed scan opened).
+        """
+        from engine.device import physical_cores_available
+        from engine.preprocess import PreprocessSettings, preprocess_file
+        from engine.resources import user_cache_dir
+
+        path = Path(path)
+        out_dir = user_cache_dir() / "preprocessed"
+        settings = settings or PreprocessSettings(threads=physical_cores_available())
+        progress = None
+        if not self.quiet:
+            progress = QProgressDialog(f"Preprocessing {path.name}…", "Cancel", 0, 0, self)
+            progress.setWindowTitle("Preprocess scan")
+            progress.setMinimumDuration(0)
+        outcome: list = []
+
+        def work(report):
+            return preprocess_file(
+                path,
+                out_dir,
+                settings=settings,
+                on_step=lambda step: report(step),
+            )
+
+        def done(result) -> None:
+            outcome.append(result)
+            scan = out_dir / result.record["outputs"]["scan"]  # relative to the output folder
+            self.statusBar().showMessage(f"{path.name} preprocessed ({result.status}): {scan}", 15000)
+            self.open_scans([scan])
+
+        def failed(message: str) -> None:
+            outcome.append(None)
+            self.report_error("Preprocessing failed", message)
+
+        def finished() -> None:
+            outcome.append(None)
+            if progress is not None:
+                progress.close()
+
+        def step(name) -> None:
+            self.statusBar().showMessage(f"Preprocessing {path.name}: {name}…")
+            if progress is not None:
+                progress.setLabelText(f"Preprocessing {path.name}: {name}…")
+
+        job = create_worker(
+            work,
+            report_as="report",
+            start=False,
+            connect={"returned": done, "errored": failed, "yielded": step, "finished": finished},
+        )
+        if progress is not None:
+            progress.canceled.connect(job.abort)
+        self._scan_jobs.start(job)
+        if wait:
+            while not outcome:
+                QApplication.processEvents()
+                job.wait(10)
+            QApplication.processEvents()
+            return outcome[0] is not None
+        return True
 
     def _scan_failed(self, failed: Path, message: str) -> None:
         """A scan cannot be shown: say so once, and keep it nowhere (list, display, Evaluate, studies).

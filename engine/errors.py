@@ -15,6 +15,10 @@ class VolumeError(BrainSynthError):
     """A scan cannot be read or is not a usable 3-D T1 volume."""
 
 
+class NotInMNISpaceError(VolumeError):
+    """A scan is not registered to MNI space: it must be preprocessed before it can be compared."""
+
+
 class CheckpointError(BrainSynthError):
     """A checkpoint cannot be read, is unsafe, or does not fit the model spec."""
 

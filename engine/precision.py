@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import platform
 import statistics
 import time
@@ -31,7 +30,6 @@ from engine.errors import BrainSynthError, SamplingError
 PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "bf16")
 #: bf16 is kept only when a step is at least this much faster (timings of a few steps are noisy).
 MIN_SPEEDUP = 1.1
-CACHE_ENV_VAR = "BRAINSYNTH_CACHE_DIR"
 
 if TYPE_CHECKING:  # torch is imported where it is used, so argument parsers can read the names
     import torch
@@ -172,18 +170,10 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def cache_dir() -> Path:
-    """The user cache directory (``$BRAINSYNTH_CACHE_DIR`` or platformdirs' user cache dir)."""
-    override = os.environ.get(CACHE_ENV_VAR)
-    if override:
-        return Path(override)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("brainsynth", appauthor=False))
-
-
 def _cache_file() -> Path:
-    return cache_dir() / "precision-timings.json"
+    from engine.resources import user_cache_dir
+
+    return user_cache_dir() / "precision-timings.json"
 
 
 def _read_cache() -> dict:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.errors import VolumeError
+from engine.errors import NotInMNISpaceError, VolumeError
 from engine.geometry import MNI_BOX_ORIGIN_MM, MNI_BOX_SHAPE, MNI_BOX_SPACING_MM, GridGeometry
 from engine.intensity import IntensityMapping
 from engine.volumes import Volume, world_bounds_mm
@@ -41,7 +41,8 @@ MAX_CENTRE_OFFSET_MM = 50.0
 
 _REGISTER_HINT = (
     "scans must be registered to MNI152 space first (an affine registration, as the reference "
-    "study did, e.g. with ANTs, FSL FLIRT or AssemblyNet), ideally skull-stripped"
+    "study did, e.g. with ANTs, FSL FLIRT or AssemblyNet), ideally skull-stripped; "
+    "brainsynth-cli preprocess does all of it offline"
 )
 
 
@@ -251,7 +252,7 @@ def _check_field_of_view(volume: Volume) -> None:
     if share < MIN_FOV_OVERLAP:
         extent = ", ".join(f"{a:.0f} to {b:.0f}" for a, b in zip(lo, hi, strict=True))
         what = "does not overlap" if share == 0 else f"covers only {share:.0%} of"
-        raise VolumeError(
+        raise NotInMNISpaceError(
             f"{volume.name} is not in MNI space: its field of view ({extent} mm) {what} the MNI box "
             f"(-90 to 90, -126 to 90, -72 to 108 mm); {_REGISTER_HINT}"
         )
@@ -272,8 +273,9 @@ def prepare_scan(volume: Volume, spec: ModelSpec) -> PreparedScan:
         The prepared scan.
 
     Raises:
-        VolumeError: the scan is not registered to MNI space (field of view off the MNI box,
-            brain too small or far from the MNI brain's position) or has no positive intensities.
+        NotInMNISpaceError: the scan is not registered to MNI space (field of view off the MNI
+            box, brain too small or far from the MNI brain's position): preprocess it first.
+        VolumeError: it has no positive intensities.
     """
     grid: GridGeometry = spec.grid
     mapping: IntensityMapping = spec.intensity
@@ -283,7 +285,7 @@ def prepare_scan(volume: Volume, spec: ModelSpec) -> PreparedScan:
 
     share = float(mask.mean())
     if share < MIN_BRAIN_FRACTION:
-        raise VolumeError(
+        raise NotInMNISpaceError(
             f"{volume.name}: the brain covers only {share:.1%} of the MNI grid (about 20% expected), "
             f"so the scan is not in MNI space or holds little brain; {_REGISTER_HINT}"
         )
@@ -291,7 +293,7 @@ def prepare_scan(volume: Volume, spec: ModelSpec) -> PreparedScan:
     offset = float(np.linalg.norm(centre - MNI_BRAIN_CENTRE_MM))
     if offset > MAX_CENTRE_OFFSET_MM:
         where = ", ".join(f"{c:.0f}" for c in centre)
-        raise VolumeError(
+        raise NotInMNISpaceError(
             f"{volume.name} is not in MNI space: its brain is centred at ({where}) mm, {offset:.0f} mm from "
             f"where the MNI brain lies; {_REGISTER_HINT}"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,18 @@ from engine.errors import BrainSynthError
 
 DEMO_CHECKPOINT = "demo_model.safetensors"
 DEMO_SCANS_DIR = "demo_scans"
+CACHE_ENV_VAR = "BRAINSYNTH_CACHE_DIR"
+
+
+def user_cache_dir() -> Path:
+    """Where BrainSynth keeps what it can remake (timings, prepared and preprocessed scans):
+    ``$BRAINSYNTH_CACHE_DIR``, else the platform's user cache folder (platformdirs)."""
+    override = os.environ.get(CACHE_ENV_VAR)
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("brainsynth", appauthor=False))
 
 
 def resources_dir() -> Path:

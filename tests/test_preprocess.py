@@ -411,3 +411,34 @@ def test_train_preprocess_refuses_raw_scans_it_cannot_use_in_one_line(tmp_path, 
     assert "is 4-D" in err
     assert "none of the raw scans could be preprocessed" in err
     assert (run_dir / "preprocessed" / "failed.csv").read_text().count("\n") == 2
+
+
+# -- the app: a scan that is not in MNI space is offered for preprocessing -----------------------
+
+
+@pytest.mark.slow
+def test_the_app_offers_preprocessing_and_opens_the_result(qapp, preprocessed, raw_subject, tmp_path, monkeypatch):
+    from brainsynth_gui.main_window import MainWindow
+    from brainsynth_gui.recent_files import RecentFiles
+    from tests.helpers_qt import wait_until
+
+    out, _, _ = preprocessed
+    raw, _, _ = raw_subject
+    # The app preprocesses into <user cache>/preprocessed: point that at the batch above, so the
+    # scan is found done (same content, same settings) instead of computed again.
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "preprocessed").symlink_to(out, target_is_directory=True)
+    monkeypatch.setenv("BRAINSYNTH_CACHE_DIR", str(tmp_path / "cache"))
+    window = MainWindow(recent=RecentFiles(tmp_path / "recent.json"), quiet=True)
+    try:
+        assert window.open_checkpoint(None, wait=True)  # the bundled demo model
+        assert window.open_scans([raw])
+        wait_until(lambda: not window.scans.paths)  # not in MNI space: taken out, not kept anywhere
+        assert window.real_layer.data is None
+        assert window.preprocess_scan(raw, settings=PreprocessSettings(threads=2, fast=True), wait=True)
+        assert [p.name for p in window.scans.paths] == [raw.name]
+        assert window.scans.paths[0].parent.resolve() == out.resolve()
+        wait_until(lambda: window.real_layer.data is not None)  # shown beside the synthetic volumes
+        assert not window.errors
+    finally:
+        window.close()
