@@ -239,8 +239,9 @@ def test_demo_data_raw_is_a_scanner_space_head_scan(raw_subject):
     assert sidecar["ground_truth"] == "../demo_s3_0000.nii.gz"
     assert "not a patient" in sidecar["kind"]
     data = np.asarray(img.dataobj, dtype=np.float32)
-    # Noise in the air, a bright scalp: far more signal outside the brain than a stripped scan has.
-    assert (data > 0).mean() > 0.9
+    # Noise in the air, a bright scalp: far more signal outside the brain than a stripped scan has
+    # (the brain fills about a fifth of the box). 0.86 for this subject since age and sex drive its head.
+    assert (data > 0).mean() > 0.8
     ground_truth = nib.load(truth)
     assert ground_truth.shape == MNI_BOX_SHAPE
     assert int(ground_truth.header["sform_code"]) == 4
