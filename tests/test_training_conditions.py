@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from engine.checkpoint import load_checkpoint
-from engine.training.config import load_config, read_toml
+from engine.training.config import read_toml
 from engine.training.covariates import parse_conditions
 from engine.training.errors import TrainingError
 from engine.training.trainer import train
-from tests.training_data import write_volumes
+from tests.training_data import tiny_run_config, write_volumes
 
 AGES = [50, 55, 60, 65, 70, 75, 80, 85]
 SEXES = ["F", "M", "F", "M", "F", "M", "F", "M"]
@@ -30,23 +30,9 @@ def _dataset(folder, rows=None, *, header="participant_id\tage\tsex\tgroup"):
 
 
 def _config(tmp_path, data, **overrides):
-    values = {
-        "preset": "tiny",
-        "data": [str(data)],
-        "out": str(tmp_path / "run"),
-        "epochs": 1,
-        "batch_size": 2,
-        "val_fraction": 0.25,
-        "val_timesteps": 1,
-        "sample_every": 0,
-        "checkpoint_every": 0,
-        "resume_every_minutes": 0.0,
-        "cache_dir": str(tmp_path / "cache"),
-        "tensorboard": False,
-        "conditions": "age,sex:categorical,group",
-        **overrides,
-    }
-    return load_config(None, values)
+    return tiny_run_config(
+        tmp_path, data, **{"val_timesteps": 1, "conditions": "age,sex:categorical,group", **overrides}
+    )
 
 
 def test_a_conditional_run_stores_its_covariates(tmp_path, capsys):

@@ -12,11 +12,10 @@ import pytest
 
 from engine.atomic import TEMP_MARKER, temporary_path
 from engine.errors import WriteError
-from engine.training.config import load_config
 from engine.training.logging import STEP_COLUMNS, CsvLog, read_csv
 from engine.training.resume import resume_config
 from engine.training.trainer import train
-from tests.training_data import write_volumes
+from tests.training_data import tiny_run_config, write_volumes
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +28,7 @@ def data_dir(tmp_path_factory):
 
 
 def _config(tmp_path, data_dir, **overrides):
-    values = {
-        "preset": "tiny",
-        "data": [str(data_dir)],
-        "out": str(tmp_path / "run"),
-        "epochs": 2,
-        "batch_size": 2,
-        "val_fraction": 0.25,
-        "val_timesteps": 2,
-        "sample_every": 0,
-        "checkpoint_every": 0,
-        "resume_every_minutes": 0.0,
-        "cache_dir": str(tmp_path / "cache"),
-        "tensorboard": False,
-        **overrides,
-    }
-    return load_config(None, values)
+    return tiny_run_config(tmp_path, data_dir, **{"epochs": 2, **overrides})
 
 
 def _orphan_of_a_dead_process(folder: Path, name: str) -> Path:

@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.training.config import load_config
 from engine.training.errors import TrainingError
 from engine.training.logging import read_csv
 from engine.training.resume import resume_config
 from engine.training.trainer import steps_per_epoch, train
-from tests.training_data import write_volumes
+from tests.training_data import tiny_run_config, write_volumes
 
 
 @pytest.fixture(scope="module")
@@ -31,23 +30,7 @@ def _read_rows(path):
 
 
 def _config(tmp_path, data_dir, **overrides):
-    values = {
-        "preset": "tiny",
-        "data": [str(data_dir)],
-        "out": str(tmp_path / "run"),
-        "epochs": 1,
-        "batch_size": 2,
-        "val_fraction": 0.25,
-        "val_timesteps": 2,
-        "sample_every": 0,
-        "checkpoint_every": 0,
-        "resume_every_minutes": 0.0,
-        "cache_dir": str(tmp_path / "cache"),
-        "tensorboard": False,
-        "precision": "fp32",
-        **overrides,
-    }
-    return load_config(None, values)
+    return tiny_run_config(tmp_path, data_dir, **{"precision": "fp32", **overrides})
 
 
 def test_a_run_writes_split_logs_figures_and_loadable_checkpoints(tmp_path, data_dir):

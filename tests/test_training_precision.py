@@ -9,12 +9,11 @@ import torch
 import engine.precision
 from engine.checkpoint import load_checkpoint
 from engine.precision import bf16_support
-from engine.training.config import load_config
 from engine.training.distributed import setup
 from engine.training.errors import TrainingError
 from engine.training.resume import RESUME_FILE, resume_config
 from engine.training.trainer import _Trainer, train
-from tests.training_data import write_volumes
+from tests.training_data import tiny_run_config, write_volumes
 
 HAS_BF16_CPU = bf16_support(torch.device("cpu")) is not None
 
@@ -41,23 +40,7 @@ def no_bf16_units(monkeypatch):
 
 
 def _config(tmp_path, data_dir, **overrides):
-    values = {
-        "preset": "tiny",
-        "data": [str(data_dir)],
-        "out": str(tmp_path / "run"),
-        "epochs": 1,
-        "batch_size": 2,
-        "val_fraction": 0.25,
-        "val_timesteps": 1,
-        "sample_every": 0,
-        "checkpoint_every": 0,
-        "resume_every_minutes": 0.0,
-        "cache_dir": str(tmp_path / "cache"),
-        "tensorboard": False,
-        "device": "cpu",
-        **overrides,
-    }
-    return load_config(None, values)
+    return tiny_run_config(tmp_path, data_dir, **{"val_timesteps": 1, "device": "cpu", **overrides})
 
 
 def _messages(events) -> list[str]:

@@ -33,3 +33,26 @@ def write_volumes(folder: Path, spec, n: int, *, start: int = 0, prefix: str = "
         nib.save(img, path)
         paths.append(path)
     return paths
+
+
+def tiny_run_config(tmp_path: Path, data_dir: Path, /, **overrides):
+    """The training tests' short run of the tiny preset on ``data_dir``: one epoch of batch 2, a quarter
+    held out, no samples, checkpoints or TensorBoard beyond the run's end; ``overrides`` win."""
+    from engine.training.config import load_config
+
+    values = {
+        "preset": "tiny",
+        "data": [str(data_dir)],
+        "out": str(tmp_path / "run"),
+        "epochs": 1,
+        "batch_size": 2,
+        "val_fraction": 0.25,
+        "val_timesteps": 2,
+        "sample_every": 0,
+        "checkpoint_every": 0,
+        "resume_every_minutes": 0.0,
+        "cache_dir": str(tmp_path / "cache"),
+        "tensorboard": False,
+        **overrides,
+    }
+    return load_config(None, values)
