@@ -46,10 +46,14 @@ def brain_region(standard: np.ndarray, *, scale: float) -> np.ndarray:
     Returns:
         bool array of ``standard.shape``; all False when nothing lies above the threshold.
     """
+    data = np.asarray(standard, dtype=np.float32)
+    return largest_region_filled(data > np.float32(BRAIN_THRESHOLD_FRACTION * float(scale)))
+
+
+def largest_region_filled(mask: np.ndarray) -> np.ndarray:
+    """The largest connected region of ``mask`` with its holes filled (all False stays all False)."""
     from scipy import ndimage
 
-    data = np.asarray(standard, dtype=np.float32)
-    mask = data > np.float32(BRAIN_THRESHOLD_FRACTION * float(scale))
     labels, n = ndimage.label(mask)
     if n == 0:
         return mask

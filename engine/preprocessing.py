@@ -22,6 +22,7 @@ import numpy as np
 from engine.errors import NotInMNISpaceError, VolumeError
 from engine.geometry import MNI_BOX_ORIGIN_MM, MNI_BOX_SHAPE, MNI_BOX_SPACING_MM, GridGeometry
 from engine.intensity import IntensityMapping
+from engine.masking import largest_region_filled
 from engine.volumes import Volume, world_bounds_mm
 
 if TYPE_CHECKING:  # engine.specs imports torch; not needed at run time here
@@ -205,7 +206,6 @@ def brain_mask(data: np.ndarray, *, fraction: float = 0.05) -> np.ndarray:
     Returns:
         bool array of ``data.shape``; all False if there is nothing above the background.
     """
-    from scipy import ndimage
     from skimage.filters import threshold_otsu
 
     data = np.asarray(data, dtype=np.float32)
@@ -225,15 +225,7 @@ def brain_mask(data: np.ndarray, *, fraction: float = 0.05) -> np.ndarray:
         # Noisy background: Otsu on the range clipped to the robust maximum, so a few very
         # bright voxels (vessels, fat) do not drag the threshold up.
         threshold = float(threshold_otsu(np.minimum(data, robust_max)))
-    mask = data > threshold
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == int(sizes.argmax())
-    return ndimage.binary_fill_holes(mask)
+    return largest_region_filled(data > threshold)
 
 
 def mni_box_bounds_mm() -> tuple[np.ndarray, np.ndarray]:
