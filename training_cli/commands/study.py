@@ -91,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument(
         "--blinding",
         action="store_true",
-        help="also check that simple image statistics of the displayed cases do not give real and synthetic away",
+        help="also check that simple image statistics of the displayed cases do not give real and synthetic away "
+        "(exit status 1 when they do)",
     )
 
     pack = add("pack", "write one reader's study pack: a self-contained file to rate elsewhere", _pack)
@@ -245,6 +246,19 @@ def _check(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         if not problems:
             print(f"all {db.study(args.name).n_cases} case files of {args.name!r} are present and unchanged")
+        if args.blinding and not problems:
+            from engine.study.blinding import check_study
+
+            def progress(done: int, total: int) -> None:
+                print(f"\rmeasuring displayed cases {done}/{total}", end="", file=sys.stderr, flush=True)
+                if done == total:
+                    print(file=sys.stderr)
+
+            report = check_study(db, args.name, progress=progress)
+            for line in report.lines():
+                print(line, file=sys.stderr if report.leaks else sys.stdout)
+            if report.leaks:
+                return 1
     return 1 if problems else 0
 
 
