@@ -220,6 +220,8 @@ def test_tampered_and_foreign_packs_are_refused(tmp_path, pools):
         refused(path, "seal does not match")
         # Not a pack at all, and a pack of a study of the same name in another database.
         refused(db.path, "not a BrainSynth study pack")
+        with sqlite3.connect(db.path) as conn:  # and refused untouched: still the organiser's WAL file
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         with _create(tmp_path / "elsewhere.sqlite", pools) as other:
             foreign = make_pack(other, "pilot", "ana", tmp_path / "foreign.bsstudy").path
         refused(foreign, "from another study database")
@@ -319,6 +321,12 @@ def test_a_missing_or_foreign_file_is_not_a_pack(tmp_path, pools):
         path = db.path
     with pytest.raises(StudyError, match="not a BrainSynth study pack"):
         open_pack(path)
+    with sqlite3.connect(path) as conn:  # refused untouched: still the organiser's WAL file
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with StudyDatabase(path) as db, pytest.raises(StudyError, match="not a BrainSynth study database"):
+        StudyDatabase(make_pack(db, "pilot", "ana", tmp_path / "ana.bsstudy").path)
+    with sqlite3.connect(tmp_path / "ana.bsstudy") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
 
 
 # --------------------------------------------------------------------------- crash safety

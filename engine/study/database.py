@@ -301,15 +301,19 @@ class DatabaseConnection:
         try:
             conn.execute("PRAGMA foreign_keys = ON")
             if not read_only:
+                # FULL: a committed answer survives a power cut too, not only a killed process.
+                conn.execute("PRAGMA synchronous = FULL")
+            # The file is checked before its journal mode is set: a journal mode is stored in the
+            # file, and another kind of file (a study pack opened as a database, or the other way
+            # round) must be refused untouched.
+            self._check_or_create_schema(conn, create=not read_only)
+            if not read_only:
                 mode = conn.execute(f"PRAGMA journal_mode = {self.JOURNAL_MODE}").fetchone()[0]
                 if str(mode).lower() != self.JOURNAL_MODE:
                     raise StudyError(
-                        f"the {self.FILE_NOUN} {path} cannot use write-ahead logging (journal mode {mode}); "
+                        f"the {self.FILE_NOUN} {path} cannot use journal mode {self.JOURNAL_MODE} (it has {mode}); "
                         "keep it on a local disk, not a network share"
                     )
-                # FULL: a committed answer survives a power cut too, not only a killed process.
-                conn.execute("PRAGMA synchronous = FULL")
-            self._check_or_create_schema(conn, create=not read_only)
         except StudyError:
             conn.close()
             raise
