@@ -465,3 +465,47 @@ def test_cli_rate_in_a_pack(tmp_path, pools, capsys, monkeypatch):
     assert "saved" in out
     with open_pack(pack) as session:
         assert session.progress().answered == 1
+
+
+def test_bad_pack_requests_are_one_clear_error(tmp_path, pools):
+    from engine.errors import ExportError
+
+    with _create(tmp_path / "organiser.sqlite", pools) as db:
+        with pytest.raises(StudyError, match="'cleo' is not a reader of study 'pilot'"):
+            make_pack(db, "pilot", "cleo", tmp_path / "cleo.bsstudy")
+        with pytest.raises(StudyError, match="no study named 'other'"):
+            make_pack(db, "other", "ana", tmp_path / "ana.bsstudy")
+        with pytest.raises(StudyError, match="is a folder"):
+            make_pack(db, "pilot", "ana", tmp_path)
+        make_pack(db, "pilot", "ana", tmp_path / "ana.bsstudy")
+        with pytest.raises(ExportError, match="exists"):
+            make_pack(db, "pilot", "ana", tmp_path / "ana.bsstudy")
+        assert not (tmp_path / "cleo.bsstudy").exists()
+        assert sorted(p.name for p in tmp_path.glob("*.bsstudy*")) == ["ana.bsstudy"]  # no temporaries left
+        real, _ = pools
+        moved = next(real.iterdir())
+        backup = tmp_path / "moved.nii.gz"
+        shutil.move(moved, backup)
+        try:
+            with pytest.raises(StudyError, match="is missing; the pack was not written"):
+                make_pack(db, "pilot", "ben", tmp_path / "ben.bsstudy")
+        finally:
+            shutil.move(backup, moved)
+        assert not (tmp_path / "ben.bsstudy").exists()
+
+
+def test_a_read_only_pack_opens_and_says_why_it_cannot_save(tmp_path, pools):
+    from tests.test_study_hardening import _ReadOnlyFolder
+
+    folder = _ReadOnlyFolder(tmp_path)
+    try:
+        with _create(tmp_path / "organiser.sqlite", pools) as db:
+            path = make_pack(db, "pilot", "ana", folder.path / "ana.bsstudy").path
+        folder.make_read_only()
+        with open_pack(path) as session:
+            number = session.next_case()
+            assert session.load_case(number).number == number
+            with pytest.raises(StudyError, match="copy it to a folder you can write to"):
+                session.answer(number, _values(number, "ana"))
+    finally:
+        folder.cleanup()

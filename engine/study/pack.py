@@ -148,6 +148,12 @@ class PackFile(DatabaseConnection):
     JOURNAL_MODE = "delete"
     FILE_NOUN = "study pack"
 
+    def _read_only_message(self) -> str:
+        return (
+            f"the study pack {self.path} is read-only (the file or its folder cannot be written), so answers cannot "
+            "be saved in it; copy it to a folder you can write to and open the copy"
+        )
+
     def meta(self) -> dict[str, str]:
         """The pack's ``meta`` table as a dict."""
         with self.read() as conn:
