@@ -63,6 +63,20 @@ def test_the_app_rates_a_pack_and_the_answers_merge_back(main_window, organiser,
         assert [r.case_number for r in db.answer_records("Pilot")] == [first]
 
 
+def test_the_file_menu_opens_a_pack(main_window, organiser, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    with StudyDatabase(organiser) as db:
+        pack = make_pack(db, "Pilot", "Dr A", tmp_path / "menu.bsstudy").path
+    file_menu = main_window.menuBar().actions()[0].menu()
+    [action] = [a for a in file_menu.actions() if a.text() == "Open study &pack…"]
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(pack), ""))
+    action.trigger()
+    [review] = main_window.review_windows
+    wait_until(lambda: review.current is not None)
+    assert review.session.path == pack
+
+
 def test_a_bad_pack_is_one_error_and_the_app_keeps_running(main_window, tmp_path):
     bad = tmp_path / "bad.bsstudy"
     bad.write_bytes(b"\0" * 4096)

@@ -353,6 +353,11 @@ def make_pack(
             progress(done, len(order))
     meta["seal"] = seal(secret, meta, [(n, d) for n, _, d in encoded], order)
 
+    # Recorded before the file appears: a pack on disk is always one this database knows (a
+    # record whose file was never finished is harmless, it matches nothing).
+    record = json.dumps({"study_id": study_id, "reader": reader, "made_at": meta["made_at"]})
+    with db.transaction() as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"pack_issued:{pack_id}", record))
     with atomic_path(out, overwrite=overwrite) as tmp:
         tmp.unlink(missing_ok=True)  # the pack file creates its own layout in a new file
         with PackFile(tmp) as pack, pack.transaction() as conn:
@@ -366,9 +371,6 @@ def make_pack(
                 "INSERT INTO reader_cases (reader_id, case_id, position, queue) VALUES (?, ?, ?, ?)",
                 [(PACK_READER_ID, n, pos, pos) for pos, n in enumerate(order, start=1)],
             )
-    record = json.dumps({"study_id": study_id, "reader": reader, "made_at": meta["made_at"]})
-    with db.transaction() as conn:
-        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"pack_issued:{pack_id}", record))
     return PackInfo(path=out, study=info.name, reader=reader, pack_id=pack_id, n_cases=len(order))
 
 
