@@ -1,6 +1,7 @@
 """Entry point of the ``brainsynth`` desktop app.
 
 ``brainsynth [--checkpoint CKPT] [--real FILE_OR_DIR] [--generate N] [--screenshot FILE]``
+``brainsynth READER.bsstudy`` (or ``--pack READER.bsstudy``): rate a reader's study pack.
 
 With ``--screenshot`` (like ``fsleyes render``) the window opens with what was asked, waits for
 any generation to finish, saves a PNG of the whole window and exits; it works headless (the
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--screenshot", type=Path, metavar="FILE", help="save a PNG of the window and exit (works headless)"
     )
     parser.add_argument("--size", default="1400x860", help="window size for --screenshot, WIDTHxHEIGHT")
+    parser.add_argument("--pack", type=Path, metavar="FILE", help="a study pack (.bsstudy) to rate")
+    parser.add_argument("pack_file", type=Path, nargs="?", metavar="PACK", help="a study pack (.bsstudy) to rate")
     return parser
 
 
@@ -67,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         window.open_demo_scans()
     window.show()
+
+    pack = args.pack or args.pack_file
+    if pack is not None:
+        window.open_pack(pack)
 
     if args.generate:
         from dataclasses import replace

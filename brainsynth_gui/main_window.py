@@ -238,6 +238,8 @@ class MainWindow(ErrorReportingWindow):
         self._action(file_menu, "Open scan &folder…", self.ask_scan_folder)
         self.recent_scans_menu = file_menu.addMenu("Recent scans")
         file_menu.addSeparator()
+        self._action(file_menu, "Open study &pack…", self.ask_pack)
+        file_menu.addSeparator()
         self._action(file_menu, "&Export selected volumes as NIfTI…", self.ask_export_nifti, "Ctrl+E")
         self._action(file_menu, "Export denoising &animation (GIF/MP4)…", self.ask_export_animation, "Ctrl+Shift+E")
         self._action(file_menu, "Save &PNG of the views…", self.ask_save_png, "Ctrl+Shift+S")
@@ -1001,7 +1003,35 @@ class MainWindow(ErrorReportingWindow):
         except BrainSynthError as exc:
             self.report_error("Cannot open the study", str(exc))
             return None
-        window = ReviewWindow(db, session, owns_db=owns_db, quiet=self.quiet)
+        return self._show_review(ReviewWindow(db, session, owns_db=owns_db, quiet=self.quiet))
+
+    def ask_pack(self) -> None:
+        """File ▸ Open study pack…: rate the cases of a reader's pack (.bsstudy)."""
+        from engine.study.pack import PACK_SUFFIX
+
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open study pack", self._start_dir(), f"Study packs (*{PACK_SUFFIX});;All files (*)"
+        )
+        if path:
+            self.open_pack(Path(path))
+
+    def open_pack(self, path: Path):
+        """Open review mode on a study pack (answers are saved into the pack as they are given).
+
+        Returns:
+            The :class:`~brainsynth_gui.review_window.ReviewWindow`, or None after an error.
+        """
+        from brainsynth_gui.review_window import ReviewWindow
+        from engine.study.pack import open_pack
+
+        try:
+            session = open_pack(path)
+        except BrainSynthError as exc:
+            self.report_error("Cannot open the study pack", str(exc))
+            return None
+        return self._show_review(ReviewWindow(session.pack, session, owns_db=True, quiet=self.quiet))
+
+    def _show_review(self, window):
         window.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose, False)
         self.review_windows.append(window)
         # Full screen, and this window out of sight: its file names, lists and real-scan row

@@ -69,6 +69,7 @@ from brainsynth_gui.slice_view import SliceView
 from brainsynth_gui.state import ViewerState
 from engine.geometry import GridGeometry
 from engine.study import DisplayCase, ReaderSession, StudyDatabase
+from engine.study.pack import PackFile, PackSession
 
 HELP_TEXT = (
     "<b>Keys</b><br>"
@@ -99,7 +100,7 @@ class ReviewWindow(ErrorReportingWindow):
     """Review mode for one reader of one study.
 
     Args:
-        db: the study database (the window closes it on close when ``owns_db``).
+        db: the study database, or a study pack's file (the window closes it on close when ``owns_db``).
         session: the reader's session.
         owns_db: close ``db`` when the window closes.
         quiet: report errors on stderr instead of in dialogs (tests, headless runs).
@@ -115,7 +116,12 @@ class ReviewWindow(ErrorReportingWindow):
     closed = Signal()
 
     def __init__(
-        self, db: StudyDatabase, session: ReaderSession, *, owns_db: bool = False, quiet: bool = False
+        self,
+        db: StudyDatabase | PackFile,
+        session: ReaderSession,
+        *,
+        owns_db: bool = False,
+        quiet: bool = False,
     ) -> None:
         super().__init__(quiet=quiet)
         self.db = db
@@ -434,6 +440,11 @@ class ReviewWindow(ErrorReportingWindow):
             f"<h2>Study finished</h2><p>You have answered all {self.total} cases of "
             f"<b>{_escape(self.session.study.name)}</b>. Thank you, {_escape(self.session.reader)}.</p>"
             "<p>Every answer is saved. You can close this window.</p>"
+            + (
+                f"<p>Send the study pack <b>{_escape(self.session.path.name)}</b> back to the study organiser.</p>"
+                if isinstance(self.session, PackSession)
+                else ""
+            )
         )
         self.study_finished.emit()
 

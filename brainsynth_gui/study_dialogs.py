@@ -263,6 +263,40 @@ def create_study(db_path: Path, request: StudyRequest, progress=None):
         raise
 
 
+def check_blinding(request: StudyRequest, progress=None):
+    """The leakage check of the pools as the study would display them (:mod:`engine.study.blinding`).
+
+    Runs off the interface thread; the session's volumes are exported to a temporary folder first
+    (the check measures files through the display pipeline, exactly as readers would see them).
+
+    Raises:
+        BrainSynthError: an empty pool, or a file that cannot be displayed (named).
+    """
+    import tempfile
+
+    from engine.export import export_batch
+    from engine.study.blinding import check_files
+    from engine.study.display import DisplaySettings
+    from engine.study.organiser import display_settings_for
+    from engine.volumes import find_volumes
+
+    if not request.real:
+        raise StudyError("the real pool is empty; add real scans (files or a folder)")
+    real = find_volumes(request.real)
+    synthetic = find_volumes(request.synthetic) if request.synthetic else []
+    with tempfile.TemporaryDirectory(prefix="brainsynth-blinding-") as folder:
+        if request.session_volumes and request.spec is not None:
+            synthetic += export_batch(request.session_volumes, spec=request.spec, out_dir=Path(folder))
+        if not synthetic:
+            raise StudyError("the synthetic pool is empty; add synthetic volumes or the session's volumes")
+        settings = (
+            DisplaySettings.from_spec(request.spec)
+            if request.spec is not None and request.session_volumes
+            else display_settings_for(None, synthetic)
+        )
+        return check_files(real, synthetic, settings, progress=progress)
+
+
 def _remove_exports(paths: list[Path]) -> None:
     from engine.export import sidecar_path
 
@@ -346,6 +380,9 @@ class CreateStudyDialog(QDialog):
         self.created = None
         self.errors: list[str] = []
         self._job: BackgroundWorker | None = None
+        self._blinding_job: BackgroundWorker | None = None
+        #: The last leakage check's result (an :class:`engine.study.blinding.BlindingReport`), or None.
+        self.blinding = None
 
         self.db_field = QLineEdit(str(self.db_path))
         self.db_field.setReadOnly(True)
@@ -370,6 +407,15 @@ class CreateStudyDialog(QDialog):
         self.readers = QLineEdit()
         self.readers.setPlaceholderText("comma-separated, e.g. Dr A, Dr B")
         self.allow_changes = QCheckBox("Readers may change saved answers (every change is kept)")
+        self.blinding_button = QPushButton("Check blinding")
+        self.blinding_button.setToolTip(
+            "Measure simple image statistics of every case as readers would see it (histogram, quantisation, "
+            "background noise, smoothness, brain volume) and test whether they tell real from synthetic"
+        )
+        self.blinding_button.clicked.connect(self.check_blinding)
+        self.blinding_label = QLabel()
+        self.blinding_label.setWordWrap(True)
+        self.blinding_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.progress = QProgressBar()
         self.progress.hide()
         self.message = QLabel()
@@ -386,6 +432,8 @@ class CreateStudyDialog(QDialog):
         form.addRow("", self.export_dir)
         form.addRow("Readers", self.readers)
         form.addRow("", self.allow_changes)
+        form.addRow("Leakage check", self.blinding_button)
+        form.addRow("", self.blinding_label)
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Create")
         self.buttons.accepted.connect(self.create)
@@ -452,6 +500,45 @@ class CreateStudyDialog(QDialog):
             },
         )
 
+    def check_blinding(self) -> None:
+        """Run the leakage check on the pools in the background; the result shows under the button."""
+        if self._blinding_job is not None:
+            return
+        self.blinding = None
+        self.blinding_button.setEnabled(False)
+        self.blinding_label.setText("Measuring every case as readers would see it…")
+        self._blinding_job = create_worker(
+            check_blinding,
+            self.request(),
+            report_as="progress",
+            connect={
+                "yielded": self._blinding_progress,
+                "returned": self._blinding_done,
+                "errored": self._blinding_failed,
+                "finished": self._blinding_finished,
+            },
+        )
+
+    def _blinding_progress(self, report: tuple[int, int]) -> None:
+        done, total = report
+        self.blinding_label.setText(f"Measuring every case as readers would see it: {done} of {total}")
+
+    def _blinding_done(self, report) -> None:
+        self.blinding = report
+        lines = [_escape(line) for line in report.lines()]
+        colour = "#b00000" if report.leaks else "#206020"
+        self.blinding_label.setText(f"<span style='color:{colour}'>" + "<br>".join(lines) + "</span>")
+
+    def _blinding_failed(self, message: str) -> None:
+        self.errors.append(message)
+        self.blinding_label.setText(f"<span style='color:#b00000'>{_escape(message)}</span>")
+
+    def _blinding_finished(self) -> None:
+        job, self._blinding_job = self._blinding_job, None
+        if job is not None:
+            job.deleteLater()
+        self.blinding_button.setEnabled(True)
+
     def _confirm_pools(self, request: StudyRequest) -> bool:
         """Ask before using real-pool files that say they are synthetic, and before unbalanced pools."""
         from engine.study.case_files import pool_balance_warning, synthetic_files
@@ -513,13 +600,16 @@ class CreateStudyDialog(QDialog):
         self.message.setText(f"<span style='color:#b00000'>{_escape(message)}</span>")
 
     def wait(self) -> None:
-        """Block until a running creation has finished (tests, closing)."""
-        if self._job is not None:
-            self._job.wait()
+        """Block until a running creation or leakage check has finished (tests, closing)."""
+        for job in (self._job, self._blinding_job):
+            if job is not None:
+                job.wait()
 
     def reject(self) -> None:
         if self._job is not None:
             return  # creating; it cannot be interrupted halfway (nothing is written until the end)
+        if self._blinding_job is not None:
+            self._blinding_job.wait()  # a check only reads; let it end before the dialog goes
         super().reject()
 
 

@@ -18,6 +18,9 @@ Modules, by who needs them:
   sensitivity/specificity, ROC, kappas).
 * :mod:`engine.study.results` — per reader and pooled results of a study.
 * :mod:`engine.study.report` — Markdown report, ROC PNG, CSV/JSON exports.
+* :mod:`engine.study.pack` — a reader's study pack: one sealed, self-contained file to rate elsewhere.
+* :mod:`engine.study.merge` — verifying packs and importing their answers into the organiser's database.
+* :mod:`engine.study.blinding` — the leakage check: do simple image statistics tell real from synthetic?
 
 The names below are the ones front ends use; each is defined in one of the modules above.
 Heavy modules (matplotlib in ``report``) are imported only when used.

@@ -138,6 +138,10 @@ class DatabaseConnection:
     The object is safe to share between threads (one connection behind a lock), so a front
     end may load the next case's volume in a worker thread while the reader rates.
 
+    Subclasses for other files of the same kind (a reader's study pack,
+    :mod:`engine.study.pack`) set the class attributes: the format marker, the layout, its
+    version, the journal mode and what the file is called in messages.
+
     Args:
         path: the database file; None for :func:`default_database_path`. Created (with its
             folder) if missing.
@@ -146,6 +150,17 @@ class DatabaseConnection:
         StudyError: the file is not a BrainSynth study database, is damaged, was made by a
             newer BrainSynth, or cannot be created or opened.
     """
+
+    #: The ``meta`` table's ``format`` value that marks the file as ours.
+    FORMAT = DB_FORMAT
+    #: The layout of a new file (statements separated by ``;``).
+    SCHEMA_SQL = _SCHEMA
+    #: ``PRAGMA user_version`` of that layout.
+    VERSION = SCHEMA_VERSION
+    #: SQLite journal mode: WAL for the shared organiser's file (readers and the CLI at once).
+    JOURNAL_MODE = "wal"
+    #: What the file is called in messages.
+    FILE_NOUN = "study database"
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path) if path is not None else default_database_path()
@@ -286,15 +301,19 @@ class DatabaseConnection:
         try:
             conn.execute("PRAGMA foreign_keys = ON")
             if not read_only:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StudyError(
-                        f"the study database {path} cannot use write-ahead logging (journal mode {mode}); "
-                        "keep it on a local disk, not a network share"
-                    )
                 # FULL: a committed answer survives a power cut too, not only a killed process.
                 conn.execute("PRAGMA synchronous = FULL")
+            # The file is checked before its journal mode is set: a journal mode is stored in the
+            # file, and another kind of file (a study pack opened as a database, or the other way
+            # round) must be refused untouched.
             self._check_or_create_schema(conn, create=not read_only)
+            if not read_only:
+                mode = conn.execute(f"PRAGMA journal_mode = {self.JOURNAL_MODE}").fetchone()[0]
+                if str(mode).lower() != self.JOURNAL_MODE:
+                    raise StudyError(
+                        f"the {self.FILE_NOUN} {path} cannot use journal mode {self.JOURNAL_MODE} (it has {mode}); "
+                        "keep it on a local disk, not a network share"
+                    )
         except StudyError:
             conn.close()
             raise
@@ -303,7 +322,7 @@ class DatabaseConnection:
             if not immutable and _is_read_only_error(exc):
                 raise _CannotWriteError(str(exc)) from None
             raise StudyError(
-                f"{path} is not a BrainSynth study database or is damaged ({_one_line(exc)}); "
+                f"{path} is not a BrainSynth {self.FILE_NOUN} or is damaged ({_one_line(exc)}); "
                 f"restore it from a backup, or point --db at another file"
             ) from exc
         return conn
@@ -319,7 +338,7 @@ class DatabaseConnection:
         integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
         if integrity != "ok":
             raise StudyError(
-                f"the study database {self.path} is damaged ({_one_line(integrity)}); restore it from a backup"
+                f"the {self.FILE_NOUN} {self.path} is damaged ({_one_line(integrity)}); restore it from a backup"
             )
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -329,12 +348,12 @@ class DatabaseConnection:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 # executescript would commit first; run the statements one by one instead.
-                for statement in _SCHEMA.split(";"):
+                for statement in self.SCHEMA_SQL.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute("INSERT INTO meta (key, value) VALUES ('format', ?)", (DB_FORMAT,))
+                conn.execute("INSERT INTO meta (key, value) VALUES ('format', ?)", (self.FORMAT,))
                 conn.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", (now_iso(),))
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute(f"PRAGMA user_version = {self.VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -344,17 +363,19 @@ class DatabaseConnection:
         if "meta" in tables:
             row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
             fmt = row[0] if row else None
-        if fmt != DB_FORMAT:
+        if fmt != self.FORMAT:
             raise StudyError(
-                f"{self.path} is an SQLite file but not a BrainSynth study database; point --db at another file"
+                f"{self.path} is an SQLite file but not a BrainSynth {self.FILE_NOUN}; point --db at another file"
+                if self.FORMAT == DB_FORMAT
+                else f"{self.path} is an SQLite file but not a BrainSynth {self.FILE_NOUN}"
             )
-        if version > SCHEMA_VERSION:
+        if version > self.VERSION:
             raise StudyError(
-                f"the study database {self.path} was written by a newer BrainSynth (schema {version}, "
-                f"this version reads {SCHEMA_VERSION}); update BrainSynth"
+                f"the {self.FILE_NOUN} {self.path} was written by a newer BrainSynth (schema {version}, "
+                f"this version reads {self.VERSION}); update BrainSynth"
             )
-        if version < SCHEMA_VERSION:  # no older layouts exist yet
-            raise StudyError(f"the study database {self.path} has an unknown schema version {version}")
+        if version < self.VERSION:  # no older layouts exist yet
+            raise StudyError(f"the {self.FILE_NOUN} {self.path} has an unknown schema version {version}")
 
     @contextlib.contextmanager
     def _sql_errors(self) -> Iterator[None]:
@@ -371,7 +392,7 @@ class DatabaseConnection:
             raise StudyError(f"the study database {self.path} cannot be used: {_one_line(exc)}") from exc
         except sqlite3.DatabaseError as exc:
             raise StudyError(
-                f"the study database {self.path} is damaged ({_one_line(exc)}); restore it from a backup"
+                f"the {self.FILE_NOUN} {self.path} is damaged ({_one_line(exc)}); restore it from a backup"
             ) from exc
 
     def _check_open(self) -> None:

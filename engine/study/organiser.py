@@ -144,7 +144,7 @@ class StudyDatabase(DatabaseConnection):
             except BrainSynthError as exc:
                 problems.append(f"{truth} {path.name}: {exc}")
         if not problems:
-            settings = _display_settings(preset, pools["synthetic"])
+            settings = display_settings_for(preset, pools["synthetic"])
             for done, (truth, path) in enumerate(entries, start=1):
                 if validate:
                     try:
@@ -447,7 +447,7 @@ def _clean_readers(readers: Sequence[str]) -> list[str]:
     return names
 
 
-def _display_settings(preset: str | None, synthetic: Sequence[Path]) -> DisplaySettings:
+def display_settings_for(preset: str | None, synthetic: Sequence[Path]) -> DisplaySettings:
     """The named preset's settings, or those of the preset whose grid the synthetic volumes lie on."""
     from engine.specs import PRESETS, get_preset
 

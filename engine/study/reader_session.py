@@ -297,12 +297,35 @@ class ReaderSession:
                     "WHERE reader_id = ? AND case_id = ?",
                     (payload, total, now, revision, self._reader_id, case_id),
                 )
-            conn.execute(
-                "INSERT INTO answer_history (reader_id, case_id, revision, action, values_json, seconds, recorded_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self._reader_id, case_id, revision, "change" if existing else "answer", payload, total, now),
+            self._record_history(
+                conn,
+                case_id=case_id,
+                revision=revision,
+                action="change" if existing else "answer",
+                payload=payload,
+                seconds=total,
+                recorded_at=now,
             )
         return Answer(int(number), clean, total, answered_at, now, revision)
+
+    def _record_history(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        case_id: int,
+        revision: int,
+        action: str,
+        payload: str,
+        seconds: float | None,
+        recorded_at: str,
+    ) -> None:
+        """Add one save to ``answer_history``, inside the answer's transaction (a study pack also
+        seals it, :class:`engine.study.pack.PackSession`)."""
+        conn.execute(
+            "INSERT INTO answer_history (reader_id, case_id, revision, action, values_json, seconds, recorded_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self._reader_id, case_id, revision, action, payload, seconds, recorded_at),
+        )
 
     def skip(self, number: int, *, seconds: float | None = None) -> None:
         """Put an unanswered case at the end of this reader's order ("skip for later"), committed at once.

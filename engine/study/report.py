@@ -295,6 +295,7 @@ def markdown_report(results: StudyResults, *, roc_image: str | None = ROC_NAME) 
                     f"{format_mean_sd(by_class['synthetic'])} |"
                 )
         lines.append("")
+        lines += _rank_sum_table(entries, scale_questions)
 
     lines += ["## Agreement between readers", ""]
     a = results.agreement
@@ -330,6 +331,7 @@ def markdown_report(results: StudyResults, *, roc_image: str | None = ROC_NAME) 
             lines.append(f"| {e.reader} | n/a | n/a | n/a |")
         else:
             lines.append(f"| {e.reader} | {s.median:.1f} ({s.q1:.1f}–{s.q3:.1f}) | {s.mean:.1f} | {s.total / 60:.1f} |")
+    lines += ["", *_time_distribution_table(entries)]
     lines += [
         "",
         "## Methods",
@@ -359,9 +361,61 @@ def markdown_report(results: StudyResults, *, roc_image: str | None = ROC_NAME) 
             "p-value as descriptive."
         ),
         "- Time per case sums every visit to a case, including time before a skip.",
+        (
+            "- Ratings of real and synthetic cases are compared with the two-sided Wilcoxon rank-sum "
+            "(Mann–Whitney U) test (exact without ties and at most 8 values in the smaller group, else the "
+            "normal approximation with tie and continuity corrections); the p-values of one row's questions are "
+            "Holm-corrected. *P(real higher)* is U / (n_real · n_synthetic): 0.5 means no difference."
+        ),
         "",
     ]
     return "\n".join(lines)
+
+
+#: Bins of the time-per-case distribution: (upper limit in s, column label).
+TIME_BINS = ((10.0, "< 10 s"), (30.0, "10–30 s"), (60.0, "30–60 s"), (120.0, "1–2 min"), (300.0, "2–5 min"))
+
+
+def time_histogram(times: Sequence[float]) -> list[int]:
+    """Answers per bin of :data:`TIME_BINS`, plus one for 5 min and more."""
+    counts = [0] * (len(TIME_BINS) + 1)
+    for t in times:
+        index = next((i for i, (limit, _) in enumerate(TIME_BINS) if t < limit), len(TIME_BINS))
+        counts[index] += 1
+    return counts
+
+
+def _time_distribution_table(entries: Sequence[ReaderResults]) -> list[str]:
+    labels = [label for _, label in TIME_BINS] + ["≥ 5 min"]
+    lines = [
+        "Distribution of the time per case (answers per bin):",
+        "",
+        "| reader | " + " | ".join(labels) + " | range s |",
+        "|---|" + "---|" * (len(labels) + 1),
+    ]
+    for e in entries:
+        span = f"{min(e.times):.1f}–{max(e.times):.1f}" if e.times else "n/a"
+        lines.append(f"| {e.reader} | " + " | ".join(str(c) for c in time_histogram(e.times)) + f" | {span} |")
+    return lines
+
+
+def _rank_sum_table(entries: Sequence[ReaderResults], questions: Sequence[Question]) -> list[str]:
+    lines = [
+        "### Real against synthetic (Wilcoxon rank-sum, Holm-corrected)",
+        "",
+        "| reader | question | n real / synthetic | U (real) | P(real higher) | p | p (Holm) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        for q in questions:
+            t = e.rating_tests.get(q.key)
+            if t is None:
+                continue
+            lines.append(
+                f"| {e.reader} | {q.text} | {t.n_real} / {t.n_synthetic} | {format_number(t.u_real, 1)} | "
+                f"{format_number(t.effect)} | {format_p_value(t.p_value)} | {format_p_value(t.p_holm)} |"
+            )
+    return [*lines, ""]
 
 
 def write_report(db: StudyDatabase, study: str, out_dir: str | os.PathLike, *, overwrite: bool = False) -> ReportFiles:

@@ -14,18 +14,21 @@ Fleiss' kappa when it has more.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.study.organiser import StudyDatabase
 from engine.study.questions import CONFIDENCE_KEY, Question, confidence_call
 from engine.study.records import AnswerRecord
 from engine.study.statistics import (
     Detection,
+    RankSumTest,
     Summary,
     cohen_kappa,
     detection,
     fleiss_kappa,
     fleiss_table,
+    holm,
+    rank_sum_test,
     ratings_by_class,
     summarise,
 )
@@ -45,6 +48,9 @@ class ReaderResults:
         detection: accuracy, sensitivity, specificity, ROC.
         ratings: question key → {"real": Summary, "synthetic": Summary} for every other scale question.
         seconds: time per case (s).
+        rating_tests: question key → Wilcoxon rank-sum test of real against synthetic ratings,
+            Holm-corrected across this entry's questions.
+        times: every time per case (s), for the distribution.
     """
 
     reader: str
@@ -53,6 +59,8 @@ class ReaderResults:
     detection: Detection
     ratings: dict[str, dict[str, Summary]]
     seconds: Summary
+    rating_tests: dict[str, RankSumTest] = field(default_factory=dict)
+    times: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,14 @@ class StudyResults:
 def _reader_results(reader: str, records: Sequence[AnswerRecord], questions, n_cases: int) -> ReaderResults:
     truth = [r.truth == "synthetic" for r in records]
     scales = [q for q in questions if q.kind == "scale" and q.key != CONFIDENCE_KEY]
+    tests = {
+        q.key: rank_sum_test(
+            [r.values.get(q.key) for r in records if r.truth == "real"],
+            [r.values.get(q.key) for r in records if r.truth == "synthetic"],
+        )
+        for q in scales
+    }
+    adjusted = holm([t.p_value for t in tests.values()])
     return ReaderResults(
         reader=reader,
         n_answered=len(records),
@@ -112,6 +128,8 @@ def _reader_results(reader: str, records: Sequence[AnswerRecord], questions, n_c
         detection=detection(truth, [int(r.values[CONFIDENCE_KEY]) for r in records]),
         ratings={q.key: ratings_by_class(truth, [r.values.get(q.key) for r in records]) for q in scales},
         seconds=summarise([r.seconds for r in records]),
+        rating_tests={key: replace(t, p_holm=p) for (key, t), p in zip(tests.items(), adjusted, strict=True)},
+        times=tuple(float(r.seconds) for r in records if r.seconds is not None),
     )
 
 

@@ -11,8 +11,11 @@ Subcommands::
                  --consistency 1-5 [--notes TEXT] [--set KEY=VALUE] [--seconds S]
     study skip NAME --reader A [--case N]
     study rate NAME --reader A [--volume-dir DIR]     (interactive, one question per prompt)
+    study next|answer|skip|rate --pack FILE.bsstudy ...  (a reader's pack: study and reader from it)
     study add-reader NAME --reader C
-    study check NAME
+    study pack NAME --reader A --out A.bsstudy [--overwrite]   (one self-contained file per reader)
+    study merge NAME FILE.bsstudy...                 (verify packs, import their answers)
+    study check NAME [--blinding]
     study report NAME --out DIR [--overwrite]
     study export NAME --out FILE.csv|FILE.json [--with-sources] [--overwrite]
     study backup NAME --out FILE.sqlite [--overwrite]   (a consistent copy, also of a live study)
@@ -25,7 +28,9 @@ file; report and export do, for the organiser.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 
 _RATING_FLAGS = (
     ("confidence", "real or synthetic: 1 certainly real, 2 probably real, 3 unsure, 4 probably synthetic, 5 certainly"),
@@ -47,9 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     actions = parser.add_subparsers(dest="study_command", metavar="ACTION")
 
-    def add(name: str, help_text: str, func, *, study: bool = True) -> argparse.ArgumentParser:
+    def add(name: str, help_text: str, func, *, study: bool = True, pack: bool = False) -> argparse.ArgumentParser:
         sub = actions.add_parser(name, help=help_text, description=help_text)
-        if study:
+        if pack:  # a reader's command: the study and reader come from --pack, or NAME and --reader
+            sub.add_argument("name", metavar="NAME", nargs="?", help="study name (not needed with --pack)")
+            sub.add_argument(
+                "--pack", metavar="FILE", help="a study pack (.bsstudy): rate in it instead of the database"
+            )
+        elif study:
             sub.add_argument("name", metavar="NAME", help="study name")
         sub.add_argument("--db", metavar="PATH", help="study database (default: $BRAINSYNTH_STUDY_DB or user data dir)")
         sub.set_defaults(func=func)
@@ -77,17 +87,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add("list", "list the studies in the database", _list, study=False)
     add("status", "each reader's progress", _status)
-    add("check", "check that every case file is still there and unchanged", _check)
+    check = add("check", "check that every case file is still there and unchanged", _check)
+    check.add_argument(
+        "--blinding",
+        action="store_true",
+        help="also check that simple image statistics of the displayed cases do not give real and synthetic away "
+        "(exit status 1 when they do)",
+    )
 
-    next_ = add("next", "show which case a reader rates now, and start its clock", _next)
-    _reader_arg(next_)
+    pack = add("pack", "write one reader's study pack: a self-contained file to rate elsewhere", _pack)
+    _reader_arg(pack)
+    pack.add_argument("--out", required=True, metavar="FILE", help="the pack file (e.g. READER.bsstudy)")
+    pack.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
+
+    merge = add("merge", "verify readers' study packs and import their answers (again: only what is new)", _merge)
+    merge.add_argument("packs", nargs="+", metavar="FILE", help="study packs (.bsstudy)")
+
+    next_ = add("next", "show which case a reader rates now, and start its clock", _next, pack=True)
+    _reader_arg(next_, required=False)
     next_.add_argument(
         "--volume-out", metavar="FILE", help="also write the case as displayed (anonymous NIfTI) to view elsewhere"
     )
     next_.add_argument("--overwrite", action="store_true", help="replace --volume-out if it exists")
 
-    answer = add("answer", "save a reader's answer to a case", _answer)
-    _reader_arg(answer)
+    answer = add("answer", "save a reader's answer to a case", _answer, pack=True)
+    _reader_arg(answer, required=False)
     answer.add_argument("--case", type=int, metavar="N", help="case number (default: the reader's current case)")
     for key, text in _RATING_FLAGS:
         answer.add_argument(f"--{key}", metavar="1-5", help=text)
@@ -97,12 +121,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     answer.add_argument("--seconds", type=float, metavar="S", help="time spent (default: since 'study next')")
 
-    skip = add("skip", "skip a case for later (it comes back after all others)", _skip)
-    _reader_arg(skip)
+    skip = add("skip", "skip a case for later (it comes back after all others)", _skip, pack=True)
+    _reader_arg(skip, required=False)
     skip.add_argument("--case", type=int, metavar="N", help="case number (default: the reader's current case)")
 
-    rate = add("rate", "rate cases interactively in the terminal", _rate)
-    _reader_arg(rate)
+    rate = add("rate", "rate cases interactively in the terminal", _rate, pack=True)
+    _reader_arg(rate, required=False)
     rate.add_argument("--volume-dir", metavar="DIR", help="write each case as displayed to DIR/case_NNNN.nii.gz")
 
     add_reader = add("add-reader", "add a reader to a study", _add_reader)
@@ -128,8 +152,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: _usage(parser))
 
 
-def _reader_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reader", required=True, metavar="READER", help="reader name")
+def _reader_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument(
+        "--reader", required=required, metavar="READER", help="reader name" + ("" if required else " (not with --pack)")
+    )
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -192,11 +218,24 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from engine.study.merge import pack_records
+
     with _db(args) as db:
+        packs: dict[str, list] = {}
+        for record in pack_records(db, args.name):
+            packs.setdefault(record.reader, []).append(record)
         for reader, p in db.progress(args.name).items():
             waiting = f", {p.skipped} skipped for later" if p.skipped else ""
             state = "done" if p.done else f"{p.remaining} to go{waiting}"
-            print(f"{reader}: {p.answered}/{p.total} answered ({state})")
+            line = f"{reader}: {p.answered}/{p.total} answered ({state})"
+            for record in packs.get(reader, []):
+                merged = (
+                    f"last merged {record.merged_at} with {record.answered} answered"
+                    if record.merged_at
+                    else "not merged yet"
+                )
+                line += f"; pack {record.pack_id[:8]} made {record.made_at}, {merged}"
+            print(line)
     return 0
 
 
@@ -207,6 +246,19 @@ def _check(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         if not problems:
             print(f"all {db.study(args.name).n_cases} case files of {args.name!r} are present and unchanged")
+        if args.blinding and not problems:
+            from engine.study.blinding import check_study
+
+            def progress(done: int, total: int) -> None:
+                print(f"\rmeasuring displayed cases {done}/{total}", end="", file=sys.stderr, flush=True)
+                if done == total:
+                    print(file=sys.stderr)
+
+            report = check_study(db, args.name, progress=progress)
+            for line in report.lines():
+                print(line, file=sys.stderr if report.leaks else sys.stdout)
+            if report.leaks:
+                return 1
     return 1 if problems else 0
 
 
@@ -217,9 +269,29 @@ def _write_case(session, number: int, path: str, *, overwrite: bool) -> None:
     save_nifti(path, case.data, case.affine, overwrite=overwrite)
 
 
-def _next(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _reader_session(args: argparse.Namespace) -> Iterator:
+    """The reader's session: in the pack given with --pack, else NAME and --reader in the database."""
+    from engine.study import StudyError
+
+    if args.pack:
+        from engine.study.pack import open_pack
+
+        with open_pack(args.pack) as session:
+            given_actual = ((args.name, session.study.name, "study"), (args.reader, session.reader, "reader"))
+            for given, actual, what in given_actual:
+                if given is not None and given != actual:
+                    raise StudyError(f"{args.pack} is the pack of {what} {actual!r}, not {given!r}; leave {what} out")
+            yield session
+        return
+    if not args.name or not args.reader:
+        raise StudyError("give the study NAME and --reader, or a study pack with --pack FILE")
     with _db(args) as db:
-        session = db.session(args.name, args.reader)
+        yield db.session(args.name, args.reader)
+
+
+def _next(args: argparse.Namespace) -> int:
+    with _reader_session(args) as session:
         number = session.next_case()
         progress = session.progress()
         if number is None:
@@ -258,8 +330,7 @@ def _current(session, case: int | None) -> int:
 
 
 def _answer(args: argparse.Namespace) -> int:
-    with _db(args) as db:
-        session = db.session(args.name, args.reader)
+    with _reader_session(args) as session:
         number = _current(session, args.case)
         saved = session.answer(number, _parse_values(args), seconds=args.seconds)
         following = session.next_case()
@@ -270,12 +341,50 @@ def _answer(args: argparse.Namespace) -> int:
 
 
 def _skip(args: argparse.Namespace) -> int:
-    with _db(args) as db:
-        session = db.session(args.name, args.reader)
+    with _reader_session(args) as session:
         number = _current(session, args.case)
         session.skip(number)
         print(f"case {number} skipped for later; next: case {session.next_case()}")
     return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from engine.study.pack import make_pack
+
+    with _db(args) as db:
+
+        def progress(done: int, total: int) -> None:
+            print(f"\rpreparing cases {done}/{total}", end="", file=sys.stderr, flush=True)
+            if done == total:
+                print(file=sys.stderr)
+
+        info = make_pack(db, args.name, args.reader, args.out, overwrite=args.overwrite, progress=progress)
+        print(
+            f"wrote {info.path}: {info.n_cases} cases of {info.study!r} for {info.reader} (pack {info.pack_id[:8]}); "
+            f"they rate it with 'brainsynth {info.path.name}' or 'brainsynth-cli study rate --pack {info.path.name}', "
+            f"then send it back for 'brainsynth-cli study merge {info.study} {info.path.name}'"
+        )
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from engine.errors import BrainSynthError
+    from engine.study.merge import merge_pack
+
+    failed = 0
+    with _db(args) as db:
+        db.study(args.name)  # an unknown study is one error, not one per pack
+        for path in args.packs:
+            try:
+                report = merge_pack(db, args.name, path)
+            except BrainSynthError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            print(report.summary())
+    if failed:
+        print(f"{failed} of {len(args.packs)} packs refused", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _add_reader(args: argparse.Namespace) -> int:
@@ -380,8 +489,7 @@ def _ask(question) -> object:
 def _rate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    with _db(args) as db:
-        session = db.session(args.name, args.reader)
+    with _reader_session(args) as session:
         print(f"study {session.study.name!r}, reader {session.reader}: 's' skips a case for later, 'q' quits")
         while (number := session.next_case()) is not None:
             progress = session.progress()
