@@ -79,3 +79,58 @@ def test_the_volume_list_shows_conditions():
     assert "age 70, group ftd, guidance 2" in SyntheticEntry(1, volume, PRESETS["tiny"]).label
     assert describe_conditions({**base, "conditions": {}, "guidance": None}) == "  ·  any condition"
     assert describe_conditions(base) == ""
+
+
+def test_allow_extrapolation_in_the_panel_widens_the_range_and_is_recorded(qtbot):
+    import pytest
+
+    from brainsynth_gui.generation_panel import GenerationPanel
+    from brainsynth_gui.generation_request import GenerationChoices
+    from engine.errors import BrainSynthError
+
+    spec = replace(PRESETS["tiny"], conditions=CONDITIONS)
+    checkpoint = Checkpoint(spec=spec, weights=spec.build_model().state_dict())
+    panel = GenerationPanel(["cpu"])
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.set_model(spec)
+    age = panel.covariate_controls["age"]
+    qtbot.waitUntil(panel.extrapolation.isVisible)  # rows added to a shown form appear on the next event
+    assert not panel.extrapolation.isChecked()
+    age.any.setChecked(False)
+    age.field.setValue(95.0)  # off: the field keeps to the training range
+    assert age.field.value() == 85.0
+    request = panel.choices().to_request(checkpoint)
+    assert request.provenance(request.seeds[0])["allow_extrapolation"] is False
+
+    panel.extrapolation.setChecked(True)  # on: one range's width beyond either end
+    assert (age.field.minimum(), age.field.maximum()) == (5.0, 125.0)
+    age.field.setValue(95.0)
+    assert age.field.value() == 95.0
+    assert age.slider.value() == age.STEPS  # the slider stays on the training range
+    choices = panel.choices()
+    assert choices.allow_extrapolation
+    request = choices.to_request(checkpoint)
+    assert request.conditions == ({"age": 95.0},)
+    provenance = request.provenance(request.seeds[0])
+    assert provenance["allow_extrapolation"] is True
+    assert provenance["extrapolated"] == ["age"]
+
+    # The same value without the switch is refused, with the range.
+    with pytest.raises(BrainSynthError, match="age=95 is outside the training range 45 to 85"):
+        replace(choices, allow_extrapolation=False).to_request(checkpoint)
+    # Choices come back into the panel with the switch first, so the value is not clamped.
+    panel.set_model(spec)
+    assert not panel.extrapolation.isChecked()
+    panel.set_choices(choices)
+    assert panel.extrapolation.isChecked()
+    assert panel.covariate_controls["age"].field.value() == 95.0
+    panel.extrapolation.setChecked(False)  # off again: back inside the range
+    assert panel.covariate_controls["age"].field.value() == 85.0
+    assert GenerationChoices().allow_extrapolation is False
+
+    # A model with categorical covariates only has nothing to extrapolate: no switch.
+    categorical = ConditionSpec((Covariate("group", "categorical", categories=("control", "ftd")),))
+    panel.set_model(replace(PRESETS["tiny"], conditions=categorical))
+    qtbot.waitUntil(lambda: "group" in panel.covariate_controls and panel.covariate_controls["group"].isVisible())
+    assert not panel.extrapolation.isVisible()
