@@ -103,6 +103,8 @@ class MainWindow(ErrorReportingWindow):
         self._scan_jobs = RunningWorkers()
         self.review_windows: list = []  # open review-mode windows (Study ▸ Review study…)
         self.native_windows: dict[Path, QWidget] = {}  # scans not in MNI space, viewed as they are
+        self._scan_labels = None  # real scans' participants.tsv labels for the model's covariates
+        self._match_message: tuple[Path, str] | None = None  # the scan a match chose, and why
         self.study_db_path: Path | None = None  # the study database last used (None: the default)
 
         # Central area: display controls, viewer, timeline.
@@ -264,6 +266,8 @@ class MainWindow(ErrorReportingWindow):
         self._action(view_menu, "&Fit", zoom.reset, "Ctrl+0")
         wl = self.state.window_level
         self._action(view_menu, "Reset &window/level", lambda: wl.set(window=1000, level=500), "Ctrl+R")
+        view_menu.addSeparator()
+        self._action(view_menu, "Show a real scan of the same &group", self.show_matching_scan, "Ctrl+M")
 
         study_menu = bar.addMenu("&Study")
         self._action(study_menu, "&Review study…", self.ask_review)
@@ -542,7 +546,11 @@ class MainWindow(ErrorReportingWindow):
             return  # the user moved on while it was being prepared
         self._shown_scan = path
         self.real_layer.set(prepared.data, path.name)
-        self.statusBar().showMessage("; ".join(prepared.warnings), 10000)
+        matched = self._match_message if self._match_message and self._match_message[0] == path else None
+        self._match_message = None
+        # Why this scan is beside the volume (Show a real scan of the same group) outlasts its preparation.
+        notes = [*prepared.warnings, *([matched[1]] if matched else [])]
+        self.statusBar().showMessage("; ".join(notes), 15000 if matched else 10000)
 
     def _offer_preprocessing(self, path: Path, message: str) -> None:
         """A scan that is not in MNI space cannot be compared as it is: it is offered for
@@ -763,6 +771,7 @@ class MainWindow(ErrorReportingWindow):
         menu = QMenu(widget)
         if which == "volumes":
             menu.addAction("Export selected as NIfTI…", self.ask_export_nifti)
+            menu.addAction("Show a real scan of the same group", self.show_matching_scan)
             menu.addAction("Remove from the session", self.remove_selected_volumes)
         else:
             menu.addAction("Open scan…", self.ask_scans)
@@ -894,6 +903,39 @@ class MainWindow(ErrorReportingWindow):
         if len(trajectory) and not (trajectory.kind == "x_t" and trajectory.at_end):
             title += f" — {trajectory.label()}"
         self.synthetic_layer.set(data, title)
+
+    def show_matching_scan(self):
+        """View ▸ Show a real scan of the same group: side by side with the selected generated volume,
+        the open real scan labelled with its group (every categorical condition) and the closest
+        age (continuous conditions), from a participants.tsv beside the scans as training reads it.
+
+        Returns:
+            the :class:`~brainsynth_gui.scan_labels.ScanMatch` (its message is shown either way).
+        """
+        from brainsynth_gui.scan_labels import ScanLabels, ScanMatch
+
+        entry = self._current
+        if entry is None:
+            result = ScanMatch(None, "select a generated volume first")
+        elif entry.spec.conditions is None:
+            result = ScanMatch(None, "this model is unconditional: its volumes have no group to match")
+        else:
+            if self._scan_labels is None or self._scan_labels.conditions is not entry.spec.conditions:
+                self._scan_labels = ScanLabels(entry.spec.conditions)
+            paths = [self.scans.paths[i] for i in self.scans.comparable]
+            result = self._scan_labels.match(entry.provenance.get("conditions") or {}, paths)
+        if result.path is None:
+            self.statusBar().showMessage(f"No matching real scan: {result.message}", 15000)
+            if not self.quiet:
+                QMessageBox.information(self, "No matching real scan", result.message[0].upper() + result.message[1:])
+            return result
+        self.state.display.set_compare("side-by-side")
+        self.lists.setCurrentIndex(1)
+        row = self.scans.paths.index(result.path)
+        self._match_message = (result.path, f"Beside #{entry.number}: {result.message}")
+        self.statusBar().showMessage(self._match_message[1], 15000)
+        self.scan_list.setCurrentRow(row, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+        return result
 
     def selected_entries(self) -> list[SyntheticEntry]:
         """The selected generated volumes, or all of them when none is selected."""
