@@ -155,6 +155,10 @@ class CategoricalCovariate(QComboBox):
         self.setCurrentIndex(max(self.findData(value), 0) if value is not None else 0)
 
 
+#: Characters a drop-down of the panel shows at least, whatever its longest item.
+COMBO_MIN_CHARACTERS = 14
+
+
 class GenerationPanel(QWidget):
     """Controls for one generation run; emits ``generate_requested`` and ``cancel_requested``.
 
@@ -202,13 +206,18 @@ class GenerationPanel(QWidget):
         self.frames.setValue(20)
         self.frames.setToolTip("Denoising frames kept per volume for the timeline and animations (0 = none)")
         self.precision = QComboBox()
-        self.precision.addItem("auto (bf16 where faster here)", "auto")
+        self.precision.addItem("auto (bf16 if faster)", "auto")
         self.precision.addItem("fp32", "fp32")
         self.precision.addItem("bf16", "bf16")
         self.precision.setToolTip(
             "auto times one step in fp32 and in bf16 the first time a model runs on a device and keeps the faster;"
             " bf16 needs a GPU or CPU with bf16 units"
         )
+        for combo in (self.device, self.precision, self.sampler):
+            # Sized by a short text, not the longest item (the open list shows every item whole), so
+            # the side panel fits beside the views at 1024 x 700.
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(COMBO_MIN_CHARACTERS)
         form.addRow("Device", self.device)
         form.addRow("Precision", self.precision)
         form.addRow("Sampler", self.sampler)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QEvent, QEventLoop, QItemSelectionModel, Qt, Signal
+from PySide6.QtCore import QEvent, QEventLoop, QItemSelectionModel, QSize, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -199,10 +199,11 @@ class MainWindow(ErrorReportingWindow):
         panel.addWidget(_heading("Generate"))
         panel.addWidget(self.generation_panel)
         panel.addWidget(self.lists, 1)
-        scroll = QScrollArea()
+        scroll = _SidePanelScroll()
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(side)
+        self.side_scroll = scroll
         dock = QDockWidget("Session", self)
         dock.setObjectName("session")
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
@@ -1312,6 +1313,32 @@ class MainWindow(ErrorReportingWindow):
         for window in [*self.review_windows, *self.native_windows.values()]:
             window.close()
         super().closeEvent(event)
+
+
+class _SidePanelScroll(QScrollArea):
+    """The side panel's scroll area, never narrower than its panel plus the vertical scroll bar.
+
+    A plain QScrollArea asks for the panel's width only; at 1024 x 700 the panel is taller than
+    the window, the vertical scroll bar takes its width from the viewport, and with horizontal
+    scrolling off the right edge of every field and button was cut by a few pixels.
+    """
+
+    def _width_for(self, inner: int) -> int:
+        return inner + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        widget = self.widget()
+        if widget is None:
+            return hint
+        return QSize(self._width_for(widget.minimumSizeHint().width()), hint.height())
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        widget = self.widget()
+        if widget is None:
+            return hint
+        return QSize(max(hint.width(), self._width_for(widget.sizeHint().width())), hint.height())
 
 
 def _heading(text: str) -> QLabel:
