@@ -623,15 +623,15 @@ class MainWindow(ErrorReportingWindow):
 
     def _show_view_only(self, path: Path) -> None:
         """A view-only scan chosen in the list: its own window comes up; the real row says why it is empty."""
-        from brainsynth_gui.native_view import VIEW_ONLY_NOTE
+        from brainsynth_gui.native_view import VIEW_ONLY_SHORT
 
         window = self.native_windows.get(path)
         if window is not None:
             window.show()
             window.raise_()
         self._shown_scan = None
-        self.real_layer.set(None, f"{path.name} is {VIEW_ONLY_NOTE.split(':')[0]}: view only, in its own window")
-        self.statusBar().showMessage(f"{path.name} is {VIEW_ONLY_NOTE}", 15000)
+        self.real_layer.set(None, f"{path.name}: {VIEW_ONLY_SHORT}")
+        self.statusBar().showMessage(f"{path.name}: {VIEW_ONLY_SHORT}; preprocess it to compare", 15000)
 
     def preprocess_scan(self, path: str | Path, *, settings=None, wait: bool = False) -> bool:
         """Preprocess a raw scan in the background (:func:`engine.preprocess.preprocess_file`, into
@@ -1237,9 +1237,10 @@ class MainWindow(ErrorReportingWindow):
         if not names:
             return ""
         listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        one = len(names) == 1
         return (
-            f"Left out: {listed} ({'it is' if len(names) == 1 else 'they are'} not in MNI space, view only); "
-            "preprocess to use them here."
+            f"Left out: {listed} ({'it is' if one else 'they are'} not in MNI space, view only); "
+            f"preprocess {'it' if one else 'them'} to use {'it' if one else 'them'} here."
         )
 
     def ask_evaluate(self) -> None:

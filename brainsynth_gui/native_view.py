@@ -27,6 +27,8 @@ VIEW_ONLY_NOTE = (
     "not in MNI space: shown in its own space, view only. Preprocess it (registration to MNI152) "
     "before comparing it with generated volumes, evaluating it or adding it to a study."
 )
+#: The same in a few words, for the main window's real row and status bar.
+VIEW_ONLY_SHORT = "not in MNI space, view only (in its own window)"
 NOTE_STYLE = "background: #4a3b10; color: #ffe8a0; padding: 6px; border-radius: 3px;"
 
 
