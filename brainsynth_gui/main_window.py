@@ -933,7 +933,7 @@ class MainWindow(ErrorReportingWindow):
         self.state.display.set_compare("side-by-side")
         self.lists.setCurrentIndex(1)
         row = self.scans.paths.index(result.path)
-        self._match_message = (result.path, f"Beside #{entry.number}: {result.message}")
+        self._match_message = (result.path, f"#{entry.number} beside {result.message}")
         self.statusBar().showMessage(self._match_message[1], 15000)
         self.scan_list.setCurrentRow(row, QItemSelectionModel.SelectionFlag.ClearAndSelect)
         return result

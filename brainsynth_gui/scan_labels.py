@@ -92,11 +92,18 @@ class ScanLabels:
         }
         candidates = [(p, lab) for p, lab in labelled if all(lab.get(k) == v for k, v in categorical.items())]
         if not candidates:
-            seen = sorted({" ".join(str(lab.get(k, "?")) for k in categorical) for _, lab in labelled})
+            seen = []
+            for name in categorical:
+                counts: dict[str, int] = {}
+                for _, lab in labelled:
+                    if name in lab:
+                        counts[lab[name]] = counts.get(lab[name], 0) + 1
+                listed = ", ".join(f"{value} ({n})" for value, n in sorted(counts.items()))
+                seen.append(f"{name}: {listed}" if counts else f"none has a {name}")
             return ScanMatch(
                 None,
                 f"no labelled real scan of {', '.join(f'{k} {v}' for k, v in categorical.items())} is open "
-                f"(the {len(labelled)} labelled: {', '.join(seen)})",
+                f"(of the {len(labelled)} labelled, {'; '.join(seen)})",
             )
 
         def distance(labels: dict) -> tuple[int, float]:
@@ -113,4 +120,4 @@ class ScanLabels:
 
         path, labels = min(candidates, key=lambda c: (distance(c[1]), str(c[0])))
         shown = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in labels.items())
-        return ScanMatch(path, f"{path.name} ({shown}): the open real scan closest to {wanted}")
+        return ScanMatch(path, f"{path.name} ({shown}), the closest to {wanted}")

@@ -176,12 +176,16 @@ def test_show_a_real_scan_of_the_same_group(qapp, tmp_path):
         assert window.state.display.compare == "side-by-side"
         wait_until(lambda: not window.busy and window.real_layer.title == "sub-03_T1w.nii.gz")
         assert window.real_layer.data is not None
-        assert "sub-03_T1w.nii.gz (age 66, group ftd)" in window.statusBar().currentMessage()
+        assert (
+            window.statusBar().currentMessage()
+            == "#1 beside sub-03_T1w.nii.gz (age 66, group ftd), the closest to age 70, group ftd"
+        )
 
         window.volume_list.setCurrentRow(1)  # sex M: no open scan is labelled with a sex
         match = window.show_matching_scan()
         assert match.path is None
-        assert "no labelled real scan of sex M, group control is open" in match.message
+        assert match.message.startswith("no labelled real scan of sex M, group control is open")
+        assert "(of the 4 labelled, none has a sex; group: control (1), ftd (3))" in match.message
         assert window.statusBar().currentMessage().startswith("No matching real scan:")
         assert window.scan_list.currentRow() == 2  # nothing else changed
     finally:
