@@ -621,6 +621,12 @@ class MainWindow(ErrorReportingWindow):
         self._show_view_only(path)
         return True
 
+    def _preprocess_view_only(self, path: Path) -> None:
+        """A view-only scan's context menu: preprocess it after all; the result takes its place."""
+        if path in self.scans.paths:
+            self._remove_scan_rows([self.scans.paths.index(path)])
+        self.preprocess_scan(path)
+
     def _show_view_only(self, path: Path) -> None:
         """A view-only scan chosen in the list: its own window comes up; the real row says why it is empty."""
         from brainsynth_gui.native_view import VIEW_ONLY_SHORT
@@ -776,6 +782,9 @@ class MainWindow(ErrorReportingWindow):
             menu.addAction("Remove from the session", self.remove_selected_volumes)
         else:
             menu.addAction("Open scan…", self.ask_scans)
+            current = self._current_scan()
+            if current is not None and current in self.scans.view_only:
+                menu.addAction("Preprocess this scan…", lambda: self._preprocess_view_only(current))
             menu.addAction("Remove from the session", self.remove_selected_scans)
         menu.exec(widget.viewport().mapToGlobal(pos))
 

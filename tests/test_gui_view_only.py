@@ -116,3 +116,21 @@ def test_cancel_on_the_offer_takes_the_scan_out(qapp, tmp_path, tiny_checkpoint,
         assert window.real_layer.data is None
     finally:
         window.close()
+
+
+def test_a_view_only_scan_can_be_preprocessed_after_all(qapp, tmp_path, tiny_checkpoint, unregistered, monkeypatch):
+    window = MainWindow(recent=RecentFiles(tmp_path / "recent.json"), quiet=False)
+    try:
+        assert window.open_checkpoint(tiny_checkpoint, wait=True)
+        click_when_shown("View as is", [])
+        assert window.open_scans([unregistered])
+        wait_until(lambda: not window.busy and unregistered in window.native_windows)
+        started: list = []
+        # Preprocessing itself is tested in test_preprocess.py (it needs antspyx and a minute).
+        monkeypatch.setattr(window, "preprocess_scan", lambda path, **kw: started.append(path) or True)
+        window._preprocess_view_only(unregistered)  # the list's context menu: "Preprocess this scan…"
+        assert started == [unregistered]
+        assert unregistered not in window.scans.paths  # the preprocessed scan will take its place
+        assert not window.native_windows
+    finally:
+        window.close()
