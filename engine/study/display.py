@@ -61,12 +61,16 @@ class DisplaySettings:
         intensity: the standard-space mapping applied to every case.
         window: (lowest, highest) standard-space value of the grey scale, the same for every case.
         preset: the model preset the grid came from (for the report; never shown to readers).
+        standardise_histogram: whether cases get :func:`standardise_histogram` (True for every
+            new study; False for a study stored before it existed, so its cases look the same
+            for its whole life).
     """
 
     grid: GridGeometry
     intensity: IntensityMapping
     window: tuple[float, float]
     preset: str = ""
+    standardise_histogram: bool = True
 
     @classmethod
     def from_spec(cls, spec) -> DisplaySettings:
@@ -84,6 +88,7 @@ class DisplaySettings:
             "intensity": self.intensity.to_dict(),
             "window": list(self.window),
             "preset": self.preset,
+            "standardise_histogram": self.standardise_histogram,
         }
 
     @classmethod
@@ -94,6 +99,8 @@ class DisplaySettings:
             intensity=IntensityMapping.from_dict(data["intensity"]),
             window=(float(lo), float(hi)),
             preset=str(data.get("preset", "")),
+            # A study stored without the key was made before the standardisation: keep its look.
+            standardise_histogram=bool(data.get("standardise_histogram", False)),
         )
 
 
@@ -164,7 +171,10 @@ def display_array(path: str | os.PathLike, settings: DisplaySettings) -> np.ndar
     # histogram to the source (fixed-bin shares told real from synthetic with AUC 0.89-0.92 on
     # the demo: the network's histogram is a little narrower), so every case's landmarks go to
     # the same standard values.
-    data = standardise_histogram(data, mask, scale=scale)
+    if settings.standardise_histogram:
+        data = standardise_histogram(data, mask, scale=scale)
+    else:
+        data = np.clip(data, 0.0, scale)
     # Whole numbers: real scans often come from integer files and synthetic ones never do, so
     # a shared quantisation step (invisible at 1/1000 of the window) leaves nothing to tell.
     data = np.rint(data).astype(np.float32, copy=False)
