@@ -176,6 +176,7 @@ class EvaluationDialog(QDialog):
         counts: tuple[int, int],
         spec,
         quiet: bool = False,
+        left_out: str = "",
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Evaluate generated volumes")
@@ -195,6 +196,10 @@ class EvaluationDialog(QDialog):
             "intensity histograms and, with a training folder, a check for near copies."
         )
         intro.setWordWrap(True)
+        # Scans the session holds but cannot compare (not in MNI space, view only), and why.
+        self.left_out = QLabel(left_out)
+        self.left_out.setWordWrap(True)
+        self.left_out.setVisible(bool(left_out))
         self.train_field = QLineEdit()
         self.train_field.setPlaceholderText("optional: the scans the model was trained on")
         browse = QPushButton("Choose…")
@@ -250,6 +255,7 @@ class EvaluationDialog(QDialog):
         buttons.addWidget(close)
         layout = QVBoxLayout(self)
         layout.addWidget(intro)
+        layout.addWidget(self.left_out)
         layout.addLayout(form)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.status)

@@ -66,7 +66,9 @@ def _guidance_box() -> QDoubleSpinBox:
 
 class ContinuousCovariate(QWidget):
     """A continuous covariate: "any" (its null), or a value on a slider and in a field, both
-    limited to the model's training range."""
+    limited to the model's training range unless extrapolation is allowed
+    (:meth:`set_extrapolation`: the field then reaches one range's width beyond either end; the
+    slider keeps to the training range)."""
 
     STEPS = 1000  # slider positions across the training range
 
@@ -96,9 +98,22 @@ class ContinuousCovariate(QWidget):
         row.addWidget(self.slider, 1)
         row.addWidget(self.field)
 
+    def set_extrapolation(self, allowed: bool) -> None:
+        """Let the field go outside the training range (by one range's width each way), or not."""
+        lo, hi = self.covariate.minimum, self.covariate.maximum
+        span = (hi - lo) or max(abs(hi), 1.0)
+        if allowed:
+            self.field.setRange(lo - span, hi + span)
+            self.field.setToolTip(
+                f"{self.covariate.name}: training range {lo:g} to {hi:g}; values outside it are extrapolation"
+            )
+        else:
+            self.field.setRange(lo, hi)  # a value outside comes back to the nearest end of the range
+            self.field.setToolTip(f"{self.covariate.name}: training range {lo:g} to {hi:g}")
+
     def _position(self, value: float) -> int:
         lo, hi = self.covariate.minimum, self.covariate.maximum
-        return round((value - lo) / ((hi - lo) or 1.0) * self.STEPS)
+        return min(max(round((value - lo) / ((hi - lo) or 1.0) * self.STEPS), 0), self.STEPS)
 
     def _slid(self, position: int) -> None:
         lo, hi = self.covariate.minimum, self.covariate.maximum
@@ -138,6 +153,10 @@ class CategoricalCovariate(QComboBox):
 
     def set_value(self, value) -> None:
         self.setCurrentIndex(max(self.findData(value), 0) if value is not None else 0)
+
+
+#: Characters a drop-down of the panel shows at least, whatever its longest item.
+COMBO_MIN_CHARACTERS = 14
 
 
 class GenerationPanel(QWidget):
@@ -187,13 +206,18 @@ class GenerationPanel(QWidget):
         self.frames.setValue(20)
         self.frames.setToolTip("Denoising frames kept per volume for the timeline and animations (0 = none)")
         self.precision = QComboBox()
-        self.precision.addItem("auto (bf16 where faster here)", "auto")
+        self.precision.addItem("auto (bf16 if faster)", "auto")
         self.precision.addItem("fp32", "fp32")
         self.precision.addItem("bf16", "bf16")
         self.precision.setToolTip(
             "auto times one step in fp32 and in bf16 the first time a model runs on a device and keeps the faster;"
             " bf16 needs a GPU or CPU with bf16 units"
         )
+        for combo in (self.device, self.precision, self.sampler):
+            # Sized by a short text, not the longest item (the open list shows every item whole), so
+            # the side panel fits beside the views at 1024 x 700.
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(COMBO_MIN_CHARACTERS)
         form.addRow("Device", self.device)
         form.addRow("Precision", self.precision)
         form.addRow("Sampler", self.sampler)
@@ -208,6 +232,7 @@ class GenerationPanel(QWidget):
         self.conditions_form = QFormLayout(self.conditions_box)
         self.covariate_controls: dict[str, ContinuousCovariate | CategoricalCovariate] = {}
         self.guidance = _guidance_box()
+        self.extrapolation = self._extrapolation_box()
         self.conditions_box.setVisible(False)
 
         self.generate_button = QPushButton("Generate")
@@ -255,6 +280,7 @@ class GenerationPanel(QWidget):
             self.conditions_form.removeRow(0)  # deletes the row's widgets, guidance included
         self.covariate_controls = {}
         self.guidance = _guidance_box()
+        self.extrapolation = self._extrapolation_box()
         conditions = spec.conditions
         self.conditions_box.setVisible(conditions is not None)
         if conditions is None:
@@ -268,7 +294,23 @@ class GenerationPanel(QWidget):
                 label = covariate.name
             self.covariate_controls[covariate.name] = control
             self.conditions_form.addRow(label, control)
+        if any(c.kind == "continuous" for c in conditions.covariates):
+            self.conditions_form.addRow("", self.extrapolation)
         self.conditions_form.addRow("Guidance", self.guidance)
+
+    def _extrapolation_box(self) -> QCheckBox:
+        box = QCheckBox("Allow extrapolation")
+        box.setToolTip(
+            "Accept values outside the training range of a continuous covariate (the model has seen none "
+            "there; each volume's record says so). Off: values are kept inside the range."
+        )
+        box.toggled.connect(self._extrapolation_toggled)
+        return box
+
+    def _extrapolation_toggled(self, allowed: bool) -> None:
+        for control in self.covariate_controls.values():
+            if isinstance(control, ContinuousCovariate):
+                control.set_extrapolation(allowed)
 
     def choices(self) -> GenerationChoices:
         """The settings as entered."""
@@ -284,6 +326,7 @@ class GenerationPanel(QWidget):
             batch_size=self.batch.value(),
             conditions=tuple((name, control.value()) for name, control in self.covariate_controls.items()),
             guidance=self.guidance.value(),
+            allow_extrapolation=self.extrapolation.isChecked(),
         )
 
     def set_choices(self, choices: GenerationChoices) -> None:
@@ -299,6 +342,7 @@ class GenerationPanel(QWidget):
         self.random_seed.setChecked(choices.random_seed)
         self.frames.setValue(choices.trajectory_frames)
         self.batch.setValue(choices.batch_size)
+        self.extrapolation.setChecked(choices.allow_extrapolation)  # first: it sets the fields' ranges
         for name, value in choices.conditions:
             if name in self.covariate_controls:
                 self.covariate_controls[name].set_value(value)

@@ -31,6 +31,8 @@ class GenerationChoices:
         conditions: ``(covariate, value)`` pairs for every volume, for a conditional model;
             a covariate left out (or None) is "any" (its null); empty = the whole population.
         guidance: classifier-free guidance weight (1 = plain conditional, 0 = unconditional).
+        allow_extrapolation: accept continuous covariates outside the model's training range
+            (refused with the range otherwise; recorded in every volume's provenance).
     """
 
     device: str = "auto"
@@ -44,6 +46,7 @@ class GenerationChoices:
     batch_size: int = 1
     conditions: tuple[tuple[str, object], ...] = ()
     guidance: float = 1.0
+    allow_extrapolation: bool = False
 
     def resolve_seeds(self, rng: random.Random | None = None) -> list[int]:
         """One seed per volume; a random first seed is drawn below 2**31 so it is easy to type back."""
@@ -75,7 +78,11 @@ class GenerationChoices:
         if checkpoint.spec.conditions is None:
             return {}
         given = {name: value for name, value in self.conditions if value is not None}
-        return {"conditions": (given,) if given else (), "guidance": float(self.guidance) if given else None}
+        return {
+            "conditions": (given,) if given else (),
+            "guidance": float(self.guidance) if given else None,
+            "allow_extrapolation": bool(self.allow_extrapolation),
+        }
 
 
 class RemainingTime:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QEvent, QEventLoop, QItemSelectionModel, Qt, Signal
+from PySide6.QtCore import QEvent, QEventLoop, QItemSelectionModel, QSize, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -102,6 +102,9 @@ class MainWindow(ErrorReportingWindow):
         self._shown_scan: Path | None = None  # the real scan on screen
         self._scan_jobs = RunningWorkers()
         self.review_windows: list = []  # open review-mode windows (Study ▸ Review study…)
+        self.native_windows: dict[Path, QWidget] = {}  # scans not in MNI space, viewed as they are
+        self._scan_labels = None  # real scans' participants.tsv labels for the model's covariates
+        self._match_message: tuple[Path, str] | None = None  # the scan a match chose, and why
         self.study_db_path: Path | None = None  # the study database last used (None: the default)
 
         # Central area: display controls, viewer, timeline.
@@ -196,10 +199,11 @@ class MainWindow(ErrorReportingWindow):
         panel.addWidget(_heading("Generate"))
         panel.addWidget(self.generation_panel)
         panel.addWidget(self.lists, 1)
-        scroll = QScrollArea()
+        scroll = _SidePanelScroll()
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(side)
+        self.side_scroll = scroll
         dock = QDockWidget("Session", self)
         dock.setObjectName("session")
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
@@ -265,6 +269,8 @@ class MainWindow(ErrorReportingWindow):
         self._action(view_menu, "&Fit", zoom.reset, "Ctrl+0")
         wl = self.state.window_level
         self._action(view_menu, "Reset &window/level", lambda: wl.set(window=1000, level=500), "Ctrl+R")
+        view_menu.addSeparator()
+        self._action(view_menu, "Show a real scan of the same &group", self.show_matching_scan, "Ctrl+M")
 
         study_menu = bar.addMenu("&Study")
         self._action(study_menu, "&Review study…", self.ask_review)
@@ -480,7 +486,7 @@ class MainWindow(ErrorReportingWindow):
             self.recent.add("scans", path)
         first_new = self.scan_list.count()
         for path in new:
-            self.scan_list.addItem(path.name)
+            self.scan_list.addItem(self._scan_text(path))
         self.lists.setTabText(1, f"Real scans ({len(self.scans)})")
         if new:
             self.scan_list.setCurrentRow(first_new, QItemSelectionModel.SelectionFlag.ClearAndSelect)
@@ -499,6 +505,9 @@ class MainWindow(ErrorReportingWindow):
             return  # nothing selected: the scan on screen stays (it is cleared when removed)
         spec = self.spec
         path = self.scans.paths[row]
+        if path in self.scans.view_only:
+            self._show_view_only(path)
+            return
         cached = self.scans.cached(row, spec)
         if cached is not None:
             self._show_scan(path, spec, cached)
@@ -540,25 +549,97 @@ class MainWindow(ErrorReportingWindow):
             return  # the user moved on while it was being prepared
         self._shown_scan = path
         self.real_layer.set(prepared.data, path.name)
-        self.statusBar().showMessage("; ".join(prepared.warnings), 10000)
+        matched = self._match_message if self._match_message and self._match_message[0] == path else None
+        self._match_message = None
+        # Why this scan is beside the volume (Show a real scan of the same group) outlasts its preparation.
+        notes = [*prepared.warnings, *([matched[1]] if matched else [])]
+        self.statusBar().showMessage("; ".join(notes), 15000 if matched else 10000)
 
     def _offer_preprocessing(self, path: Path, message: str) -> None:
-        """A scan that is not in MNI space leaves the list (it cannot be compared as it is) and is
-        offered for preprocessing; the preprocessed scan then takes its place."""
-        if path in self.scans.paths:
-            self._remove_scan_rows([self.scans.paths.index(path)])
+        """A scan that is not in MNI space cannot be compared as it is: it is offered for
+        preprocessing (the preprocessed scan then takes its place) or for viewing as it is, in its
+        own space (view only, kept in the list marked so); otherwise it leaves the list."""
         if self.quiet:
+            if path in self.scans.paths:
+                self._remove_scan_rows([self.scans.paths.index(path)])
             print(f"{message}; preprocess it with brainsynth-cli preprocess", file=sys.stderr)
             return
-        answer = QMessageBox.question(
-            self,
-            "Preprocess this scan?",
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Preprocess this scan?")
+        box.setText(
             f"{message}.\n\nPreprocess it now? (brain extraction, denoising, bias-field correction and "
             "registration to MNI152, offline; about a minute per scan on 2 CPU cores). The result is "
-            "kept in BrainSynth's cache and opened in its place.",
+            "kept in BrainSynth's cache and opened in its place.\n\nOr view it as it is, in its own space: "
+            "view only, not compared, evaluated or used in a study until it is preprocessed."
         )
-        if answer == QMessageBox.StandardButton.Yes:
+        preprocess = box.addButton("Preprocess", QMessageBox.ButtonRole.AcceptRole)
+        view = box.addButton("View as is", QMessageBox.ButtonRole.ActionRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(preprocess)
+        box.exec()
+        if box.clickedButton() is view:
+            self.view_as_is(path, reason=message)
+            return
+        if path in self.scans.paths:
+            self._remove_scan_rows([self.scans.paths.index(path)])
+        if box.clickedButton() is preprocess:
             self.preprocess_scan(path)
+
+    def _scan_text(self, path: Path) -> str:
+        """A scan's row in the list: its name, and "own space, view only" for a scan not in MNI space."""
+        return f"{path.name}  ·  own space, view only" if path in self.scans.view_only else path.name
+
+    def view_as_is(self, path: str | Path, *, reason: str = "") -> bool:
+        """Look at a scan that is not in MNI space in its own space, in a window of its own (view only).
+
+        The scan stays in the Real scans list, marked view only; it is left out of the side-by-side
+        comparison, Evaluate and Create study, each saying why, until it is preprocessed.
+
+        Returns:
+            True when the scan is shown; False when it cannot even be read (reported).
+        """
+        from brainsynth_gui.native_view import NativeScanWindow
+        from engine.volumes import load_volume
+
+        path = Path(path)
+        try:
+            volume = load_volume(path)
+        except BrainSynthError as exc:
+            self._scan_failed(path, str(exc))
+            return False
+        self.scans.mark_view_only(path, reason or "not in MNI space")
+        if path not in self.native_windows:
+            self.native_windows[path] = NativeScanWindow(path, volume.data, volume.affine, reason=reason)
+        rows = [self._scan_text(p) for p in self.scans.paths]
+        self.scan_list.blockSignals(True)
+        while self.scan_list.count() < len(rows):
+            self.scan_list.addItem("")
+        for row, text in enumerate(rows):
+            self.scan_list.item(row).setText(text)
+        self.scan_list.setCurrentRow(self.scans.paths.index(path), QItemSelectionModel.SelectionFlag.ClearAndSelect)
+        self.scan_list.blockSignals(False)
+        self.lists.setTabText(1, f"Real scans ({len(self.scans)})")
+        self._show_view_only(path)
+        return True
+
+    def _preprocess_view_only(self, path: Path) -> None:
+        """A view-only scan's context menu: preprocess it after all; the result takes its place."""
+        if path in self.scans.paths:
+            self._remove_scan_rows([self.scans.paths.index(path)])
+        self.preprocess_scan(path)
+
+    def _show_view_only(self, path: Path) -> None:
+        """A view-only scan chosen in the list: its own window comes up; the real row says why it is empty."""
+        from brainsynth_gui.native_view import VIEW_ONLY_SHORT
+
+        window = self.native_windows.get(path)
+        if window is not None:
+            window.show()
+            window.raise_()
+        self._shown_scan = None
+        self.real_layer.set(None, f"{path.name}: {VIEW_ONLY_SHORT}")
+        self.statusBar().showMessage(f"{path.name}: {VIEW_ONLY_SHORT}; preprocess it to compare", 15000)
 
     def preprocess_scan(self, path: str | Path, *, settings=None, wait: bool = False) -> bool:
         """Preprocess a raw scan in the background (:func:`engine.preprocess.preprocess_file`, into
@@ -643,11 +724,14 @@ class MainWindow(ErrorReportingWindow):
             if 0 <= row < len(self.scans):
                 if self.scans.paths[row] == keep_shown:
                     keep_shown = None
+                native = self.native_windows.pop(self.scans.paths[row], None)
+                if native is not None:
+                    native.close()
                 self.scans.remove(row)
         self.scan_list.blockSignals(True)
         self.scan_list.clear()
         for path in self.scans.paths:
-            self.scan_list.addItem(path.name)
+            self.scan_list.addItem(self._scan_text(path))
         target = self.scans.paths.index(keep_shown) if keep_shown in self.scans.paths else -1
         self.scan_list.setCurrentRow(target, QItemSelectionModel.SelectionFlag.ClearAndSelect)
         self.scan_list.blockSignals(False)
@@ -696,9 +780,13 @@ class MainWindow(ErrorReportingWindow):
         menu = QMenu(widget)
         if which == "volumes":
             menu.addAction("Export selected as NIfTI…", self.ask_export_nifti)
+            menu.addAction("Show a real scan of the same group", self.show_matching_scan)
             menu.addAction("Remove from the session", self.remove_selected_volumes)
         else:
             menu.addAction("Open scan…", self.ask_scans)
+            current = self._current_scan()
+            if current is not None and current in self.scans.view_only:
+                menu.addAction("Preprocess this scan…", lambda: self._preprocess_view_only(current))
             menu.addAction("Remove from the session", self.remove_selected_scans)
         menu.exec(widget.viewport().mapToGlobal(pos))
 
@@ -827,6 +915,39 @@ class MainWindow(ErrorReportingWindow):
         if len(trajectory) and not (trajectory.kind == "x_t" and trajectory.at_end):
             title += f" — {trajectory.label()}"
         self.synthetic_layer.set(data, title)
+
+    def show_matching_scan(self):
+        """View ▸ Show a real scan of the same group: side by side with the selected generated volume,
+        the open real scan labelled with its group (every categorical condition) and the closest
+        age (continuous conditions), from a participants.tsv beside the scans as training reads it.
+
+        Returns:
+            the :class:`~brainsynth_gui.scan_labels.ScanMatch` (its message is shown either way).
+        """
+        from brainsynth_gui.scan_labels import ScanLabels, ScanMatch
+
+        entry = self._current
+        if entry is None:
+            result = ScanMatch(None, "select a generated volume first")
+        elif entry.spec.conditions is None:
+            result = ScanMatch(None, "this model is unconditional: its volumes have no group to match")
+        else:
+            if self._scan_labels is None or self._scan_labels.conditions is not entry.spec.conditions:
+                self._scan_labels = ScanLabels(entry.spec.conditions)
+            paths = [self.scans.paths[i] for i in self.scans.comparable]
+            result = self._scan_labels.match(entry.provenance.get("conditions") or {}, paths)
+        if result.path is None:
+            self.statusBar().showMessage(f"No matching real scan: {result.message}", 15000)
+            if not self.quiet:
+                QMessageBox.information(self, "No matching real scan", result.message[0].upper() + result.message[1:])
+            return result
+        self.state.display.set_compare("side-by-side")
+        self.lists.setCurrentIndex(1)
+        row = self.scans.paths.index(result.path)
+        self._match_message = (result.path, f"#{entry.number} beside {result.message}")
+        self.statusBar().showMessage(self._match_message[1], 15000)
+        self.scan_list.setCurrentRow(row, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+        return result
 
     def selected_entries(self) -> list[SyntheticEntry]:
         """The selected generated volumes, or all of them when none is selected."""
@@ -1088,19 +1209,8 @@ class MainWindow(ErrorReportingWindow):
     def ask_create_study(self):
         """Study ▸ Create study…: the dialog, offering this session's scans and generated volumes."""
         from brainsynth_gui.study_dialogs import CreateStudyDialog
-        from engine.export import ExportVolume
 
-        volumes = [
-            ExportVolume(number=e.number, array=np.asarray(e.volume.array, dtype=np.float32), provenance=e.provenance)
-            for e in self.library.entries
-        ]
-        dialog = CreateStudyDialog(
-            self,
-            db_path=self.study_db_path,
-            session_scans=list(self.scans.paths),
-            session_volumes=volumes,
-            spec=self.spec,
-        )
+        dialog = self.create_study_dialog()
         if dialog.exec() == CreateStudyDialog.DialogCode.Accepted and dialog.created is not None:
             self.study_db_path = dialog.db_path
             self.statusBar().showMessage(
@@ -1110,6 +1220,25 @@ class MainWindow(ErrorReportingWindow):
             )
         return dialog
 
+    def create_study_dialog(self):
+        """The Create study dialog over this session's comparable scans and generated volumes (not shown)."""
+        from brainsynth_gui.study_dialogs import CreateStudyDialog
+        from engine.export import ExportVolume
+
+        volumes = [
+            ExportVolume(number=e.number, array=np.asarray(e.volume.array, dtype=np.float32), provenance=e.provenance)
+            for e in self.library.entries
+        ]
+        dialog = CreateStudyDialog(
+            self,
+            db_path=self.study_db_path,
+            session_scans=[self.scans.paths[i] for i in self.scans.comparable],
+            session_volumes=volumes,
+            spec=self.spec,
+            left_out=self._view_only_note(),
+        )
+        return dialog
+
     def evaluation_dialog(self):
         """The Tools ▸ Evaluate dialog over this session's generated volumes and real scans."""
         from brainsynth_gui.evaluation_dialog import EvaluationDialog
@@ -1117,20 +1246,40 @@ class MainWindow(ErrorReportingWindow):
         spec = self.spec
         entries = list(self.library.entries)
         scans = self.scans
-        n_scans = len(scans)
+        rows = scans.comparable  # view-only scans (not in MNI space) are left out, and the dialog says so
+        n_scans = len(rows)
         scale = float(spec.intensity.scale)
+        paths = [scans.paths[i] for i in rows]
 
         def real():
-            prepared = [scans.prepared(i, spec).data for i in range(n_scans)]
+            prepared = [scans.prepared(scans.paths.index(p), spec).data for p in paths]
             # Clipped like every study case (engine.study.display): standard space is [0, scale].
-            names = [p.name for p in scans.paths[:n_scans]]
+            names = [p.name for p in paths]
             return [np.clip(d, 0.0, scale).astype(np.float32) for d in prepared], names
 
         def synthetic():
             return [e.standard() for e in entries], [f"#{e.number} seed {e.volume.seed}" for e in entries]
 
         return EvaluationDialog(
-            self, real=real, synthetic=synthetic, counts=(n_scans, len(entries)), spec=spec, quiet=self.quiet
+            self,
+            real=real,
+            synthetic=synthetic,
+            counts=(n_scans, len(entries)),
+            spec=spec,
+            quiet=self.quiet,
+            left_out=self._view_only_note(),
+        )
+
+    def _view_only_note(self) -> str:
+        """Which open scans are left out of comparisons and why ("" when none)."""
+        names = [p.name for p in self.scans.paths if p in self.scans.view_only]
+        if not names:
+            return ""
+        listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        one = len(names) == 1
+        return (
+            f"Left out: {listed} ({'it is' if one else 'they are'} not in MNI space, view only); "
+            f"preprocess {'it' if one else 'them'} to use {'it' if one else 'them'} here."
         )
 
     def ask_evaluate(self) -> None:
@@ -1201,9 +1350,35 @@ class MainWindow(ErrorReportingWindow):
         if self._checkpoint_job is not None:
             self._checkpoint_job.wait()
         self._scan_jobs.wait()
-        for window in self.review_windows:
+        for window in [*self.review_windows, *self.native_windows.values()]:
             window.close()
         super().closeEvent(event)
+
+
+class _SidePanelScroll(QScrollArea):
+    """The side panel's scroll area, never narrower than its panel plus the vertical scroll bar.
+
+    A plain QScrollArea asks for the panel's width only; at 1024 x 700 the panel is taller than
+    the window, the vertical scroll bar takes its width from the viewport, and with horizontal
+    scrolling off the right edge of every field and button was cut by a few pixels.
+    """
+
+    def _width_for(self, inner: int) -> int:
+        return inner + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        widget = self.widget()
+        if widget is None:
+            return hint
+        return QSize(self._width_for(widget.minimumSizeHint().width()), hint.height())
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        widget = self.widget()
+        if widget is None:
+            return hint
+        return QSize(max(hint.width(), self._width_for(widget.sizeHint().width())), hint.height())
 
 
 def _heading(text: str) -> QLabel:

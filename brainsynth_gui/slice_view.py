@@ -211,6 +211,8 @@ class SliceView(pg.GraphicsView):
         else:
             self.image.setVisible(False)
             hint = self.empty_text
+            if hint is None and data is None and self.layer.title:
+                hint = self.layer.title  # an empty layer with a title says why it is empty
             if hint is None and self.layer.name == "synthetic":
                 hint = "No synthetic volume yet: generate one"
             self.empty_hint.setText(hint if hint is not None else "No real scan: open one")

@@ -359,6 +359,7 @@ class CreateStudyDialog(QDialog):
         session_scans: real scans open in the app (offered with one click).
         session_volumes: the volumes generated in this session.
         spec: the model spec of those volumes.
+        left_out: which open scans are not offered and why (view-only scans not in MNI space).
     """
 
     def __init__(
@@ -369,6 +370,7 @@ class CreateStudyDialog(QDialog):
         session_scans: list[Path] | None = None,
         session_volumes: list[ExportVolume] | None = None,
         spec=None,
+        left_out: str = "",
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Create a reader study")
@@ -427,6 +429,10 @@ class CreateStudyDialog(QDialog):
         form.addRow("Name", self.name)
         form.addRow("Real scans", self.real)
         form.addRow("", use_scans)
+        self.left_out = QLabel(left_out)
+        self.left_out.setWordWrap(True)
+        if left_out:
+            form.addRow("", self.left_out)
         form.addRow("Synthetic volumes", self.synthetic)
         form.addRow("", self.use_session)
         form.addRow("", self.export_dir)

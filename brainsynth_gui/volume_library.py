@@ -146,6 +146,20 @@ class RealScans:
     def __init__(self) -> None:
         self.paths: list[Path] = []
         self._cache: dict[tuple[Path, tuple], object] = {}
+        #: Scans not in MNI space the user chose to look at as they are, with the reason: view
+        #: only, never on the model grid, so never compared, evaluated or put in a study.
+        self.view_only: dict[Path, str] = {}
+
+    @property
+    def comparable(self) -> list[int]:
+        """Indices of the scans that can be compared (all but the view-only ones), in list order."""
+        return [i for i, p in enumerate(self.paths) if p not in self.view_only]
+
+    def mark_view_only(self, path: Path, reason: str) -> None:
+        """Keep ``path`` (already in the list) as a view-only scan, not in MNI space for ``reason``."""
+        if path not in self.paths:
+            self.paths.append(path)
+        self.view_only[path] = reason
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -165,6 +179,7 @@ class RealScans:
     def remove(self, index: int) -> None:
         """Forget scan ``index`` (and what was prepared from it)."""
         path = self.paths.pop(index)
+        self.view_only.pop(path, None)
         self._cache = {k: v for k, v in self._cache.items() if k[0] != path}
 
     @staticmethod

@@ -768,3 +768,21 @@ def test_rows_have_equal_heights_after_switching_display_modes(window, qtbot):
     top = window.viewer.view("synthetic", "axial").height()
     bottom = window.viewer.view("real", "axial").height()
     assert abs(top - bottom) <= 2, (top, bottom)
+
+
+def test_the_side_panel_fits_at_1024_by_700(window):
+    from PySide6.QtWidgets import QWidget
+
+    window.resize(1024, 700)
+    QApplication.processEvents()
+    assert window.width() == 1024  # nothing forces the window wider
+    scroll = window.side_scroll
+    side, viewport = scroll.widget(), scroll.viewport()
+    assert scroll.verticalScrollBar().isVisible()  # the panel is taller than the window here
+    # No field, button or list is cut at the right edge (the vertical scroll bar's width used to).
+    widths = {
+        type(c).__name__: c.mapTo(viewport, c.rect().topRight()).x()
+        for c in side.findChildren(QWidget)
+        if c.isVisible() and c.mapTo(viewport, c.rect().topRight()).x() >= viewport.width()
+    }
+    assert not widths, (widths, viewport.width())

@@ -44,6 +44,11 @@ def demo_exports(tmp_path_factory):
     return ckpt.spec, paths
 
 
+#: Fixed histogram bins over the display window [0, 1000] (standard space), ten of them.
+HISTOGRAM_BIN = 100.0
+HISTOGRAM_EDGES = np.arange(0.0, 1000.0 + HISTOGRAM_BIN, HISTOGRAM_BIN)
+
+
 def _auc(a: list[float], b: list[float]) -> float:
     """How well one number separates two groups (0.5 none, 1.0 perfectly), either direction."""
     a_, b_ = np.asarray(a)[:, None], np.asarray(b)[None, :]
@@ -67,6 +72,14 @@ def _features(data: np.ndarray) -> dict[str, float]:
         "histogram 5th percentile": float(np.percentile(values, 5)),
         "histogram median": float(np.percentile(values, 50)),
         "brain share of the grid": float(brain.mean()),
+        # What a reader's eye takes from the grey levels: the share of the brain in each tenth of
+        # the display range (fixed bins, the same for every case).
+        **{
+            f"histogram share {lo:.0f}-{lo + HISTOGRAM_BIN:.0f}": float(share)
+            for lo, share in zip(
+                HISTOGRAM_EDGES[:-1], np.histogram(values, bins=HISTOGRAM_EDGES)[0] / values.size, strict=True
+            )
+        },
     }
 
 

@@ -145,3 +145,23 @@ def _shift(x: float, y: float, z: float) -> np.ndarray:
     m = np.eye(4)
     m[:3, 3] = (x, y, z)
     return m
+
+
+def test_a_study_stored_before_the_histogram_standardisation_keeps_its_look(tmp_path):
+    from engine.specs import PRESETS
+
+    settings = DisplaySettings.from_spec(PRESETS["tiny"])
+    assert settings.standardise_histogram  # every new study
+    assert DisplaySettings.from_dict(settings.to_dict()) == settings
+    old = settings.to_dict()
+    del old["standardise_histogram"]  # what a study made before it stored
+    before = DisplaySettings.from_dict(old)
+    assert not before.standardise_histogram
+    data, affine = phantom()
+    path = write_nifti(tmp_path / "scan.nii.gz", data, affine)
+    new_case, old_case = display_array(path, settings), display_array(path, before)
+    assert not np.array_equal(new_case, old_case)
+    np.testing.assert_array_equal(new_case > 0, old_case > 0)  # the same brain, other grey levels
+    # The old look: percentile scaling, clipping and whole numbers, nothing else.
+    assert old_case.max() == 1000.0
+    np.testing.assert_array_equal(old_case, np.rint(old_case))

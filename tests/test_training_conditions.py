@@ -149,3 +149,22 @@ def test_bids_names_find_their_participant_rows(tmp_path):
     # A manifest's columns add to (and override) the table's.
     item = DataItem(root / "sub-02_T1w.nii.gz", group="ftd", covariates=(("age", "72"),))
     assert sources.row(item) == {"age": "72", "group": "ftd"}
+
+
+def test_a_folder_run_is_split_by_the_participants_group_and_a_resume_keeps_it(tmp_path):
+    import csv
+
+    from engine.training.resume import resume_config
+
+    _dataset(tmp_path / "data")  # 8 scans, 3 ftd; a quarter held out: 1 control and 1 ftd
+    train(_config(tmp_path, tmp_path / "data", conditions="age"))
+    split_file = tmp_path / "run" / "split.csv"
+    with open(split_file, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["group"] for r in rows if r["split"] == "val") == ["control", "ftd"]
+    before = split_file.read_text()
+    # A participants.tsv edited after the start moves nothing: the resume reads the run's split.
+    text = (tmp_path / "data" / "participants.tsv").read_text().replace("ftd", "control")
+    (tmp_path / "data" / "participants.tsv").write_text(text)
+    train(resume_config(tmp_path / "run", {"epochs": 2}), resume=True)
+    assert split_file.read_text() == before

@@ -136,3 +136,36 @@ def test_split_is_by_subject_stratified_and_a_function_of_the_seed(tmp_path, tin
     write_split(tmp_path / "split.csv", split)
     rows = _read_rows(tmp_path / "split.csv")
     assert sum(r["split"] == "val" for r in rows) == len(split.val) == 4
+
+
+def test_a_folder_with_participants_tsv_is_split_by_group_as_a_manifest_is(tmp_path, tiny_spec):
+    from engine.training.covariates import group_strata
+
+    # 20 scans, each its own subject; 5 in the small group: 0.2 of each group validates (3 + 1),
+    # which a split blind to the group would miss for some seeds.
+    folder = tmp_path / "s"
+    paths = write_volumes(folder, tiny_spec, 20)
+    groups = ["ftd" if i % 4 == 1 else "control" for i in range(20)]
+    rows = ["participant_id\tage\tgroup"] + [
+        f"{p.name[:-7]}\t{50 + i}\t{g}" for i, (p, g) in enumerate(zip(paths, groups, strict=True))
+    ]
+    (folder / "participants.tsv").write_text("\n".join(rows) + "\n")
+    cache = PreparationCache(tmp_path / "cache", tiny_spec)
+    prepared = [cache.prepare(it) for it in discover([folder])]
+    strata = group_strata(prepared)
+    assert sorted(strata.values()) == sorted(groups)
+    group_of = {it.sha256: strata[it.sha256] for it in prepared}
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,group\n" + "".join(f"{p},{g}\n" for p, g in zip(paths, groups, strict=True)))
+    from_manifest = [cache.prepare(it) for it in discover([manifest])]
+    for seed in range(6):
+        split = make_split(prepared, val_fraction=0.2, seed=seed, strata=strata)
+        assert sorted(group_of[it.sha256] for it in split.val) == ["control", "control", "control", "ftd"]
+        # The same split as a manifest with the same groups gives, and the same again for the seed.
+        manifest_split = make_split(from_manifest, val_fraction=0.2, seed=seed)
+        assert [it.sha256 for it in manifest_split.val] == [it.sha256 for it in split.val]
+        again = make_split(list(reversed(prepared)), val_fraction=0.2, seed=seed, strata=group_strata(prepared))
+        assert [it.sha256 for it in again.train] == [it.sha256 for it in split.train]
+    write_split(tmp_path / "split.csv", split, strata=strata)
+    rows_out = _read_rows(tmp_path / "split.csv")
+    assert sorted(r["group"] for r in rows_out if r["split"] == "val") == ["control", "control", "control", "ftd"]

@@ -232,6 +232,37 @@ def build_conditions(
     return ConditionSpec(tuple(covariates), dropout=dropout), values, warnings
 
 
+#: The covariate the train/validation split is stratified by, whatever file it comes from.
+STRATUM_COLUMN = "group"
+
+
+def group_strata(items: Sequence, *, sources: CovariateSources | None = None) -> dict[str, str]:
+    """Each scan's group for the stratified split, from whichever source the data come with.
+
+    The group is the ``group`` column of a manifest or of a ``participants.tsv`` beside the
+    scans (:class:`CovariateSources`: the manifest wins where both have it), so a folder with a
+    ``participants.tsv`` is split as a manifest with the same column would be.
+
+    Args:
+        items: the usable :class:`engine.training.data.PreparedItem` s.
+        sources: where covariates are looked up (a fresh one by default; pass the one
+            :func:`build_conditions` uses so each ``participants.tsv`` is read once).
+
+    Returns:
+        SHA-256 -> group text ("" where a scan has no group or its value is missing).
+
+    Raises:
+        TrainingError: a ``participants.tsv`` that cannot be read.
+    """
+    sources = sources or CovariateSources()
+    strata: dict[str, str] = {}
+    for it in items:
+        row = sources.row(it.item) or {}
+        value = (row.get(STRATUM_COLUMN) or "").strip()
+        strata[it.sha256] = "" if value.lower() in MISSING_VALUES else value
+    return strata
+
+
 def _list(names: Sequence[str]) -> str:
     shown = ", ".join(names[:_SHOWN])
     return shown + (f" (and {len(names) - _SHOWN} more)" if len(names) > _SHOWN else "")

@@ -17,9 +17,10 @@ file that fails is cached as a failure with its reason too, so it is reported, n
 until the file itself changes.
 
 The split is by subject (scans without a subject id are their own subject), stratified by
-group, and a pure function of the seed and the files' contents: renaming or moving files
-does not change it, and scans of one subject (longitudinal data such as OASIS-2) never end
-up on both sides.
+group (a manifest's ``group`` column or the ``group`` column of a ``participants.tsv`` beside
+the scans, whichever the data come with: :func:`engine.training.covariates.group_strata`), and
+a pure function of the seed and the files' contents: renaming or moving files does not change
+it, and scans of one subject (longitudinal data such as OASIS-2) never end up on both sides.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -323,7 +324,13 @@ def write_failures(path: Path, results: Sequence[PreparedItem]) -> None:
     atomic_write_text(path, _csv_text(rows), overwrite=True)
 
 
-def make_split(items: Sequence[PreparedItem], *, val_fraction: float, seed: int) -> Split:
+def make_split(
+    items: Sequence[PreparedItem],
+    *,
+    val_fraction: float,
+    seed: int,
+    strata: Mapping[str, str] | None = None,
+) -> Split:
     """Split usable items into training and validation by subject, stratified by group.
 
     Each subject's position is ``sha256(seed:subject)``, so the split depends only on the
@@ -332,6 +339,14 @@ def make_split(items: Sequence[PreparedItem], *, val_fraction: float, seed: int)
     order validate; if that gives no validation subject although there are two or more
     subjects and ``val_fraction > 0``, one subject of the largest group validates.
 
+    Args:
+        items: the usable prepared scans.
+        val_fraction: share of each group's subjects that validate.
+        seed: fixes the order of the subjects.
+        strata: each item's group by SHA-256 (from any covariate source); None takes the
+            manifest's ``group`` column (``item.group``). A subject's group is that of its
+            first scan in content order.
+
     Raises:
         TrainingError: no items, or nothing left to train on.
     """
@@ -339,10 +354,10 @@ def make_split(items: Sequence[PreparedItem], *, val_fraction: float, seed: int)
         raise TrainingError("no usable training scans")
     subjects: dict[str, list[PreparedItem]] = {}
     group_of: dict[str, str] = {}
-    for it in items:
+    for it in sorted(items, key=lambda i: i.sha256):  # content order: the listing order never matters
         key = f"subject:{it.item.subject_id}" if it.item.subject_id else f"sha256:{it.sha256}"
         subjects.setdefault(key, []).append(it)
-        group_of.setdefault(key, it.item.group or "")
+        group_of.setdefault(key, strata.get(it.sha256, "") if strata is not None else it.item.group or "")
 
     def order(key: str) -> str:
         return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
@@ -370,11 +385,16 @@ def make_split(items: Sequence[PreparedItem], *, val_fraction: float, seed: int)
     return Split(train=train, val=val, seed=seed)
 
 
-def write_split(path: Path, split: Split) -> None:
-    """``split.csv``: one row per scan with its side, source path, subject, group and SHA-256."""
+def write_split(path: Path, split: Split, *, strata: Mapping[str, str] | None = None) -> None:
+    """``split.csv``: one row per scan with its side, source path, subject, group and SHA-256.
+
+    ``strata`` are the groups the split was stratified by (as given to :func:`make_split`).
+    """
     rows = [["split", "path", "subject_id", "group", "sha256"]]
     for side, items in (("train", split.train), ("val", split.val)):
-        rows += [[side, str(it.item.path), it.item.subject_id or "", it.item.group or "", it.sha256] for it in items]
+        for it in items:
+            group = strata.get(it.sha256, "") if strata is not None else it.item.group or ""
+            rows.append([side, str(it.item.path), it.item.subject_id or "", group, it.sha256])
     atomic_write_text(path, _csv_text(rows), overwrite=True)
 
 

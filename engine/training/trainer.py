@@ -355,13 +355,26 @@ def _prepare_data(
         if failed:
             emit("warning", f"{len(failed)} file(s) skipped; listed in {run_dir / data.FAILED_FILE}")
     usable = data.check_failures(results, max_failed_fraction=config.max_failed_fraction)
+    from engine.training import covariates
+
+    sources = covariates.CovariateSources()
     split_file = run_dir / data.SPLIT_FILE
     if resume and split_file.exists():
+        # The saved split is the run's: a participants.tsv edited since cannot move scans.
         split = data.read_split(split_file, usable, seed=config.seed)
     else:
-        split = data.make_split(usable, val_fraction=config.val_fraction, seed=config.seed)
+        try:
+            strata = covariates.group_strata(usable, sources=sources)
+        except TrainingError as exc:
+            if config.conditions:
+                raise
+            # An unconditional run never needed the covariates: train, unstratified, and say why.
+            strata = {it.sha256: it.item.group or "" for it in usable}
+            if ctx.is_main:
+                emit("warning", f"split not stratified by group: {exc}")
+        split = data.make_split(usable, val_fraction=config.val_fraction, seed=config.seed, strata=strata)
         if ctx.is_main:
-            data.write_split(split_file, split)
+            data.write_split(split_file, split, strata=strata)
     ctx.barrier()
     if ctx.is_main:
         emit(
@@ -373,13 +386,12 @@ def _prepare_data(
             emit("warning", "no validation scans: 'best' is chosen by the training loss")
     conditional: dict[str, Any] = {}
     if config.conditions:
-        from engine.training import covariates
-
         conditions, values, warnings = covariates.build_conditions(
             usable,
             covariates.parse_conditions(config.conditions),
             dropout=config.condition_dropout,
             covariate_dropout=config.covariate_dropout,
+            sources=sources,
         )
         if ctx.is_main:
             emit("info", "conditions: " + "; ".join(c.describe() for c in conditions.covariates))
