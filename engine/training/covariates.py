@@ -110,12 +110,20 @@ def _stem(path: Path) -> str:
 
 
 class CovariateSources:
-    """Finds each scan's covariates (``participants.tsv`` files are read once each)."""
+    """Finds each scan's covariates (``participants.tsv`` files are read once each).
 
-    def __init__(self) -> None:
+    Args:
+        participants: one ``participants.tsv`` to use for every scan instead of those beside
+            the scans (``brainsynth-cli utility --labels``); None searches beside the scans.
+    """
+
+    def __init__(self, participants: Path | None = None) -> None:
         self._tables: dict[Path, dict[str, dict[str, str]] | None] = {}
+        self._fixed = read_participants(Path(participants)) if participants is not None else None
 
     def _table(self, folder: Path) -> dict[str, dict[str, str]] | None:
+        if self._fixed is not None:
+            return self._fixed
         if folder not in self._tables:
             path = folder / PARTICIPANTS_FILE
             self._tables[folder] = read_participants(path) if path.is_file() else None
