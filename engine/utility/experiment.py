@@ -351,8 +351,13 @@ def iter_experiment(
     waive_leakage_check: bool = False,
     overwrite: bool = False,
     write_outputs: bool = True,
+    cancel: Callable[[], bool] | None = None,
 ) -> Generator[UtilityProgress, None, UtilityResult]:
     """Run the experiment; yields progress, returns the result (see the module docstring).
+
+    ``cancel`` is asked every few training steps; when it answers True the run in progress
+    stops with :class:`~engine.errors.CancelledError` (finished runs stay saved, so a rerun
+    continues). Between runs a consumer can also simply stop iterating.
 
     Raises:
         UtilityError: any bad input, before the first step.
@@ -360,7 +365,7 @@ def iter_experiment(
     """
     from engine.atomic import atomic_write_text
     from engine.device import resolve_device
-    from engine.errors import DeviceError
+    from engine.errors import CancelledError, DeviceError
     from engine.utility.classifier import TrainSettings, train_and_predict
 
     out = Path(out_dir)
@@ -384,6 +389,11 @@ def iter_experiment(
     settings = TrainSettings(
         steps=prepared.steps, batch_size=options.batch_size, lr=options.lr, width=options.width, device=str(device)
     )
+
+    def check_cancel(step: int, steps: int) -> None:
+        if cancel is not None and cancel():
+            raise CancelledError("cancelled; the finished runs are kept and a rerun continues from them")
+
     results: dict[str, dict] = {}
     total = len(prepared.plans)
     for done, plan in enumerate(prepared.plans):
@@ -407,6 +417,7 @@ def iter_experiment(
             settings=settings,
             init_seed=_seed(options.seed, plan.repeat, "init"),
             data_seed=_seed(options.seed, plan.key, "data"),
+            report=check_cancel,
         )
         predictions = _subject_predictions(test, test_scans, outcome.predictions)
         targets = [s.target for s in test]
