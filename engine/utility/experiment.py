@@ -67,7 +67,7 @@ class UtilityOptions:
         real_train_sizes: real training subjects per learning-curve point; None = all.
         synthetic_ratios: synthetic volumes per real training subject in ``real+synthetic``.
         repeats: test splits (each with its own runs).
-        epochs: the budget, in passes over the largest real training set.
+        epochs: the budget, in passes over the largest real training set asked for.
         steps: the budget in optimizer steps (overrides ``epochs`` when set).
         batch_size: volumes per step.
         lr: Adam learning rate.
@@ -220,7 +220,10 @@ def prepare_experiment(
         pools.append(pool)
     pool_size = len(pools[0])
     sizes = sorted({pool_size if s is None else s for s in options.real_train_sizes})
-    largest_scans = len(_scans(pools[0]))
+    # The budget: `epochs` passes over the largest real training set asked for, the same for every arm.
+    largest_scans = len(
+        _scans(splits.training_subset(splits.training_order(pools[0], seed=options.seed, repeat=0), sizes[-1]))
+    )
     steps = options.steps or max(1, options.epochs * math.ceil(largest_scans / options.batch_size))
     for repeat, pool in enumerate(pools):
         ordered = splits.training_order(pool, seed=options.seed, repeat=repeat)
