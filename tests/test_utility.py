@@ -375,3 +375,22 @@ def test_prepare_carries_participants_tsv(tmp_path):
     assert main(["prepare", "--preset", "tiny", str(source), "--out", str(tmp_path / "prepared")]) == 0
     carried = (tmp_path / "prepared" / "participants.tsv").read_text()
     assert carried == "participant_id\tgroup\np01\tftd\np02\tcontrol\n"
+
+
+def test_one_repeat_per_array_task_then_one_summary(tmp_path):
+    write_real(tmp_path / "real", patients=8, controls=8, seed=8)
+    options = _options(repeats=2, epochs=2)
+    for repeat in (1, 0):  # array tasks finish in any order
+        part = run_experiment([tmp_path / "real"], [], options, out_dir=tmp_path / "out", only_repeat=repeat)
+        assert part.summary == {}
+        assert not (tmp_path / "out" / "utility.json").exists()
+    assert sorted(p.name for p in (tmp_path / "out" / "runs").iterdir()) == [
+        "repeat0_n12_real.json",
+        "repeat1_n12_real.json",
+    ]
+    events = []
+    merged = run_experiment([tmp_path / "real"], [], options, out_dir=tmp_path / "out", progress=events.append)
+    assert sum("done earlier" in e.message for e in events) == 2
+    assert len(merged.summary["arms"]["real"]["runs"]) == 2
+    with pytest.raises(UtilityError, match="--only-repeat must be from 0 to 1"):
+        run_experiment([tmp_path / "real"], [], options, out_dir=tmp_path / "out", only_repeat=2)

@@ -355,12 +355,17 @@ def iter_experiment(
     overwrite: bool = False,
     write_outputs: bool = True,
     cancel: Callable[[], bool] | None = None,
+    only_repeat: int | None = None,
 ) -> Generator[UtilityProgress, None, UtilityResult]:
     """Run the experiment; yields progress, returns the result (see the module docstring).
 
     ``cancel`` is asked every few training steps; when it answers True the run in progress
     stops with :class:`~engine.errors.CancelledError` (finished runs stay saved, so a rerun
     continues). Between runs a consumer can also simply stop iterating.
+
+    ``only_repeat`` runs that repeat's runs alone and writes no summary (``summary`` is then
+    empty): one repeat per SLURM array task, all into one ``out_dir``; the same call without
+    it afterwards finds every run done and writes the summary.
 
     Raises:
         UtilityError: any bad input, before the first step.
@@ -398,8 +403,11 @@ def iter_experiment(
             raise CancelledError("cancelled; the finished runs are kept and a rerun continues from them")
 
     results: dict[str, dict] = {}
-    total = len(prepared.plans)
-    for done, plan in enumerate(prepared.plans):
+    if only_repeat is not None and not 0 <= only_repeat < options.repeats:
+        raise UtilityError(f"--only-repeat must be from 0 to {options.repeats - 1} (got {only_repeat})")
+    plans = [p for p in prepared.plans if only_repeat is None or p.repeat == only_repeat]
+    total = len(plans)
+    for done, plan in enumerate(plans):
         path = _run_file(out, plan.key)
         saved = _read_run(path, prepared.fingerprint) if path.is_file() else None
         if saved is not None:
@@ -451,6 +459,8 @@ def iter_experiment(
         atomic_write_text(path, json.dumps(record, indent=1), overwrite=True)
         results[plan.key] = record
         yield UtilityProgress("training", done + 1, total, f"{plan.key}: {_describe(record, options.task)}")
+    if only_repeat is not None:
+        return UtilityResult(summary={}, out_dir=out)
     yield UtilityProgress("summarising", 0, 1, "bootstrap intervals")
     summary = summarise(prepared, results)
     files: list[Path] = []

@@ -130,6 +130,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not check the generator's training subjects against the test set (the report says so)",
     )
+    parser.add_argument(
+        "--only-repeat",
+        type=int,
+        metavar="R",
+        help="run repeat R (0-based) only and write no summary: one repeat per SLURM array task "
+        "(--only-repeat $SLURM_ARRAY_TASK_ID, same --out, no --overwrite); the same command without it then "
+        "writes the summary",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     parser.add_argument("--overwrite", action="store_true", help="discard the runs of another experiment in --out")
     parser.set_defaults(func=run)
@@ -198,10 +206,14 @@ def run(args: argparse.Namespace) -> int:
             checkpoints=args.checkpoint,
             waive_leakage_check=args.no_leakage_check,
             overwrite=args.overwrite,
+            only_repeat=args.only_repeat,
             progress=progress,
         )
     finally:
         progress.close()
+    if args.only_repeat is not None:
+        print(f"repeat {args.only_repeat} done in {Path(args.out) / 'runs'}; rerun without --only-repeat to summarise")
+        return 0
     names = result.summary["metrics"]
     for row in arm_rows(result.summary):
         figures = "; ".join(f"{n} {row[n]}" for n in names)
