@@ -12,9 +12,9 @@ stopped run continues)::
     brainsynth-cli prepare --preset demo WORK/raw --out WORK/real
     # synthetic patients and controls from the conditional model (the sidecars carry the group)
     brainsynth-cli sample --checkpoint CKPT --condition group=ftd --num-samples 16 --seed 1000 \
-        --out WORK/synthetic/ftd --prefix ftd
+        --out WORK/synthetic/ftd --prefix ftd --batch-size 4
     brainsynth-cli sample --checkpoint CKPT --condition group=control --num-samples 16 --seed 2000 \
-        --out WORK/synthetic/control --prefix control
+        --out WORK/synthetic/control --prefix control --batch-size 4
     # the arms: real only, real + synthetic (1 and 2 per real subject), synthetic only, on 2
     # test splits of 12 held-out real subjects each, learning curve over 4, 8, 16 real subjects;
     # the generator's run split is checked against the test subjects
@@ -22,10 +22,12 @@ stopped run continues)::
         --label group --positive ftd --checkpoint CKPT --test-fraction 0.3 \
         --real-train-sizes 4,8,16 --synthetic-ratio 1,2 --repeats 2 --epochs 15 --device cpu --out WORK/utility
 
-Sized for 2 CPU cores in under 30 minutes (sampling 32 volumes about 8 minutes at the demo
-model's 100 DDPM steps, 20 training runs of 30 steps about 10 to 15 minutes). ``--quick`` runs
-a smaller version (a smoke test, a few minutes; its figures mean little). The figures are in
-WORK/utility/report.md and utility.json.
+Sized for 2 CPU cores in under 30 minutes on an unloaded machine (40 demo subjects about 3
+minutes, sampling 32 volumes about 8 minutes at the demo model's 100 DDPM steps, 20 training
+runs of at most 30 steps about 10 minutes). ``--quick`` runs a smaller version (20 subjects,
+8 synthetic volumes at 20 steps, 5 runs; a smoke test whose figures mean little): 638 s on a
+machine shared with other jobs, of which demo-data 304 s, sampling 250 s, utility 75 s.
+The figures are in WORK/utility/report.md and utility.json.
 """
 
 from __future__ import annotations
@@ -90,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         if not has_volumes(out, settings["per_class"]):
             sample = ["sample", "--checkpoint", args.checkpoint, "--condition", f"group={group}"]
             sample += ["--num-samples", str(settings["per_class"]), "--seed", str(seed), "--out", str(out)]
-            sample += ["--prefix", group, "--device", args.device, "--overwrite"]
+            # Four volumes per batch: batched convolutions use the CPU cores better (per-sample
+            # seeds keep the volumes the same whatever the batch).
+            sample += ["--prefix", group, "--device", args.device, "--batch-size", "4", "--overwrite"]
             if args.quick:
                 sample += ["--steps", "20"]
             cli(*sample)
