@@ -77,6 +77,10 @@ def test_a_bad_input_is_one_message_and_a_missing_report_too(qtbot, data):
     assert dialog.errors[-1].startswith("--positive 'als': no real scan has that 'group'")
     assert not dialog.open_report(data / "nowhere")
     assert "holds no utility.json" in dialog.errors[-1]
+    dialog.real_field.clear()
+    dialog.run_button.click()  # the button, as a user presses it
+    assert dialog.errors[-1] == "choose the real scans and an output folder"
+    assert not dialog.running
     dialog.close()
 
 
