@@ -280,6 +280,7 @@ class MainWindow(ErrorReportingWindow):
 
         tools_menu = bar.addMenu("T&ools")
         self._action(tools_menu, "&Evaluate generated volumes…", self.ask_evaluate)
+        self._action(tools_menu, "&Augmentation utility…", self.ask_utility)
 
         timeline_menu = bar.addMenu("&Timeline")
         trajectory = self.state.trajectory
@@ -1284,6 +1285,15 @@ class MainWindow(ErrorReportingWindow):
 
     def ask_evaluate(self) -> None:
         self.evaluation_dialog().exec()
+
+    def utility_dialog(self):
+        """The Tools ▸ Augmentation utility dialog (run the experiment, or view a report)."""
+        from brainsynth_gui.utility_dialog import UtilityDialog
+
+        return UtilityDialog(self, quiet=self.quiet)
+
+    def ask_utility(self) -> None:
+        self.utility_dialog().exec()
 
     # -- drag and drop ----------------------------------------------------------------------
 

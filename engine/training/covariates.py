@@ -110,12 +110,20 @@ def _stem(path: Path) -> str:
 
 
 class CovariateSources:
-    """Finds each scan's covariates (``participants.tsv`` files are read once each)."""
+    """Finds each scan's covariates (``participants.tsv`` files are read once each).
 
-    def __init__(self) -> None:
+    Args:
+        participants: one ``participants.tsv`` to use for every scan instead of those beside
+            the scans (``brainsynth-cli utility --labels``); None searches beside the scans.
+    """
+
+    def __init__(self, participants: Path | None = None) -> None:
         self._tables: dict[Path, dict[str, dict[str, str]] | None] = {}
+        self._fixed = read_participants(Path(participants)) if participants is not None else None
 
     def _table(self, folder: Path) -> dict[str, dict[str, str]] | None:
+        if self._fixed is not None:
+            return self._fixed
         if folder not in self._tables:
             path = folder / PARTICIPANTS_FILE
             self._tables[folder] = read_participants(path) if path.is_file() else None
@@ -271,3 +279,52 @@ def _list(names: Sequence[str]) -> str:
 def conditions_of(values: Mapping[str, dict], items: Sequence) -> list[dict]:
     """The conditions of ``items`` (PreparedItems) in their order."""
     return [values[it.sha256] for it in items]
+
+
+def carry_participants(
+    sources: Sequence[str | Path], stems: Sequence[str], out_dir: Path, *, overwrite: bool = False
+) -> Path | None:
+    """Write ``out_dir/participants.tsv`` with the rows of the scans named ``stems``.
+
+    ``prepare`` keeps each scan's file name stem, so a prepared folder is labelled like its
+    source when it carries the source's rows. The tables are looked for in each source folder
+    (a file's folder) and up to two folders above, as training looks for them; a scan's row is
+    the one keyed by its stem, or by the ``sub-<label>`` its stem starts with.
+
+    Returns:
+        The file written, or None when no source has a ``participants.tsv`` row for these scans.
+
+    Raises:
+        TrainingError: an unreadable table, or a different ``participants.tsv`` in ``out_dir``
+            without ``overwrite``.
+    """
+    from engine.atomic import atomic_write_text
+
+    folders: list[Path] = []
+    for raw in sources:
+        path = Path(raw)
+        start = path if path.is_dir() else path.parent
+        for folder in [start, *list(start.parents)[:2]]:
+            if folder not in folders and (folder / PARTICIPANTS_FILE).is_file():
+                folders.append(folder)
+    rows: dict[str, dict[str, str]] = {}
+    columns: list[str] = []
+    for folder in folders:
+        table = read_participants(folder / PARTICIPANTS_FILE)
+        for stem in stems:
+            for key in [stem] + ([stem.split("_")[0]] if stem.startswith("sub-") else []):
+                if key in table and key not in rows:
+                    rows[key] = table[key]
+                    columns += [c for c in table[key] if c not in columns]
+    if not rows:
+        return None
+    lines = ["\t".join(["participant_id", *columns])]
+    lines += ["\t".join([pid] + [rows[pid].get(c, "n/a") or "n/a" for c in columns]) for pid in sorted(rows)]
+    text = "\n".join(lines) + "\n"
+    target = out_dir / PARTICIPANTS_FILE
+    if target.is_file() and not overwrite:
+        if target.read_text(encoding="utf-8") == text:
+            return target
+        raise TrainingError(f"{target} already exists with other rows; pass --overwrite to replace it")
+    atomic_write_text(target, text, overwrite=True)
+    return target

@@ -1,7 +1,9 @@
 """``brainsynth-cli prepare``: put real scans onto a preset's model grid in standard space.
 
 Each usable input becomes ``<stem>.nii.gz`` (standard intensity space, the grid's MNI
-affine) and ``<stem>.json`` (source, scale factor, preset, grid) in ``--out``. Inputs that
+affine) and ``<stem>.json`` (source, scale factor, preset, grid) in ``--out``; the rows of
+the prepared scans in a ``participants.tsv`` beside the inputs are carried into
+``--out/participants.tsv``, so the prepared folder is labelled like its source. Inputs that
 cannot be used are reported one per line on stderr and skipped; nothing is written for them.
 
 Exit status: 0 when every input was prepared, 1 when some were skipped or none could be used.
@@ -103,6 +105,12 @@ def run(args: argparse.Namespace) -> int:
         raise BrainSynthError(
             f"none of the {total} input scan{'s' if total != 1 else ''} could be used (reasons above)"
         )
+    from engine.training.covariates import carry_participants
+
+    # A prepared folder is labelled like its source (training and `utility` read the table).
+    carried = carry_participants(args.inputs, [strip_extension(p) for p in prepared], out_dir, overwrite=args.overwrite)
+    if carried is not None:
+        print(f"participants.tsv: the rows of the prepared scans → {carried}")
     grid = format_shape(spec.grid.shape)
     summary = f"prepared {len(prepared)} of {total} scans onto the {spec.name} grid ({grid}) in {out_dir}"
     print(summary + (f"; {len(skipped)} skipped" if skipped else ""))

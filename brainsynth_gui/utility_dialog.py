@@ -1,0 +1,343 @@
+"""Tools ▸ Augmentation utility…: run ``brainsynth-cli utility``'s experiment, or view its report.
+
+The dialog has two halves. *Run*: real scans (a folder with its ``participants.tsv``, or a
+manifest), synthetic volumes (a folder of exported volumes with sidecars), the label and its
+positive class, repeats and epochs, an output folder; the experiment
+(:func:`engine.utility.experiment.iter_experiment`) runs in a
+:class:`~brainsynth_gui.background.BackgroundWorker`, one progress step per run, and Cancel
+stops it within a few training steps (finished runs are kept: running again continues).
+*View*: any output folder's ``utility.json`` figures as a table and its PNG plots.
+
+Volumes generated in the session are used by exporting them first (File ▸ Export), whose
+sidecars carry the conditions the experiment reads as labels.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressDialog,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from brainsynth_gui.background import BackgroundWorker, create_worker
+from brainsynth_gui.error_reporting import tell_user
+from engine.errors import BrainSynthError
+
+
+def _folder_row(field: QLineEdit, choose) -> QHBoxLayout:
+    button = QPushButton("Choose…")
+    button.clicked.connect(choose)
+    row = QHBoxLayout()
+    row.addWidget(field, 1)
+    row.addWidget(button)
+    return row
+
+
+class UtilityDialog(QDialog):
+    """Run the augmentation-utility experiment in the background, or view an earlier one.
+
+    Args:
+        parent: the main window.
+        quiet: errors on stderr instead of in dialogs (tests, headless runs).
+    """
+
+    def __init__(self, parent: QWidget | None = None, *, quiet: bool = False) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Augmentation utility")
+        self.quiet = quiet
+        self.errors: list[str] = []
+        self.summary: dict | None = None
+        self.worker: BackgroundWorker | None = None
+        self.progress_dialog: QProgressDialog | None = None
+        self.events: list = []
+        self._stop = threading.Event()
+
+        intro = QLabel(
+            "Does training with synthetic scans help on real patients? Trains a small 3-D classifier on real "
+            "scans only, on real + synthetic scans and on synthetic scans only, with the same budget, and tests "
+            "each on held-out real subjects (<i>brainsynth-cli utility</i>). Or open the output folder of an "
+            "earlier experiment to see its figures."
+        )
+        intro.setWordWrap(True)
+        self.real_field = QLineEdit()
+        self.real_field.setPlaceholderText("folder of prepared real scans with participants.tsv (or a manifest)")
+        self.synthetic_field = QLineEdit()
+        self.synthetic_field.setPlaceholderText("folder of exported synthetic volumes with their sidecars")
+        self.checkpoint_field = QLineEdit()
+        self.checkpoint_field.setPlaceholderText("the checkpoint that made them (its training split is checked)")
+        self.out_field = QLineEdit()
+        self.out_field.setPlaceholderText("output folder (utility.json, report.md, plots)")
+        self.label_field = QLineEdit("group")
+        self.positive_field = QLineEdit("ftd")
+        self.task = QComboBox()
+        self.task.addItems(["classify", "regress"])
+        self.repeats = QSpinBox()
+        self.repeats.setRange(1, 100)
+        self.repeats.setValue(3)
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 10000)
+        self.epochs.setValue(20)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.skip_leakage = QCheckBox("Skip the leakage check (the report says so)")
+        self.skip_leakage.setToolTip(
+            "Without it, the generator checkpoint's training split is compared with the held-out real subjects"
+        )
+        form = QFormLayout()
+        form.addRow("Real scans", _folder_row(self.real_field, lambda: self._choose(self.real_field, "Real scans")))
+        form.addRow(
+            "Synthetic volumes",
+            _folder_row(self.synthetic_field, lambda: self._choose(self.synthetic_field, "Synthetic volumes")),
+        )
+        form.addRow("Generator checkpoint", _folder_row(self.checkpoint_field, self._choose_checkpoint))
+        form.addRow("", self.skip_leakage)
+        form.addRow("Label", self.label_field)
+        form.addRow("Positive class", self.positive_field)
+        form.addRow("Task", self.task)
+        form.addRow("Repeats", self.repeats)
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Seed", self.seed)
+        form.addRow("Output folder", _folder_row(self.out_field, lambda: self._choose(self.out_field, "Output folder")))
+
+        self.table = QTableWidget(0, 0)
+        self.table.verticalHeader().hide()
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.plots = QLabel()
+        self.plots.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        scroll = QScrollArea()
+        scroll.setWidget(self.plots)
+        scroll.setWidgetResizable(True)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.open_button = QPushButton("Open report…")
+        self.open_button.clicked.connect(self.ask_open)
+        close = QPushButton("Close")
+        close.clicked.connect(self.reject)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.open_button)
+        buttons.addStretch(1)
+        buttons.addWidget(close)
+        layout = QVBoxLayout(self)
+        layout.addWidget(intro)
+        layout.addLayout(form)
+        layout.addWidget(self.table)
+        layout.addWidget(scroll, 1)
+        layout.addWidget(self.status)
+        layout.addLayout(buttons)
+        self.resize(900, 760)
+
+    # -- choosing -----------------------------------------------------------------------------
+    def _choose(self, field: QLineEdit, title: str) -> None:
+        folder = QFileDialog.getExistingDirectory(self, title)
+        if folder:
+            field.setText(folder)
+
+    def _choose_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Generator checkpoint", "", "Checkpoints (*.safetensors)")
+        if path:
+            self.checkpoint_field.setText(path)
+
+    def ask_open(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Output folder of an experiment")
+        if folder:
+            self.open_report(Path(folder))
+
+    # -- viewing ------------------------------------------------------------------------------
+    def open_report(self, out_dir: Path) -> bool:
+        """Show ``out_dir/utility.json`` as a table and its plots; False (and a message) if unreadable."""
+        from engine.utility.report import read_summary
+
+        try:
+            summary = read_summary(out_dir)
+        except BrainSynthError as exc:
+            self.report_error("Cannot open the report", str(exc))
+            return False
+        self.show_summary(summary, out_dir)
+        return True
+
+    def show_summary(self, summary: dict, out_dir: Path) -> None:
+        from engine.utility.report import ARMS_PLOT, CURVE_PLOT, METRIC_NAMES, arm_rows
+
+        self.summary = summary
+        names = summary["metrics"]
+        columns = ["arm", "n_real", "n_synthetic", *names, *[f"{n}_difference" for n in names], "p_value"]
+        headers = ["arm", "real", "synthetic", *[METRIC_NAMES[n] for n in names]]
+        headers += [f"Δ {METRIC_NAMES[n]} vs real" for n in names] + ["p"]
+        rows = arm_rows(summary)
+        self.table.setColumnCount(len(columns))
+        self.table.setHorizontalHeaderLabels(headers)
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, key in enumerate(columns):
+                self.table.setItem(r, c, QTableWidgetItem(row[key]))
+        self.table.resizeColumnsToContents()
+        pixmaps = [QPixmap(str(out_dir / name)) for name in (ARMS_PLOT, CURVE_PLOT) if (out_dir / name).is_file()]
+        if pixmaps:
+            height = sum(p.height() for p in pixmaps)
+            width = max(p.width() for p in pixmaps)
+            combined = QPixmap(width, height)
+            combined.fill(Qt.GlobalColor.white)
+            from PySide6.QtGui import QPainter
+
+            painter = QPainter(combined)
+            y = 0
+            for p in pixmaps:
+                painter.drawPixmap(0, y, p)
+                y += p.height()
+            painter.end()
+            self.plots.setPixmap(combined)
+        self.status.setText(f"{out_dir / 'utility.json'}: {len(rows)} arms; report.md beside it has every figure.")
+
+    # -- running ------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def options(self):
+        """The experiment's options from the fields (raises BrainSynthError on a bad value)."""
+        from engine.utility.experiment import UtilityOptions
+
+        label = self.label_field.text().strip()
+        if not label:
+            raise BrainSynthError("give the label column (e.g. group)")
+        task = self.task.currentText()
+        return UtilityOptions(
+            label=label,
+            positive=(self.positive_field.text().strip() or None) if task == "classify" else None,
+            task=task,
+            repeats=self.repeats.value(),
+            epochs=self.epochs.value(),
+            seed=self.seed.value(),
+        )
+
+    def run(self, *, overrides: dict | None = None) -> bool:
+        """Start the experiment in the background (``overrides``: extra option values, for tests)."""
+        from dataclasses import replace
+
+        from engine.utility.experiment import iter_experiment
+
+        if self.worker is not None:
+            return False
+        real, synthetic = self.real_field.text().strip(), self.synthetic_field.text().strip()
+        out, checkpoint = self.out_field.text().strip(), self.checkpoint_field.text().strip()
+        try:
+            if not real or not out:
+                raise BrainSynthError("choose the real scans and an output folder")
+            options = replace(self.options(), **(overrides or {}))
+        except (BrainSynthError, TypeError) as exc:
+            self.report_error("Cannot run", str(exc))
+            return False
+        self.events = []
+        # The worker's own abort flag stops it between runs; this event (no reference to the
+        # worker, so no cycle that Python would collect behind Qt's back) stops a run mid-way.
+        stop = threading.Event()
+        self._stop = stop
+        worker = create_worker(
+            iter_experiment,
+            [real],
+            [synthetic] if synthetic else [],
+            options,
+            out_dir=Path(out),
+            checkpoints=[checkpoint] if checkpoint else [],
+            waive_leakage_check=self.skip_leakage.isChecked(),
+            cancel=stop.is_set,
+            start=False,
+            connect={
+                "yielded": self._progress,
+                "returned": self._returned,
+                "errored": self._failed,
+                "aborted": self._cancelled,
+                "finished": self._finished,
+            },
+        )
+        self.worker = worker
+        dialog = QProgressDialog("Checking the inputs…", "Cancel", 0, 0, self)
+        dialog.setWindowTitle("Augmentation utility")
+        dialog.setWindowModality(Qt.WindowModality.WindowModal)
+        dialog.setMinimumDuration(0)
+        dialog.setAutoClose(False)
+        dialog.setAutoReset(False)
+        dialog.canceled.connect(self.cancel)
+        self.progress_dialog = dialog
+        dialog.show()
+        self.run_button.setEnabled(False)
+        self.status.setText("Running…")
+        worker.start()
+        return True
+
+    def cancel(self) -> None:
+        """Stop the experiment within a few training steps (finished runs are kept)."""
+        self._stop.set()
+        if self.worker is not None:
+            self.worker.abort()
+
+    def _progress(self, event) -> None:
+        self.events.append(event)
+        if self.progress_dialog is not None:
+            self.progress_dialog.setLabelText(f"{event.stage}: {event.message}")
+            self.progress_dialog.setMaximum(max(event.total, 1))
+            self.progress_dialog.setValue(min(event.done, max(event.total, 1)))
+
+    def _returned(self, result) -> None:
+        self.show_summary(result.summary, result.out_dir)
+
+    def _failed(self, message: str) -> None:
+        self.report_error("The experiment stopped", message)
+
+    def _cancelled(self) -> None:
+        self.status.setText("Cancelled; the finished runs are kept, and Run continues from them.")
+
+    def _finished(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.wait()
+            worker.deleteLater()
+        if self.progress_dialog is not None:
+            self.progress_dialog.close()
+            self.progress_dialog.deleteLater()
+            self.progress_dialog = None
+        self.run_button.setEnabled(True)
+
+    def report_error(self, title: str, message: str) -> None:
+        from html import escape
+
+        self.errors.append(message)
+        self.status.setText(f"<span style='color:#b00000'>{escape(message)}</span>")
+        tell_user(self, title, message, quiet=self.quiet)
+
+    def wait(self) -> None:
+        if self.worker is not None:
+            self.worker.wait()
+
+    def done(self, result: int) -> None:
+        if self.worker is not None:
+            self.cancel()
+            self.worker.wait()
+            self._finished()
+        super().done(result)
