@@ -4,4 +4,14 @@ Command modules import heavy libraries (torch, monai) inside their ``run`` funct
 ``brainsynth-cli --help`` answers at once.
 """
 
-COMMAND_MODULES = ("info", "prepare", "preprocess", "sample", "train", "evaluate", "demo_data", "study")
+COMMAND_MODULES = (
+    "info",
+    "prepare",
+    "preprocess",
+    "sample",
+    "train",
+    "evaluate",
+    "demo_data",
+    "study",
+    "import_bundle",
+)
