@@ -14,4 +14,5 @@ COMMAND_MODULES = (
     "demo_data",
     "study",
     "import_bundle",
+    "train_autoencoder",
 )
