@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import resource
 import statistics
 import sys
@@ -69,6 +70,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--decode-budget-gb", type=float, default=2.0)
+    parser.add_argument(
+        "--no-decode", action="store_true", help="time the UNet step only (a 1 mm decode takes minutes)"
+    )
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,7 +89,7 @@ def main() -> None:
     after_step = _peak_mb(device)
     z = torch.randn((1, *latent.sample_shape), generator=torch.Generator().manual_seed(1)).to(device)
     tile = decode_tile(latent.latent.autoencoder, latent.latent.shape, budget_bytes=model.decode_budget_bytes)
-    decode = _timed(functools.partial(model.decode, z), device, args.repeats)
+    decode = math.nan if args.no_decode else _timed(functools.partial(model.decode, z), device, args.repeats)
     after_decode = _peak_mb(device)
     steps = latent.default_sampler.steps if latent.default_sampler else 50
     results[args.latent] = {
