@@ -41,5 +41,9 @@ def test_app_generates_from_a_latent_checkpoint(qapp, tmp_path):
         image = nib.load(written[0])
         assert image.shape == spec.grid.shape
         np.testing.assert_allclose(image.affine, spec.grid.affine, atol=1e-5)
+        # every preview and frame of a latent model is a decode: the app asks for a bounded number
+        many = GenerationChoices(device="cpu", sampler="ddim", steps=50, trajectory_frames=20)
+        request = many.to_request(win.checkpoint)
+        assert (request.trajectory_frames, request.preview_every) == (8, 10)
     finally:
         win.close()
