@@ -26,6 +26,16 @@ def _value(value) -> str:
     return str(value)
 
 
+def _latent_rows(spec) -> list[tuple[str, str]]:
+    latent = spec.latent
+    if latent is None:
+        return []
+    return [
+        ("Latent", f"{latent.channels} x {' x '.join(map(str, latent.shape))}, scale {latent.scale_factor:.4g}"),
+        ("Autoencoder", ", ".join(map(str, latent.autoencoder.channels))),
+    ]
+
+
 def describe_checkpoint(checkpoint: Checkpoint) -> str:
     """Preset, grid, network, schedule, weights and training provenance, as HTML."""
     spec = checkpoint.spec
@@ -36,6 +46,7 @@ def describe_checkpoint(checkpoint: Checkpoint) -> str:
         ("Grid", f"{' x '.join(map(str, grid.shape))} voxels"),
         ("Voxel size", f"{' x '.join(f'{s:.2f}' for s in grid.spacing_mm)} mm, MNI152, RAS+"),
         ("UNet channels", ", ".join(map(str, spec.unet.channels))),
+        *_latent_rows(spec),
         ("Schedule", f"{spec.schedule.schedule}, T = {spec.schedule.num_train_timesteps}"),
         ("Predicts", spec.schedule.prediction_type),
         ("Default sampler", f"{sampler.name}, {sampler.steps} steps"),
@@ -60,4 +71,5 @@ def summarise_checkpoint(checkpoint: Checkpoint) -> str:
     name = checkpoint.path.name if checkpoint.path else "checkpoint"
     grid = " x ".join(map(str, spec.grid.shape))
     weights = "EMA" if checkpoint.has_ema else "raw"
-    return f"<b>{escape(name)}</b><br>{escape(spec.name)} preset · {grid} voxels · {weights} weights"
+    kind = " · latent diffusion" if spec.latent is not None else ""
+    return f"<b>{escape(name)}</b><br>{escape(spec.name)} preset · {grid} voxels{kind} · {weights} weights"

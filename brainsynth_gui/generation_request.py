@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -56,11 +57,15 @@ class GenerationChoices:
     def to_request(self, checkpoint: Checkpoint, rng: random.Random | None = None) -> GenerationRequest:
         """The engine's request for ``checkpoint`` (EMA weights when it has them), seeds
         resolved; previews on every step for the live view. Conditions and guidance go to a
-        conditional model only (an unconditional one takes none).
+        conditional model only (an unconditional one takes none). A latent model decodes every
+        preview and kept frame, so it gets at most :data:`LATENT_PREVIEWS` previews and
+        :data:`LATENT_MAX_FRAMES` trajectory frames (a 1 mm decode takes minutes on a CPU).
 
         Raises:
             BrainSynthError: for settings the model or this machine cannot run.
         """
+        latent = checkpoint.spec.latent is not None
+        steps = self.steps
         return GenerationRequest.for_checkpoint(
             checkpoint,
             seeds=self.resolve_seeds(rng),
@@ -69,8 +74,8 @@ class GenerationChoices:
             device=self.device,
             precision=self.precision,
             batch_size=self.batch_size,
-            trajectory_frames=self.trajectory_frames,
-            preview_every=1,
+            trajectory_frames=min(self.trajectory_frames, LATENT_MAX_FRAMES) if latent else self.trajectory_frames,
+            preview_every=max(1, math.ceil(steps / LATENT_PREVIEWS)) if latent else 1,
             **self._conditional(checkpoint),
         )
 
@@ -83,6 +88,11 @@ class GenerationChoices:
             "guidance": float(self.guidance) if given else None,
             "allow_extrapolation": bool(self.allow_extrapolation),
         }
+
+
+#: Previews and trajectory frames of a latent model (each is decoded) in one run, at most.
+LATENT_PREVIEWS = 5
+LATENT_MAX_FRAMES = 8
 
 
 class RemainingTime:

@@ -6,6 +6,9 @@ header metadata entry ``"brainsynth"`` holding JSON::
 
     {"format": "brainsynth-checkpoint", "format_version": 1,
      "spec": {...ModelSpec.to_dict(): unet, schedule, grid (with affine), intensity...},
+
+(format 2: a latent-diffusion model, whose spec has a ``latent`` entry and whose tensors are
+``model.unet.<key>`` and ``model.autoencoder.<key>``, both networks in one file),
      "provenance": {"created": ..., "software_version": ..., "source": ..., "training": {...}}}
 
 safetensors holds only tensors and a JSON header, so loading never runs code. Plain MONAI
@@ -34,7 +37,13 @@ import torch
 
 from engine import __version__
 from engine.atomic import atomic_path
-from engine.checkpoint_checks import FORMAT_NAME, FORMAT_VERSION, parse_metadata, validate_metadata, validate_weights
+from engine.checkpoint_checks import (
+    FORMAT_NAME,
+    format_version_for,
+    parse_metadata,
+    validate_metadata,
+    validate_weights,
+)
 from engine.errors import BrainSynthError, CheckpointError
 from engine.specs import PRESETS, ModelSpec, get_preset
 
@@ -108,7 +117,7 @@ class Checkpoint:
     def metadata(self) -> dict:
         return {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": format_version_for(self.spec),
             "spec": self.spec.to_dict(),
             "provenance": self.provenance,
             "has_ema": self.has_ema,
@@ -166,7 +175,7 @@ def save_checkpoint(
     }
     meta = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version_for(spec),
         "spec": spec.to_dict(),
         "provenance": provenance,
         "has_ema": ema_weights is not None,

@@ -31,7 +31,16 @@ from engine.errors import BrainSynthError, CheckpointError
 from engine.specs import ModelSpec
 
 FORMAT_NAME = "brainsynth-checkpoint"
-FORMAT_VERSION = 1
+#: The newest format this version reads. 2 = a latent-diffusion model (two networks, a latent
+#: grid); pixel models are still written as 1, so older readers keep opening them, and an older
+#: reader given a latent model says "written by a newer BrainSynth" rather than a schema error.
+FORMAT_VERSION = 2
+
+
+def format_version_for(spec: ModelSpec) -> int:
+    """The format version a checkpoint of ``spec`` is written with (the oldest that holds it)."""
+    return 2 if spec.latent is not None else 1
+
 
 #: Deepest JSON nesting a BrainSynth header has (spec → grid → affine → row is 4) with room
 #: for provenance records; far below where Python's parser would run out of stack.
@@ -154,7 +163,7 @@ def estimate_memory(spec: ModelSpec) -> MemoryEstimate:
     """
     parameters = sum(math.prod(shape) for shape, _ in expected_state(spec).values())
     unet = spec.unet
-    voxels = math.prod(spec.grid.shape)
+    voxels = math.prod(spec.denoiser_shape)  # a latent model's UNet runs on the latent grid
     levels = len(unet.channels)
     kept = voxels * unet.channels[0]  # the input convolution's output, kept for the last skip
     widest = 0
@@ -167,7 +176,9 @@ def estimate_memory(spec: ModelSpec) -> MemoryEstimate:
         # up blocks concatenate a skip: up to twice the channels, a few tensors alive at once
         widest = max(widest, 4 * 2 * channels * at_level)
         if unet.attention_levels[i] or i == levels - 1:
-            heads = max(1, channels // unet.num_head_channels)
+            head_channels = unet.num_head_channels
+            head_channels = head_channels[i] if isinstance(head_channels, tuple) else head_channels
+            heads = max(1, channels // max(1, head_channels))
             widest = max(widest, 4 * channels * at_level)  # q, k, v and the output
             attention = max(attention, 2 * heads * at_level * at_level)  # scores and their softmax
     return MemoryEstimate(

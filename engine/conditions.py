@@ -36,6 +36,11 @@ if TYPE_CHECKING:
     import torch
 
 KINDS: tuple[str, ...] = ("continuous", "categorical")
+#: How conditions reach the network: ``"embedding"`` (BrainSynth's covariate embedding added to
+#: the time embedding, with a learned null) or ``"context"`` (the MONAI brain LDM bundle's: the
+#: covariates scaled to [0, 1], given as cross-attention context and as constant input channels;
+#: no null was learned, so a covariate not given takes its ``default`` and there is no guidance).
+MECHANISMS: tuple[str, ...] = ("embedding", "context")
 #: Cell values read as "not recorded" in covariate files (compared lower-case).
 MISSING_VALUES = frozenset({"", "n/a", "na", "nan", "none", "null", "?"})
 #: What a user types for "no condition on this covariate" (the null).
@@ -57,6 +62,9 @@ class Covariate:
         maximum: largest training value (continuous).
         categories: the training vocabulary, sorted (categorical).
         dropout: probability, per training volume, that this covariate is replaced by its null.
+        default: the value used when none is given, for a model without a learned null
+            (the ``"context"`` mechanism); None otherwise.
+        unit: what the value is measured in, for display (e.g. ``"0-1, the bundle's scaling"``).
     """
 
     name: str
@@ -65,6 +73,8 @@ class Covariate:
     maximum: float | None = None
     categories: tuple[str, ...] = ()
     dropout: float = 0.1
+    default: float | None = None
+    unit: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "categories", tuple(str(c) for c in self.categories))
@@ -83,11 +93,25 @@ class Covariate:
                 )
         elif len(self.categories) < 1 or len(set(self.categories)) != len(self.categories):
             raise ConditionError(f"categorical covariate {self.name!r} needs distinct categories")
+        if self.default is not None and (
+            self.kind != "continuous"
+            or isinstance(self.default, bool)
+            or not isinstance(self.default, int | float)
+            or not math.isfinite(self.default)
+        ):
+            raise ConditionError(
+                f"covariate {self.name!r}: a default must be a finite number of a continuous covariate"
+            )
+        if not isinstance(self.unit, str) or len(self.unit) > 100:
+            raise ConditionError(f"covariate {self.name!r}: its unit must be a short text")
 
     def describe(self) -> str:
         """``age: continuous, 45 to 85`` or ``sex: categorical, F / M`` (for ``info`` and the app)."""
         if self.kind == "continuous":
-            return f"{self.name}: continuous, {self.minimum:g} to {self.maximum:g} (dropout {self.dropout:g})"
+            unit = f" {self.unit}" if self.unit else ""
+            if self.default is not None:
+                return f"{self.name}: continuous, {self.minimum:g} to {self.maximum:g}{unit} (default {self.default:g})"
+            return f"{self.name}: continuous, {self.minimum:g} to {self.maximum:g}{unit} (dropout {self.dropout:g})"
         return f"{self.name}: categorical, {' / '.join(self.categories)} (dropout {self.dropout:g})"
 
     def normalise(self, value: float) -> float:
@@ -95,12 +119,20 @@ class Covariate:
         half = (self.maximum - self.minimum) / 2.0 or 1.0
         return (value - (self.maximum + self.minimum) / 2.0) / half
 
+    def unit_interval(self, value: float) -> float:
+        """A continuous value mapped so that the training range is [0, 1] (the bundle's scaling)."""
+        return (value - self.minimum) / ((self.maximum - self.minimum) or 1.0)
+
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "dropout": self.dropout}
         if self.kind == "continuous":
             out.update(minimum=self.minimum, maximum=self.maximum)
         else:
             out["categories"] = list(self.categories)
+        if self.default is not None:
+            out["default"] = self.default
+        if self.unit:
+            out["unit"] = self.unit
         return out
 
     @classmethod
@@ -112,6 +144,8 @@ class Covariate:
             maximum=None if data.get("maximum") is None else float(data["maximum"]),
             categories=tuple(data.get("categories", ())),
             dropout=float(data.get("dropout", 0.1)),
+            default=None if data.get("default") is None else float(data["default"]),
+            unit=str(data.get("unit", "")),
         )
 
 
@@ -125,11 +159,13 @@ class ConditionSpec:
             (what classifier-free guidance's unconditional branch learns from).
         hidden: width of the covariate embedding before its output layer (0 = the UNet's
             time-embedding width).
+        mechanism: how the conditions reach the network (:data:`MECHANISMS`).
     """
 
     covariates: tuple[Covariate, ...]
     dropout: float = 0.1
     hidden: int = 0
+    mechanism: str = "embedding"
     _index: dict = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -141,6 +177,10 @@ class ConditionSpec:
             raise ConditionError(f"covariate names repeat: {', '.join(names)}")
         if not (isinstance(self.dropout, int | float) and 0.0 <= self.dropout <= 1.0):
             raise ConditionError(f"the condition dropout must be in [0, 1] (got {self.dropout!r})")
+        if self.mechanism not in MECHANISMS:
+            raise ConditionError(f"unknown condition mechanism {self.mechanism!r}; use one of {', '.join(MECHANISMS)}")
+        if self.mechanism == "context" and any(c.kind != "continuous" or c.default is None for c in self.covariates):
+            raise ConditionError("conditions passed as context must be continuous covariates with a default")
         object.__setattr__(self, "_index", {c.name: i for i, c in enumerate(self.covariates)})
 
     @property
@@ -155,8 +195,16 @@ class ConditionSpec:
                 f"this model has no covariate {name!r}; it is conditioned on {', '.join(self.names)}"
             ) from None
 
+    @property
+    def has_null(self) -> bool:
+        """Whether the network learned the null condition (so guidance is possible)."""
+        return self.mechanism == "embedding"
+
     def to_dict(self) -> dict:
-        return {"covariates": [c.to_dict() for c in self.covariates], "dropout": self.dropout, "hidden": self.hidden}
+        out = {"covariates": [c.to_dict() for c in self.covariates], "dropout": self.dropout, "hidden": self.hidden}
+        if self.mechanism != "embedding":
+            out["mechanism"] = self.mechanism
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ConditionSpec:
@@ -164,6 +212,7 @@ class ConditionSpec:
             covariates=tuple(Covariate.from_dict(c) for c in data["covariates"]),
             dropout=float(data.get("dropout", 0.1)),
             hidden=int(data.get("hidden", 0)),
+            mechanism=str(data.get("mechanism", "embedding")),
         )
 
     # ------------------------------------------------------------------ values
@@ -219,14 +268,22 @@ class ConditionSpec:
     # ------------------------------------------------------------------ tensors
     @property
     def width(self) -> int:
-        """Columns of an encoded condition: a value and a present flag per covariate."""
-        return 2 * len(self.covariates)
+        """Columns of an encoded condition: a value and a present flag per covariate
+        (the ``"context"`` mechanism: one value per covariate, in [0, 1])."""
+        return len(self.covariates) if self.mechanism == "context" else 2 * len(self.covariates)
 
     def encode(self, conditions: Sequence[Mapping[str, Any] | None], *, device=None) -> torch.Tensor:
-        """Checked conditions (see :meth:`check`) as a float32 ``(B, 2 n)`` tensor."""
+        """Checked conditions (see :meth:`check`) as a float32 ``(B, 2 n)`` tensor
+        (``(B, n)`` of [0, 1] values, defaults for those not given, for the ``"context"`` mechanism)."""
         import torch
 
         n = len(self.covariates)
+        if self.mechanism == "context":
+            rows = [
+                [c.unit_interval(float((condition or {}).get(c.name, c.default))) for c in self.covariates]
+                for condition in conditions
+            ]
+            return torch.tensor(rows, dtype=torch.float32, device=device).reshape(len(rows), n)
         rows = []
         for condition in conditions:
             row = [0.0] * (2 * n)
@@ -239,9 +296,12 @@ class ConditionSpec:
         return torch.tensor(rows, dtype=torch.float32, device=device).reshape(len(rows), 2 * n)
 
     def null(self, batch: int, *, device=None) -> torch.Tensor:
-        """The null condition (nothing given) for ``batch`` volumes."""
+        """The null condition (nothing given) for ``batch`` volumes (every default, for the
+        ``"context"`` mechanism)."""
         import torch
 
+        if self.mechanism == "context":
+            return self.encode([{}] * batch, device=device)
         return torch.zeros((batch, self.width), dtype=torch.float32, device=device)
 
 
@@ -312,6 +372,36 @@ def covariate_embedding(spec: ConditionSpec, out_dim: int):
             return self.out(torch.nn.functional.silu(total))
 
     return CovariateEmbedding()
+
+
+def context_unet_class():
+    """MONAI's ``DiffusionModelUNet`` with the MONAI brain LDM bundle's conditioning in its forward.
+
+    The encoded conditions ``(B, n)`` (in [0, 1]) arrive as ``class_labels``, as every
+    BrainSynth model call passes them, and go in twice, as the bundle's sampler does: as n
+    constant channels concatenated to the input and as a one-token cross-attention context
+    ``(B, 1, n)``. A subclass, so the state-dict keys are MONAI's own.
+    """
+    import torch
+    from monai.networks.nets import DiffusionModelUNet
+
+    class ContextConditionedUNet(DiffusionModelUNet):
+        def forward(self, x, timesteps, context=None, class_labels=None, **kwargs):
+            if class_labels is None:
+                raise ConditionError("this network needs its conditions (class_labels)")
+            cond = class_labels.to(x.dtype)
+            channels = cond[:, :, None, None, None].expand(-1, -1, *x.shape[2:])
+            return super().forward(torch.cat([x, channels], dim=1), timesteps, context=cond[:, None, :])
+
+    return _cached_class("context", ContextConditionedUNet)
+
+
+_CLASSES: dict = {}
+
+
+def _cached_class(name: str, cls):
+    # One class object per process, so that isinstance checks and torch.compile caches agree.
+    return _CLASSES.setdefault(name, cls)
 
 
 def parse_assignments(texts: Sequence[str]) -> dict[str, str]:

@@ -218,6 +218,11 @@ class GenerationRequest:
             raise ConditionError(
                 f"{len(given)} conditions for {len(self.seeds)} volumes: give one per volume or one for all"
             )
+        if not spec.has_null and self.guidance not in (None, 1, 1.0):
+            raise ConditionError(
+                "this model learned no unconditional prediction (its conditions are passed as context, as in the "
+                "MONAI brain LDM bundle), so it takes no guidance; leave the guidance at 1"
+            )
         checked = tuple(spec.check(c, allow_extrapolation=self.allow_extrapolation) for c in given)
         object.__setattr__(self, "conditions", checked or tuple({} for _ in self.seeds))
 
@@ -315,7 +320,7 @@ def resolve_precision(model: torch.nn.Module, request: GenerationRequest) -> Gen
         return replace(request, precision_reason=choice.reason)
     device = request.torch_device
     model.to(device)
-    shape = (1, request.spec.unet.in_channels, *request.spec.grid.shape)
+    shape = (1, *request.spec.sample_shape)
     x = torch.randn(shape, generator=torch.Generator(device=device).manual_seed(0), device=device)
     x = x.to(next(model.parameters()).dtype)
     t = torch.full((1,), float(request.spec.schedule.num_train_timesteps // 2), device=device)
@@ -403,17 +408,44 @@ def _run(model: torch.nn.Module, request: GenerationRequest) -> Iterator[Generat
     was_training = model.training
     model.eval()
     try:
-        yield from _batches(_model_call(model, request), request, dtype=next(model.parameters()).dtype)
+        yield from _batches(
+            _model_call(model, request), request, dtype=next(model.parameters()).dtype, decode=_decoder(model, request)
+        )
     finally:
         model.train(was_training)
 
 
+Decoder = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _decoder(model: torch.nn.Module, request: GenerationRequest) -> Decoder | None:
+    """For a latent model, scaled latents -> model-space volumes (in the request's precision,
+    tiled within the decoding memory budget: :meth:`engine.latent.LatentDiffusionModel.decode`)."""
+    if request.spec.latent is None:
+        return None
+    if not hasattr(model, "decode"):
+        raise SamplingError(
+            "a latent model needs its autoencoder: build it with Checkpoint.build_model() or ModelSpec.build_model()"
+        )
+    device = request.torch_device
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        with autocast(device, request.precision):
+            return model.decode(z)
+
+    return decode
+
+
 def _batches(
-    call: Callable[..., torch.Tensor], request: GenerationRequest, *, dtype: torch.dtype
+    call: Callable[..., torch.Tensor],
+    request: GenerationRequest,
+    *,
+    dtype: torch.dtype,
+    decode: Decoder | None = None,
 ) -> Iterator[GenerationProgress]:
     spec, settings, seeds = request.spec, request.settings, request.seeds
     device = request.torch_device
-    sample_shape = (spec.unet.in_channels, *spec.grid.shape)
+    sample_shape = tuple(spec.sample_shape)
     total = len(seeds)
     steps = settings.steps
     done = 0
@@ -426,7 +458,10 @@ def _batches(
         batch_indices = tuple(range(start, min(start + request.batch_size, total)))
         batch_seeds = [seeds[i] for i in batch_indices]
         noise, generators = initial_noise(sample_shape, batch_seeds, device, dtype)
-        recorder = TrajectoryRecorder(request.trajectory_frames, steps, downsample=request.trajectory_downsample)
+        # A latent model's frames are decoded as they are kept (a bounded number, chosen here).
+        recorder = TrajectoryRecorder(
+            request.trajectory_frames, steps, downsample=request.trajectory_downsample, decode=decode
+        )
         recorder.record_start(noise)  # so a timeline opens on the noise the run started from
 
         def want(index: int, recorder: TrajectoryRecorder = recorder) -> bool:
@@ -440,11 +475,12 @@ def _batches(
                 recorder.add(step)
                 preview = None
                 if is_preview(step.index):
-                    preview = step.x0_pred[0, 0].float().cpu().numpy()
+                    first = step.x0_pred[:1] if decode is None else decode(step.x0_pred[:1])
+                    preview = first[0, 0].float().cpu().numpy()
                 finished: tuple[GeneratedVolume, ...] = ()
                 if step.is_last:
                     trajectories = recorder.trajectories() or [None] * len(batch_indices)
-                    final = step.x_t.float().cpu().numpy()
+                    final = (step.x_t if decode is None else decode(step.x_t)).float().cpu().numpy()
                     finished = tuple(
                         GeneratedVolume(
                             index=i,

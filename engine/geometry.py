@@ -78,6 +78,19 @@ class GridGeometry:
         )
         return cls(shape=tuple(int(n) for n in shape), spacing_mm=spacing, origin_mm=origin)
 
+    @classmethod
+    def centred_on_mni_box(cls, shape: tuple[int, int, int], *, spacing_mm: float = 1.0) -> GridGeometry:
+        """The grid of ``shape`` voxels of ``spacing_mm`` whose centre is the 1 mm MNI box's centre.
+
+        For grids that were not laid over the box (the MONAI brain LDM bundle's 160 x 224 x 160 at
+        1 mm, cropped or padded from its own MNI registration): the box centre is (0, -18, 18) mm.
+        """
+        centre = [
+            o + (n - 1) * s / 2 for o, n, s in zip(MNI_BOX_ORIGIN_MM, MNI_BOX_SHAPE, MNI_BOX_SPACING_MM, strict=True)
+        ]
+        origin = tuple(c - (int(n) - 1) * spacing_mm / 2 for c, n in zip(centre, shape, strict=True))
+        return cls(shape=tuple(int(n) for n in shape), spacing_mm=(spacing_mm,) * 3, origin_mm=origin)
+
     @property
     def affine(self) -> np.ndarray:
         """4x4 voxel→mm affine (RAS+)."""

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
-from engine.conditions import ConditionSpec, covariate_embedding
+from engine.conditions import ConditionSpec, Covariate, covariate_embedding
 from engine.errors import BrainSynthError
 from engine.field_checks import (
     check_bool,
@@ -24,6 +24,7 @@ from engine.field_checks import (
 )
 from engine.geometry import GridGeometry
 from engine.intensity import IntensityMapping
+from engine.latent import AutoencoderSpec, LatentDiffusionModel, LatentSpec
 from engine.sampler_registry import SamplerSettings
 
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
@@ -201,6 +202,16 @@ class UNetSpec:
     spatial_dims: int = 3
     in_channels: int = 1
     out_channels: int = 1
+    # MONAI's further arguments, at MONAI's defaults (which every BrainSynth pixel model uses);
+    # the MONAI brain LDM bundle sets them (resblock_updown, per-level head channels,
+    # cross-attention with upcast attention). Written to a checkpoint only when not the default,
+    # so older checkpoints and older readers see the same spec as before.
+    norm_eps: float = 1e-6
+    resblock_updown: bool = False
+    with_conditioning: bool = False
+    cross_attention_dim: int | None = None
+    transformer_num_layers: int = 1
+    upcast_attention: bool = False
 
     def __post_init__(self) -> None:
         # Lists (from JSON) become tuples, so that specs stay hashable and compare equal.
@@ -217,7 +228,26 @@ class UNetSpec:
             check_int(c, f"unet.channels[{i}]", lo=1, hi=MAX_CHANNELS)
             check_bool(a, f"unet.attention_levels[{i}]")
         check_int(self.num_res_blocks, "unet.num_res_blocks", lo=1, hi=MAX_RES_BLOCKS)
-        heads = check_int(self.num_head_channels, "unet.num_head_channels", lo=1, hi=MAX_CHANNELS)
+        if isinstance(self.num_head_channels, list | tuple):
+            # One per level (MONAI allows it; 0 at a level without attention, as the bundle has).
+            per_level = tuple(
+                check_sequence(self.num_head_channels, "unet.num_head_channels", min_len=levels, max_len=levels)
+            )
+            object.__setattr__(self, "num_head_channels", per_level)
+            heads_at = [
+                check_int(h, f"unet.num_head_channels[{i}]", lo=0, hi=MAX_CHANNELS) for i, h in enumerate(per_level)
+            ]
+        else:
+            heads_at = [check_int(self.num_head_channels, "unet.num_head_channels", lo=1, hi=MAX_CHANNELS)] * levels
+        check_float(self.norm_eps, "unet.norm_eps", lo=0.0, hi=1.0, lo_open=True)
+        check_bool(self.resblock_updown, "unet.resblock_updown")
+        check_bool(self.with_conditioning, "unet.with_conditioning")
+        check_bool(self.upcast_attention, "unet.upcast_attention")
+        check_int(self.transformer_num_layers, "unet.transformer_num_layers", lo=1, hi=MAX_RES_BLOCKS)
+        if self.with_conditioning != (self.cross_attention_dim is not None):
+            raise BrainSynthError("unet.with_conditioning and unet.cross_attention_dim go together (cross-attention)")
+        if self.cross_attention_dim is not None:
+            check_int(self.cross_attention_dim, "unet.cross_attention_dim", lo=1, hi=MAX_CHANNELS)
         groups = check_int(self.norm_num_groups, "unet.norm_num_groups", lo=1, hi=MAX_CHANNELS)
         if self.spatial_dims != 3 or isinstance(self.spatial_dims, bool):
             raise BrainSynthError(f"unet.spatial_dims must be 3 (BrainSynth models are 3-D), not {self.spatial_dims!r}")
@@ -229,23 +259,41 @@ class UNetSpec:
                 f"unet.norm_num_groups ({groups}) must divide every level's channels {tuple(self.channels)}"
             )
         # The middle block at the deepest level always has attention.
-        for i, (c, a) in enumerate(zip(self.channels, self.attention_levels, strict=True)):
-            if (a or i == levels - 1) and c % heads:
+        for i, (c, a, heads) in enumerate(zip(self.channels, self.attention_levels, heads_at, strict=True)):
+            if (a or i == levels - 1) and (heads < 1 or c % heads):
                 raise BrainSynthError(
                     f"unet.num_head_channels ({heads}) must divide the channels ({c}) of every attention level "
                     "and of the deepest level"
                 )
+
+    def to_dict(self) -> dict:
+        """The spec as JSON: MONAI's further arguments only where they differ from the default."""
+        defaults = UNetSpec()
+        extra = ("norm_eps", "resblock_updown", "with_conditioning", "cross_attention_dim")
+        extra += ("transformer_num_layers", "upcast_attention")
+        data = _plain(asdict(self))
+        return {k: v for k, v in data.items() if k not in extra or v != getattr(defaults, k)}
 
     def build(self, *, use_flash_attention: bool = False, conditions: ConditionSpec | None = None) -> torch.nn.Module:
         """A freshly initialised MONAI ``DiffusionModelUNet`` for this spec.
 
         With ``conditions``, MONAI's class embedding (``num_class_embeds``) is replaced by the
         covariate embedding (:func:`engine.conditions.covariate_embedding`): MONAI's forward adds
-        it to the time embedding and takes the encoded conditions as ``class_labels``.
+        it to the time embedding and takes the encoded conditions as ``class_labels``. With
+        conditions of the ``"context"`` mechanism (the MONAI brain LDM bundle's), the network is
+        MONAI's own with a forward that passes them as cross-attention context and as constant
+        input channels (:func:`engine.conditions.context_unet_class`).
         """
         from monai.networks.nets import DiffusionModelUNet
 
-        model = DiffusionModelUNet(
+        context = conditions is not None and conditions.mechanism == "context"
+        if context:
+            from engine.conditions import context_unet_class
+
+            network_class = context_unet_class()
+        else:
+            network_class = DiffusionModelUNet
+        model = network_class(
             spatial_dims=self.spatial_dims,
             in_channels=self.in_channels,
             out_channels=self.out_channels,
@@ -254,10 +302,16 @@ class UNetSpec:
             num_res_blocks=self.num_res_blocks,
             num_head_channels=self.num_head_channels,
             norm_num_groups=self.norm_num_groups,
+            norm_eps=self.norm_eps,
+            resblock_updown=self.resblock_updown,
+            with_conditioning=self.with_conditioning,
+            cross_attention_dim=self.cross_attention_dim,
+            transformer_num_layers=self.transformer_num_layers,
+            upcast_attention=self.upcast_attention,
             use_flash_attention=use_flash_attention,
-            num_class_embeds=None if conditions is None else len(conditions.covariates),
+            num_class_embeds=None if conditions is None or context else len(conditions.covariates),
         )
-        if conditions is not None:
+        if conditions is not None and not context:
             model.class_embedding = covariate_embedding(conditions, 4 * self.channels[0])
         return model
 
@@ -287,31 +341,74 @@ class ModelSpec:
     intensity: IntensityMapping = field(default_factory=IntensityMapping)
     default_sampler: SamplerSettings | None = None
     conditions: ConditionSpec | None = None
+    latent: LatentSpec | None = None
 
     def __post_init__(self) -> None:
         check_str(self.name, "name")
         if self.default_sampler is not None:
             self.default_sampler.validate(self.schedule)
         factor = self.unet.downsampling_factor
-        if any(n % factor for n in self.grid.shape):
+        where = "latent grid" if self.latent is not None else "grid"
+        if any(n % factor for n in self.denoiser_shape):
             raise BrainSynthError(
-                f"grid {format_shape(self.grid.shape)} does not fit a UNet with {len(self.unet.channels)} levels: "
-                f"every size must be divisible by {factor}"
+                f"{where} {format_shape(self.denoiser_shape)} does not fit a UNet with {len(self.unet.channels)} "
+                f"levels: every size must be divisible by {factor}"
+            )
+        if self.latent is not None:
+            self._check_latent()
+        if self.conditions is not None and self.conditions.mechanism == "context":
+            n = len(self.conditions.covariates)
+            if self.unet.cross_attention_dim != n or self.unet.in_channels != self.sample_shape[0] + n:
+                raise BrainSynthError(
+                    f"conditions passed as context need a UNet with cross_attention_dim {n} and "
+                    f"{self.sample_shape[0]} + {n} input channels (it has {self.unet.cross_attention_dim} and "
+                    f"{self.unet.in_channels})"
+                )
+
+    def _check_latent(self) -> None:
+        latent = self.latent
+        if tuple(latent.decoded_shape) != tuple(self.grid.shape):
+            raise BrainSynthError(
+                f"latent grid {format_shape(latent.shape)} decodes to {format_shape(latent.decoded_shape)}, "
+                f"not the model grid {format_shape(self.grid.shape)}"
+            )
+        if self.unet.out_channels != latent.channels:
+            raise BrainSynthError(
+                f"the UNet puts out {self.unet.out_channels} channels, the latent has {latent.channels}"
             )
 
+    @property
+    def denoiser_shape(self) -> tuple[int, int, int]:
+        """The grid the UNet (and every sampler) runs on: the latent grid or the model grid."""
+        return tuple(self.latent.shape) if self.latent is not None else tuple(self.grid.shape)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """``(C, D, H, W)`` of what the samplers denoise: the latent, or the volume itself."""
+        if self.latent is not None:
+            return (self.latent.channels, *self.latent.shape)
+        return (self.unet.in_channels, *self.grid.shape)
+
     def build_model(self, *, use_flash_attention: bool = False) -> torch.nn.Module:
-        return self.unet.build(use_flash_attention=use_flash_attention, conditions=self.conditions)
+        """The network: MONAI's UNet, or for a latent model both networks as one
+        :class:`engine.latent.LatentDiffusionModel` (state-dict keys ``unet.*``, ``autoencoder.*``)."""
+        unet = self.unet.build(use_flash_attention=use_flash_attention, conditions=self.conditions)
+        if self.latent is None:
+            return unet
+        return LatentDiffusionModel(unet, self.latent.autoencoder.build(), self.latent)
 
     def to_dict(self) -> dict:
         conditions = {} if self.conditions is None else {"conditions": self.conditions.to_dict()}
+        latent = {} if self.latent is None else {"latent": self.latent.to_dict()}
         return {
             "name": self.name,
-            "unet": _plain(asdict(self.unet)),
+            "unet": self.unet.to_dict(),
             "schedule": asdict(self.schedule),
             "grid": self.grid.to_dict(),
             "intensity": self.intensity.to_dict(),
             "default_sampler": None if self.default_sampler is None else asdict(self.default_sampler),
             **conditions,
+            **latent,
         }
 
     @classmethod
@@ -326,15 +423,17 @@ class ModelSpec:
         check_keys(
             data,
             "the model spec",
-            allowed=("name", "unet", "schedule", "grid", "intensity", "default_sampler", "conditions"),
+            allowed=("name", "unet", "schedule", "grid", "intensity", "default_sampler", "conditions", "latent"),
         )
         unet = check_mapping(data["unet"], "unet")
         check_keys(unet, "unet", allowed=[f.name for f in fields(UNetSpec)])
         schedule = check_mapping(data.get("schedule", {}), "schedule")
         check_keys(schedule, "schedule", allowed=[f.name for f in fields(ScheduleSpec)])
         sampler = data.get("default_sampler")
+        latent = data.get("latent")
         return cls(
             name=data.get("name", "custom"),
+            latent=LatentSpec.from_dict(check_mapping(latent, "latent")) if latent is not None else None,
             unet=UNetSpec(**{**unet, "channels": unet["channels"], "attention_levels": unet["attention_levels"]}),
             schedule=ScheduleSpec(**schedule),
             grid=GridGeometry.from_dict(check_mapping(data["grid"], "grid")),
@@ -434,6 +533,129 @@ PRESETS: dict[str, ModelSpec] = {
         grid=GridGeometry.over_mni_box((16, 24, 16)),
     ),
 }
+
+
+#: The MONAI brain LDM bundle's covariates (its configs/inference.json: "gender", "age",
+#: "ventricular_vol", "brain_vol"), each in [0, 1] as the bundle scales them; its documentation
+#: gives no real ranges, so none are claimed. Defaults are the values its inference config uses.
+BUNDLE_COVARIATES: tuple[tuple[str, str, float], ...] = (
+    ("sex", "gender", 0.0),
+    ("age", "age", 0.1),
+    ("ventricular_vol", "ventricular_vol", 0.2),
+    ("brain_vol", "brain_vol", 0.4),
+)
+BUNDLE_UNIT = "(0-1, the bundle's scaling)"
+
+
+def bundle_conditions(defaults: dict[str, float] | None = None) -> ConditionSpec:
+    """The bundle's conditions: passed as cross-attention context and as concatenated channels."""
+    defaults = defaults or {}
+    return ConditionSpec(
+        covariates=tuple(
+            Covariate(
+                name=name,
+                kind="continuous",
+                minimum=0.0,
+                maximum=1.0,
+                dropout=0.0,
+                default=float(defaults.get(name, default)),
+                unit=BUNDLE_UNIT,
+            )
+            for name, _, default in BUNDLE_COVARIATES
+        ),
+        dropout=0.0,
+        mechanism="context",
+    )
+
+
+def _ldm_presets() -> dict[str, ModelSpec]:
+    # The MONAI brain LDM bundle (Pinaya et al. 2022; model zoo
+    # brain_image_synthesis_latent_diffusion_model, configs/inference.json), exactly: a
+    # 160 x 224 x 160 1 mm grid from a 3 x 20 x 28 x 20 latent, DDIM 50 steps.
+    bundle_autoencoder = AutoencoderSpec(
+        channels=(64, 128, 128, 128),
+        attention_levels=(False, False, False, False),
+        num_res_blocks=2,
+        latent_channels=3,
+        norm_num_groups=32,
+        norm_eps=1e-6,
+        data_range=(0.0, 1.0),
+    )
+    ldm_1mm = ModelSpec(
+        name="ldm-1mm",
+        unet=UNetSpec(
+            channels=(256, 512, 768),
+            attention_levels=(False, True, True),
+            num_res_blocks=2,
+            num_head_channels=(0, 512, 768),
+            norm_num_groups=32,
+            in_channels=7,
+            out_channels=3,
+            resblock_updown=True,
+            with_conditioning=True,
+            cross_attention_dim=4,
+            transformer_num_layers=1,
+            upcast_attention=True,
+        ),
+        schedule=ScheduleSpec(
+            num_train_timesteps=1000,
+            schedule="scaled_linear_beta",
+            beta_start=0.0015,
+            beta_end=0.0205,
+            clip_sample=False,
+        ),
+        grid=GridGeometry.centred_on_mni_box((160, 224, 160)),
+        default_sampler=SamplerSettings("ddim", 50),
+        conditions=bundle_conditions(),
+        latent=LatentSpec(autoencoder=bundle_autoencoder, shape=(20, 28, 20), scale_factor=1.0),
+    )
+    # Trainable on a few CPU cores: a ~2 mm grid (88 x 104 x 88 over the MNI box: 2.06 x 2.09 x
+    # 2.06 mm, 7.7x the pixel demo's voxels) from a 3 x 22 x 26 x 22 latent. Latents are not
+    # bounded, so x0 is not clipped.
+    ldm_demo = ModelSpec(
+        name="ldm-demo",
+        unet=UNetSpec(
+            channels=(32, 64),
+            attention_levels=(False, True),
+            num_res_blocks=1,
+            num_head_channels=32,
+            norm_num_groups=8,
+            in_channels=3,
+            out_channels=3,
+        ),
+        schedule=ScheduleSpec(prediction_type="v_prediction", clip_sample=False),
+        grid=GridGeometry.over_mni_box((88, 104, 88)),
+        default_sampler=SamplerSettings("ddim", 50),
+        latent=LatentSpec(
+            autoencoder=AutoencoderSpec(
+                channels=(16, 32, 32), attention_levels=(False, False, False), num_res_blocks=1, norm_num_groups=8
+            ),
+            shape=(22, 26, 22),
+        ),
+    )
+    # For tests only: a 16 x 24 x 16 grid from a 3 x 8 x 12 x 8 latent.
+    ldm_tiny = ModelSpec(
+        name="ldm-tiny",
+        unet=UNetSpec(
+            channels=(8, 16),
+            attention_levels=(False, True),
+            num_res_blocks=1,
+            num_head_channels=16,
+            norm_num_groups=8,
+            in_channels=3,
+            out_channels=3,
+        ),
+        schedule=ScheduleSpec(clip_sample=False),
+        grid=GridGeometry.over_mni_box((16, 24, 16)),
+        latent=LatentSpec(
+            autoencoder=AutoencoderSpec(channels=(8, 8), attention_levels=(False, False), norm_num_groups=8),
+            shape=(8, 12, 8),
+        ),
+    )
+    return {spec.name: spec for spec in (ldm_1mm, ldm_demo, ldm_tiny)}
+
+
+PRESETS.update(_ldm_presets())
 
 
 def get_preset(name: str) -> ModelSpec:

@@ -145,9 +145,21 @@ class TrajectoryRecorder:
         downsample: integer block size for average pooling before storing (1 = none).
         dtype: storage dtype on the CPU (float16 halves memory; its ~3 significant digits are
             plenty for display in [-1, 1]).
+        decode: for a latent model, maps kept latents ``(B, C, *latent)`` to model-space volumes
+            ``(B, 1, *grid)`` before they are stored (so frames are on the decoded grid: x_t frames
+            are the decoded noisy latents, x_0 frames the decoded predictions); None keeps frames
+            as they are. Each kept frame costs two decodes (and the start one).
     """
 
-    def __init__(self, num_frames: int, total_steps: int, *, downsample: int = 1, dtype: torch.dtype = torch.float16):
+    def __init__(
+        self,
+        num_frames: int,
+        total_steps: int,
+        *,
+        downsample: int = 1,
+        dtype: torch.dtype = torch.float16,
+        decode=None,
+    ):
         if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
             raise SamplingError(f"trajectory downsampling must be a whole number of at least 1 (got {downsample!r})")
         self.frame_indices = frame_indices(num_frames, total_steps)
@@ -160,6 +172,7 @@ class TrajectoryRecorder:
         self._x_t: list[torch.Tensor] = []  # each (B, C, D', H', W')
         self._x0: list[torch.Tensor] = []
         self._start: torch.Tensor | None = None
+        self._decode = decode
 
     def record_start(self, noise: torch.Tensor) -> None:
         """Keep the starting noise x_T ``(B, C, D, H, W)`` (when any frame is kept at all)."""
@@ -190,6 +203,8 @@ class TrajectoryRecorder:
         # Pool on the device (cheaper to move k^3 times less), in float32 for an exact mean,
         # then move to the CPU and narrow.
         x = x.detach()
+        if self._decode is not None:
+            x = self._decode(x)
         if self.downsample > 1:
             k = self.downsample
             # ceil_mode keeps the partial blocks at the far edges; with no padding PyTorch

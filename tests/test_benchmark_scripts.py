@@ -30,3 +30,16 @@ def test_the_gpu_benchmark_runs_every_eager_path_on_the_cpu(tmp_path):
     assert results["training_flops"]["2"] > results["training_flops"]["1"] > 2 * results["forward_flops_flash"]
     assert "target >= 40%" in done.stdout
     assert "target <= 1.5 s" in done.stdout
+
+
+def test_the_latent_diffusion_benchmark_runs_on_tiny_presets(tmp_path):
+    out = tmp_path / "ldm.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_ldm.py"), "--latent", "ldm-tiny", "--pixel", "tiny",
+               "--threads", "1", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    assert results["ldm-tiny"]["s_per_step"] > 0
+    assert results["ldm-tiny"]["decode_s"] > 0
+    assert results["ldm-tiny"]["decode_tile"] is None  # fits the budget whole
+    assert results["tiny"]["volume_s"]["ddpm 1000"] > 0

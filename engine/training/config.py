@@ -99,6 +99,9 @@ class TrainConfig:
         sample_sampler: sampler for those volumes (``ddim``, ``dpmpp-2m``, ``ddpm``).
         init_from: a BrainSynth checkpoint to start from (transfer learning).
         init_use_ema: start from the EMA weights of ``init_from`` when it has them.
+        autoencoder: an autoencoder checkpoint (``train-autoencoder``): train a latent-diffusion
+            model of a latent preset (``ldm-demo``) on its latents, encoded once and cached, with
+            the scale factor computed from them; its grid is the model's grid.
         freeze_encoder_levels: with ``init_from``, keep the input convolution and this many
             encoder levels fixed (0 = train everything).
         max_failed_fraction: stop if more than this share of the input files cannot be used.
@@ -149,6 +152,7 @@ class TrainConfig:
     sample_sampler: str = "ddim"
     init_from: str | None = None
     init_use_ema: bool = True
+    autoencoder: str | None = None
     freeze_encoder_levels: int = 0
     max_failed_fraction: float = 0.1
     cache_dir: str | None = None
@@ -216,12 +220,25 @@ class TrainConfig:
                 f"unknown sampler {self.sample_sampler!r} for training samples; choose one of: "
                 f"{', '.join(SAMPLER_NAMES)}"
             )
+        preset = PRESETS[self.preset]
+        if preset.latent is not None and not self.autoencoder:
+            raise TrainingError(
+                f"preset {self.preset!r} is a latent-diffusion model: train its autoencoder first "
+                "(brainsynth-cli train-autoencoder) and pass --autoencoder AE.safetensors"
+            )
+        if self.autoencoder and preset.latent is None:
+            raise TrainingError(
+                f"--autoencoder trains a latent-diffusion model: choose a latent preset "
+                f"({', '.join(n for n, s in PRESETS.items() if s.latent is not None)}), not {self.preset!r}"
+            )
         levels = len(PRESETS[self.preset].unet.channels)
         if self.freeze_encoder_levels > levels:
             raise TrainingError(
                 f"freeze-encoder-levels is {self.freeze_encoder_levels}, but the {self.preset!r} UNet has "
                 f"only {levels} levels"
             )
+        if self.freeze_encoder_levels and self.autoencoder:
+            raise TrainingError("freezing encoder levels is not available for latent-diffusion runs (--autoencoder)")
         if self.freeze_encoder_levels and not self.init_from:
             raise TrainingError("freezing encoder levels only makes sense with --init-from CHECKPOINT")
 
@@ -295,7 +312,7 @@ def _coerce(name: str, value: Any, *, source: str) -> Any:
             return tuple(float(v) for v in value)
         raise TrainingError(f"{source}: adam-betas must be two numbers (got {value!r})")
     if value is None:
-        if name in ("init_from", "cache_dir"):
+        if name in ("init_from", "cache_dir", "autoencoder"):
             return None
         raise TrainingError(f"{source}: {name} cannot be empty")
     if isinstance(default, bool):
@@ -355,7 +372,7 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
             raise TrainingError(f"{path.name}: unknown key {key!r}; valid keys: {known}")
         values[name] = value
     base = path.parent
-    for name in ("out", "init_from", "cache_dir"):
+    for name in ("out", "init_from", "cache_dir", "autoencoder"):
         if isinstance(values.get(name), str):
             values[name] = str(_relative_to(base, values[name]))
     if "data" in values:

@@ -101,7 +101,14 @@ class Networks:
 
 
 def build_networks(
-    config: TrainConfig, ctx: DistContext, spec: ModelSpec, *, precision: str, init_seed: int, report: Report
+    config: TrainConfig,
+    ctx: DistContext,
+    spec: ModelSpec,
+    *,
+    precision: str,
+    init_seed: int,
+    report: Report,
+    autoencoder=None,
 ) -> Networks:
     """Build the run's networks on ``ctx.device``.
 
@@ -112,6 +119,9 @@ def build_networks(
         precision: the resolved precision (``fp16`` turns the gradient scaler on).
         init_seed: seeds the global RNG for the initialisation (the same on every rank).
         report: receives info lines (the starting weights, frozen levels).
+        autoencoder: for a latent model, the trained autoencoder
+            (:class:`engine.autoencoder_checkpoint.AutoencoderCheckpoint`): its weights go into
+            the model, frozen (never in the optimizer, never under DDP's gradient reduction).
 
     Raises:
         TrainingError: ``--init-from`` weights of another network.
@@ -122,6 +132,11 @@ def build_networks(
     init_info: dict[str, Any] = {}
     if config.init_from:
         init_info = _load_init(config, spec, model, report=report)
+    if autoencoder is not None:
+        model.autoencoder.load_state_dict(autoencoder.select_weights(prefer_ema=True), strict=True)
+        model.autoencoder.requires_grad_(False)
+        init_info["autoencoder"] = str(Path(autoencoder.path).resolve()) if autoencoder.path else None
+        init_info["autoencoder_sha256"] = autoencoder.sha256
     frozen = freeze_encoder(model, config.freeze_encoder_levels)
     if frozen and ctx.is_main:
         report("info", f"frozen: input convolution and {config.freeze_encoder_levels} encoder level(s)")

@@ -141,7 +141,7 @@ def _timed_training_step(spec: ModelSpec, *, device: torch.device, batch_size: i
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         model = spec.build_model(use_flash_attention=device.type == "cuda").to(device).train()
-    shape = (batch_size, spec.unet.in_channels, *spec.grid.shape)
+    shape = (batch_size, *spec.sample_shape)
     generator = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(shape, generator=generator, device=device)
     target = torch.randn(shape, generator=generator, device=device)

@@ -410,6 +410,36 @@ def _prepare_data(
     )
 
 
+def _encode_latents(
+    config: TrainConfig, ctx: DistContext, spec: ModelSpec, data: _TrainingData, autoencoder, *, emit: _Emit
+) -> tuple[_TrainingData, ModelSpec]:
+    """The training data as scaled latents of ``autoencoder`` (encoded once, cached in the run
+    directory), and the spec with the scale factor computed from the training latents."""
+    from engine.training.latents import LatentDataset, cached_latents, scale_factor_of
+
+    started = time.perf_counter()
+    train, val, cached = cached_latents(
+        config.run_dir,
+        autoencoder=autoencoder,
+        spec=spec,
+        train_set=data.train_set,
+        val_set=data.val_set,
+        device=ctx.device,
+        write=ctx.is_main,
+    )
+    scale = scale_factor_of(train)
+    spec = dataclasses.replace(spec, latent=dataclasses.replace(spec.latent, scale_factor=scale))
+    emit(
+        "info",
+        f"latents: {len(train) + len(val)} volume(s) as {' x '.join(map(str, spec.sample_shape))} latents of "
+        f"{autoencoder.path.name} ({'from the cache' if cached else 'encoded'} in "
+        f"{time.perf_counter() - started:.1f} s); "
+        f"scale factor {scale:.4g} (1 / std of the training latents)",
+    )
+    ctx.barrier()
+    return dataclasses.replace(data, train_set=LatentDataset(train, scale), val_set=LatentDataset(val, scale)), spec
+
+
 def _restore(
     nets: Networks, state: ResumeState, *, config: TrainConfig, ctx: DistContext, n_train: int, emit: _Emit
 ) -> TrainingProgress:
@@ -506,6 +536,13 @@ class _Trainer:
         from engine.specs import get_preset
 
         spec = get_preset(config.preset)
+        autoencoder = None
+        if config.autoencoder:
+            from engine.autoencoder_checkpoint import load_autoencoder
+            from engine.training.latents import latent_spec
+
+            autoencoder = load_autoencoder(config.autoencoder)
+            spec = latent_spec(spec, autoencoder)  # the autoencoder's grid is the model's
         check_training_precision(config.precision, ctx.device)  # before minutes of data preparation
         emit = _emitter(callback if ctx.is_main else None)
         threads = _set_threads(config, ctx)
@@ -513,6 +550,8 @@ class _Trainer:
             emit("info", f"using {threads}")
         _prepare_run_dir(config, ctx, resume=resume)
         data = _prepare_data(config, ctx, spec, resume=resume, emit=emit)
+        if autoencoder is not None:
+            data, spec = _encode_latents(config, ctx, spec, data, autoencoder, emit=emit)
         state = ResumeState.read(config.run_dir / RESUME_FILE) if resume else None
         if state is not None:
             choice = resumed_precision(
@@ -531,7 +570,13 @@ class _Trainer:
         if data.conditions is not None:  # timed above without them: the embedding costs little
             spec = dataclasses.replace(spec, conditions=data.conditions)
         nets = build_networks(
-            config, ctx, spec, precision=choice.precision, init_seed=_mix(config.seed, "init"), report=emit
+            config,
+            ctx,
+            spec,
+            precision=choice.precision,
+            init_seed=_mix(config.seed, "init"),
+            report=emit,
+            autoencoder=autoencoder,
         )
         progress = TrainingProgress()
         if state is not None:

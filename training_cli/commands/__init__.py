@@ -4,4 +4,16 @@ Command modules import heavy libraries (torch, monai) inside their ``run`` funct
 ``brainsynth-cli --help`` answers at once.
 """
 
-COMMAND_MODULES = ("info", "prepare", "preprocess", "sample", "train", "evaluate", "demo_data", "study", "utility")
+COMMAND_MODULES = (
+    "info",
+    "prepare",
+    "preprocess",
+    "sample",
+    "train",
+    "evaluate",
+    "demo_data",
+    "study",
+    "utility",
+    "import_bundle",
+    "train_autoencoder",
+)

@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
             f"EMA weights: {'yes' if ckpt.has_ema else 'no'})"
         ),
         (
-            f"network      MONAI DiffusionModelUNet, channels {tuple(spec.unet.channels)}, "
+            f"network      MONAI DiffusionModelUNet{' (on the latent)' if spec.latent else ''}, "
+            f"channels {tuple(spec.unet.channels)}, "
             f"attention {tuple(spec.unet.attention_levels)}, {spec.unet.num_res_blocks} res blocks/level, "
             f"{spec.unet.num_head_channels} head channels"
         ),
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         f"sampler      {sampler.name}, {sampler.steps} steps by default ({whose})",
         f"memory       {_memory_line(spec)}",
     ]
+    if spec.latent is not None:
+        lines[3:3] = _latent_lines(spec, ckpt.provenance)
     if spec.conditions is None:
         lines.append("conditions   none (unconditional)")
     else:
@@ -69,6 +72,35 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"{printable(key):<12} {printable(shown)}")
     print("\n".join(lines))
     return 0
+
+
+def _latent_lines(spec, provenance: dict) -> list[str]:
+    """What a latent-diffusion checkpoint adds: the autoencoder, the latent grid, how the grid was placed."""
+    from engine.display_text import printable
+    from engine.latent import DECODE_BUDGET_BYTES, decode_bytes, decode_tile
+    from engine.specs import format_shape
+
+    latent = spec.latent
+    ae = latent.autoencoder
+    whole = decode_bytes(ae, latent.shape)
+    tile = decode_tile(ae, latent.shape)
+    decoding = (
+        "whole" if tile is None else f"in tiles of {tile}^3 latent voxels (budget {DECODE_BUDGET_BYTES / 2**30:g} GiB)"
+    )
+    lines = [
+        (
+            f"latent       latent diffusion: {latent.channels} x {format_shape(latent.shape)} latent, "
+            f"scale factor {latent.scale_factor:.4g}, decoded x{ae.downsampling_factor} to the grid below"
+        ),
+        (
+            f"autoencoder  MONAI AutoencoderKL, channels {tuple(ae.channels)}, {ae.num_res_blocks} res blocks/level, "
+            f"data range {ae.data_range[0]:g} to {ae.data_range[1]:g}; decoding ~{whole / 2**30:.2f} GiB, {decoding}"
+        ),
+    ]
+    geometry = provenance.get("geometry")
+    if isinstance(geometry, dict) and geometry.get("method"):
+        lines.append(f"geometry     {printable(geometry.get('method'))}: {printable(geometry.get('description', ''))}")
+    return lines
 
 
 def _memory_line(spec) -> str:

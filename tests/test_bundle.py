@@ -1,0 +1,193 @@
+"""Opening the MONAI brain LDM bundle, tested on a small fake bundle of the same structure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.bundle import bundle_spec, convert_old_keys, import_bundle, register_grid
+from engine.checkpoint import load_checkpoint
+from engine.errors import CheckpointError
+from engine.generation import GenerationRequest, generate
+from engine.geometry import GridGeometry
+from engine.specs import PRESETS
+from tests.helpers_bundle import DIFFUSION_DEF, build_networks, to_old_names, write_fake_bundle
+
+
+@pytest.fixture(scope="module")
+def fake_bundle(tmp_path_factory):
+    return write_fake_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+def test_old_key_names_convert_as_monai_converts_them():
+    """Our renaming against MONAI's own load_old_state_dict on the same old-named weights."""
+    from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+
+    autoencoder, unet = build_networks(seed=3)
+    for network, cls in ((unet, DiffusionModelUNet), (autoencoder, AutoencoderKL)):
+        old = to_old_names(network.state_dict())
+        assert set(old) != set(network.state_dict())  # there is something to convert
+        ours = convert_old_keys(old, list(network.state_dict()), source="model.pt")
+        args = {
+            k: v for k, v in (DIFFUSION_DEF if cls is DiffusionModelUNet else _ae_args()).items() if k != "_target_"
+        }
+        reference = cls(**args)
+        reference.load_old_state_dict(dict(old))
+        theirs = reference.state_dict()
+        assert set(ours) == set(theirs)
+        for key in theirs:
+            assert torch.equal(ours[key], theirs[key]), key
+
+
+def _ae_args():
+    from tests.helpers_bundle import AUTOENCODER_DEF
+
+    return AUTOENCODER_DEF
+
+
+def test_bundle_config_gives_the_spec(fake_bundle):
+    root, _, _ = fake_bundle
+    spec = bundle_spec(json.loads((root / "configs" / "inference.json").read_text()))
+    assert spec.sample_shape == (3, 4, 8, 4)
+    assert spec.grid.shape == (32, 64, 32)
+    assert spec.grid.spacing_mm == (1.0, 1.0, 1.0)
+    assert (spec.schedule.beta_start, spec.schedule.beta_end, spec.schedule.clip_sample) == (0.0015, 0.0205, False)
+    assert (spec.default_sampler.name, spec.default_sampler.steps) == ("ddim", 50)
+    assert spec.conditions.names == ("sex", "age", "ventricular_vol", "brain_vol")
+    assert spec.unet.num_head_channels == (0, 32, 48)
+    assert bundle_spec(None) == PRESETS["ldm-1mm"]
+
+
+def test_import_and_sample_end_to_end(fake_bundle, tmp_path):
+    root, ae_state, unet_state = fake_bundle
+    ckpt = import_bundle(root, geometry="mni-centre")
+    path = ckpt.save(tmp_path / "ldm.safetensors")
+    loaded = load_checkpoint(path)
+    assert loaded.provenance["geometry"]["method"] == "mni-centre"
+    model = loaded.build_model()
+    for key, value in unet_state.items():
+        assert torch.equal(model.unet.state_dict()[key], value)
+    for key, value in ae_state.items():
+        assert torch.equal(model.autoencoder.state_dict()[key], value)
+    condition = {"sex": 1.0, "age": 0.7, "ventricular_vol": 0.7, "brain_vol": 0.5}
+    request = GenerationRequest.for_checkpoint(loaded, seeds=(5,), steps=3, device="cpu", conditions=(condition,))
+    (volume,) = [v for event in generate(model, request) for v in event.finished]
+    assert volume.array.shape == (32, 64, 32)
+    assert np.isfinite(volume.array).all()
+    # The bundle's sampler, by hand: DDIM on the latent with the conditions concatenated and as
+    # context, then the decoder's [0, 1] output mapped to model space.
+    from engine.samplers import denoise, initial_noise
+
+    noise, generators = initial_noise(loaded.spec.sample_shape, [5], torch.device("cpu"), torch.float32)
+    cond = torch.tensor([[1.0, 0.7, 0.7, 0.5]])
+
+    def bundle_call(x, *, timesteps):
+        channels = cond[:, :, None, None, None].expand(-1, -1, *x.shape[2:])
+        return torch.nn.Module.__call__(_plain_unet(model.unet), torch.cat([x, channels], 1), timesteps, cond[:, None])
+
+    *_, last = denoise(bundle_call, loaded.spec.schedule, noise, generators, request.settings)
+    with torch.inference_mode():
+        decoded = model.autoencoder.decode_stage_2_outputs(last.x_t)
+    np.testing.assert_allclose(volume.array, (decoded * 2 - 1)[0, 0].numpy(), atol=1e-5)
+
+
+def _plain_unet(unet):
+    """The same weights in MONAI's plain DiffusionModelUNet (no BrainSynth forward)."""
+    from monai.networks.nets import DiffusionModelUNet
+
+    plain = DiffusionModelUNet(**{k: v for k, v in DIFFUSION_DEF.items() if k != "_target_"})
+    plain.load_state_dict(unet.state_dict())
+    return plain.eval()
+
+
+def test_cli_import_bundle_then_info_and_sample(fake_bundle, tmp_path, capsys):
+    from training_cli.main import main
+
+    root, _, _ = fake_bundle
+    out = tmp_path / "ukb.safetensors"
+    assert main(["import-bundle", str(root), "--out", str(out), "--geometry", "mni-centre"]) == 0
+    assert main(["info", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "latent diffusion: 3 x 4 x 8 x 4 latent" in shown
+    assert "mni-centre" in shown
+    assert "age: continuous, 0 to 1 (0-1, the bundle's scaling) (default 0.1)" in shown
+    samples = tmp_path / "samples"
+    code = main(["sample", "--checkpoint", str(out), "--steps", "2", "--out", str(samples), "--condition", "age=0.8"])
+    assert code == 0
+    import nibabel as nib
+
+    (written,) = sorted(samples.glob("*.nii.gz"))
+    image = nib.load(written)
+    assert image.shape == (32, 64, 32)
+    np.testing.assert_allclose(image.affine, GridGeometry.centred_on_mni_box((32, 64, 32)).affine)
+    # the same file again: refused before any work
+    assert main(["import-bundle", str(root), "--out", str(out), "--geometry", "mni-centre"]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_wrong_files_are_refused(tmp_path, fake_bundle):
+    root, _, _ = fake_bundle
+    with pytest.raises(CheckpointError, match=r"models/autoencoder\.pt, models/model\.pt not found"):
+        import_bundle(tmp_path, geometry="mni-centre")
+    # the two files swapped: keys missing and unexpected, named
+    swapped = tmp_path / "swapped"
+    (swapped / "models").mkdir(parents=True)
+    (swapped / "configs").mkdir()
+    (swapped / "configs" / "inference.json").write_bytes((root / "configs" / "inference.json").read_bytes())
+    (swapped / "models" / "autoencoder.pt").write_bytes((root / "models" / "model.pt").read_bytes())
+    (swapped / "models" / "model.pt").write_bytes((root / "models" / "autoencoder.pt").read_bytes())
+    with pytest.raises(CheckpointError, match=r"autoencoder.pt does not fit the model spec: \d+ missing keys"):
+        import_bundle(swapped, geometry="mni-centre")
+    # a pickle that would run code
+    (swapped / "models" / "autoencoder.pt").write_bytes((root / "models" / "autoencoder.pt").read_bytes())
+    torch.save({"weights": _Evil()}, swapped / "models" / "model.pt")
+    with pytest.raises(CheckpointError, match=r"refused to load model\.pt"):
+        import_bundle(swapped, geometry="mni-centre")
+    # the full-size bundle's config with the small weights: shapes named
+    (swapped / "configs" / "inference.json").unlink()
+    (swapped / "models" / "model.pt").write_bytes((root / "models" / "model.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="wrong shapes"):
+        import_bundle(swapped, geometry="mni-centre")
+    with pytest.raises(CheckpointError, match="unknown geometry"):
+        import_bundle(root, geometry="talairach")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_registration_recovers_a_known_shift():
+    """register_grid on the template itself, laid on a grid shifted by a known amount."""
+    pytest.importorskip("ants")
+    from scipy import ndimage
+
+    from engine.preprocess.template import load_template
+
+    template = load_template()
+    shape = (64, 80, 64)
+    guess = GridGeometry.centred_on_mni_box(shape, spacing_mm=2.0)
+    shift = np.array([6.0, -4.0, 3.0])
+    true = GridGeometry(shape=shape, spacing_mm=(2.0,) * 3, origin_mm=tuple(np.asarray(guess.origin_mm) + shift))
+    volume = ndimage.affine_transform(template.t1, np.linalg.inv(template.affine) @ true.affine, output_shape=shape)
+    volume = volume / np.percentile(volume[volume > 0], 99.5) * 1000
+    grid, record = register_grid(volume, PRESETS["ldm-tiny"], guess)
+    np.testing.assert_allclose(grid.origin_mm, true.origin_mm, atol=1.0)  # measured 0.13 mm
+    np.testing.assert_allclose(record["shift_mm"], shift, atol=1.0)
+    assert record["rotation_deg"] < 2.0
+
+
+@pytest.mark.slow
+def test_import_with_registration_records_the_geometry(fake_bundle):
+    """The default geometry path end to end (a random network's volume: the numbers mean nothing)."""
+    pytest.importorskip("ants")
+    root, _, _ = fake_bundle
+    ckpt = import_bundle(root, geometry="register", register_steps=2)
+    geometry = ckpt.provenance["geometry"]
+    assert geometry["method"] == "registered"
+    shift = np.asarray(geometry["shift_mm"])
+    centred = GridGeometry.centred_on_mni_box((32, 64, 32))
+    np.testing.assert_allclose(ckpt.spec.grid.origin_mm, np.asarray(centred.origin_mm) + shift, atol=0.01)
