@@ -26,7 +26,8 @@ import threading
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
-from PySide6.QtCore import QThread, Signal
+from PySide6.QtCore import Qt, QThread, Signal
+from PySide6.QtWidgets import QProgressDialog, QWidget
 
 from engine.errors import BrainSynthError, CancelledError
 
@@ -210,3 +211,20 @@ class RunningWorkers:
         """Block until every worker started here has finished (closing a window, tests)."""
         for worker in list(self._workers):
             worker.wait()
+
+
+def progress_dialog(parent: QWidget, *, label: str, title: str, on_cancel: Callable[[], None]) -> QProgressDialog:
+    """The window-modal progress dialog of a long background job, shown at once.
+
+    It stays open until the caller closes it (no auto-close or reset when the range is
+    reached), so a job's last report cannot hide the dialog before its result arrives.
+    """
+    dialog = QProgressDialog(label, "Cancel", 0, 0, parent)
+    dialog.setWindowTitle(title)
+    dialog.setWindowModality(Qt.WindowModality.WindowModal)
+    dialog.setMinimumDuration(0)
+    dialog.setAutoClose(False)
+    dialog.setAutoReset(False)
+    dialog.canceled.connect(on_cancel)
+    dialog.show()
+    return dialog

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
@@ -40,7 +39,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from brainsynth_gui.background import BackgroundWorker
+from brainsynth_gui.background import BackgroundWorker, progress_dialog
 from brainsynth_gui.error_reporting import tell_user
 from engine.errors import BrainSynthError
 
@@ -305,15 +304,7 @@ class EvaluationDialog(QDialog):
         worker.aborted.connect(self._cancelled)
         worker.finished.connect(self._finished)
         self.worker = worker
-        dialog = QProgressDialog("Evaluating…", "Cancel", 0, 0, self)
-        dialog.setWindowTitle("Evaluating")
-        dialog.setWindowModality(Qt.WindowModality.WindowModal)
-        dialog.setMinimumDuration(0)
-        dialog.setAutoClose(False)
-        dialog.setAutoReset(False)
-        dialog.canceled.connect(worker.cancel)
-        self.progress_dialog = dialog
-        dialog.show()
+        self.progress_dialog = progress_dialog(self, label="Evaluating…", title="Evaluating", on_cancel=worker.cancel)
         self.run_button.setEnabled(False)
         self.status.setText("Evaluating…")
         worker.start()

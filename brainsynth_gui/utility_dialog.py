@@ -40,7 +40,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from brainsynth_gui.background import BackgroundWorker, create_worker
+from brainsynth_gui.background import BackgroundWorker, create_worker, progress_dialog
 from brainsynth_gui.error_reporting import tell_user
 from engine.errors import BrainSynthError
 
@@ -277,15 +277,9 @@ class UtilityDialog(QDialog):
             },
         )
         self.worker = worker
-        dialog = QProgressDialog("Checking the inputs…", "Cancel", 0, 0, self)
-        dialog.setWindowTitle("Augmentation utility")
-        dialog.setWindowModality(Qt.WindowModality.WindowModal)
-        dialog.setMinimumDuration(0)
-        dialog.setAutoClose(False)
-        dialog.setAutoReset(False)
-        dialog.canceled.connect(self.cancel)
-        self.progress_dialog = dialog
-        dialog.show()
+        self.progress_dialog = progress_dialog(
+            self, label="Checking the inputs…", title="Augmentation utility", on_cancel=self.cancel
+        )
         self.run_button.setEnabled(False)
         self.status.setText("Running…")
         worker.start()
