@@ -19,6 +19,9 @@ Held-out populations (seeds the model never saw), each with its ``participants.t
 3. **Frontal tissue by group**: the frontal (and anterior temporal) tissue fraction of
    generated controls and generated FTD volumes, beside held-out controls and FTD subjects.
 
+Each group's generated volumes are saved (``generated_GROUP.npy``) and the figures so far
+written after each group, so a stopped run started again with the same arguments continues.
+
 The measures are crude on purpose and identical for generated and held-out volumes (on the
 model grid, standard intensities): ventricle volume counts CSF-dark voxels (10 to 450 of
 1000) in a box around the lateral ventricles; frontal tissue is the share of bright voxels
@@ -139,15 +142,19 @@ def main() -> None:
         conditions = [
             {k: v for k, v in (("age", r["age"]), ("sex", r["sex"]), ("group", group)) if k in names} for r in rows[:n]
         ]
-        generated = sample(
-            model,
-            spec,
-            seeds=seeds_from(args.seed, n),
-            conditions=conditions,
-            guidance=args.guidance,
-            settings=settings,
-        )
-        np.save(out / f"generated_{group}.npy", generated.astype(np.float32))
+        saved = out / f"generated_{group}.npy"
+        if saved.exists() and np.load(saved, mmap_mode="r").shape == (n, *spec.grid.shape):
+            generated = np.load(saved)  # a stopped run continues: the same seeds give the same volumes
+        else:
+            generated = sample(
+                model,
+                spec,
+                seeds=seeds_from(args.seed, n),
+                conditions=conditions,
+                guidance=args.guidance,
+                settings=settings,
+            )
+            np.save(saved, generated.astype(np.float32))
 
         def stack(vols):
             return np.stack([v.ravel() / spec.intensity.scale for v in vols])
@@ -170,6 +177,7 @@ def main() -> None:
         }
         if group == "control":
             result["ventricles_vs_age_heldout_ml_per_decade"] = slope_per_decade([r["age"] for r in rows], vent_h)
+        (out / "conditional_quality.json").write_text(json.dumps(result, indent=2))  # figures so far
 
     # Steering by age: the same seeds at every requested age.
     seeds = seeds_from(args.seed + 10_000, args.per_age)
