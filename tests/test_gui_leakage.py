@@ -8,7 +8,7 @@ from tests.helpers_study import make_pools
 
 
 def test_create_dialog_checks_blinding_in_the_background(qapp, tmp_path):
-    real, synthetic = make_pools(tmp_path / "pools", n_real=3, n_synthetic=3)
+    real, synthetic = make_pools(tmp_path / "pools", n_real=8, n_synthetic=8)
     dialog = CreateStudyDialog(None, db_path=tmp_path / "studies.sqlite")
     dialog.real.add([real])
     dialog.synthetic.add([synthetic])

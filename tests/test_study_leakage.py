@@ -21,7 +21,7 @@ from training_cli.main import main
 
 @pytest.fixture(scope="module")
 def pools(tmp_path_factory):
-    return make_pools(tmp_path_factory.mktemp("leak_pools"), n_real=3, n_synthetic=3)
+    return make_pools(tmp_path_factory.mktemp("leak_pools"), n_real=8, n_synthetic=8)
 
 
 @pytest.fixture(autouse=True)
@@ -119,8 +119,9 @@ def test_check_of_a_study_measures_the_displayed_cases(tmp_path, pools):
     with StudyDatabase(tmp_path / "s.sqlite") as db:
         db.create_study(name="pilot", real=[real], synthetic=[synthetic], readers=["ana"], seed=1)
         report = check_study(db, "pilot")
-    assert (report.n_real, report.n_synthetic, report.folds) == (3, 3, 3)
-    # The test pools are phantoms against noisy copies of one phantom: the check must see it.
+    assert (report.n_real, report.n_synthetic) == (8, 8)
+    # Phantoms against noisy copies of one phantom: the check must see it (8 of each: with 3 the
+    # cross-validated AUC sat at 0.67-0.89 depending on the numpy/scipy versions).
     assert report.leaks
 
 
