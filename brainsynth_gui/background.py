@@ -24,11 +24,13 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Generator, Mapping
+from html import escape
 from typing import Any
 
 from PySide6.QtCore import Qt, QThread, Signal
-from PySide6.QtWidgets import QProgressDialog, QWidget
+from PySide6.QtWidgets import QDialog, QLabel, QProgressDialog, QPushButton, QWidget
 
+from brainsynth_gui.error_reporting import tell_user
 from engine.errors import BrainSynthError, CancelledError
 
 log = logging.getLogger(__name__)
@@ -228,3 +230,111 @@ def progress_dialog(parent: QWidget, *, label: str, title: str, on_cancel: Calla
     dialog.canceled.connect(on_cancel)
     dialog.show()
     return dialog
+
+
+class WorkerDialog(QDialog):
+    """A dialog that runs one :class:`BackgroundWorker` at a time behind a progress dialog.
+
+    The steps every such dialog repeats live here: start the worker with a window-modal
+    progress dialog and the Run button disabled; when it finishes, wait for the thread, close
+    the progress dialog and enable Run again; Cancel (and closing the dialog) aborts the work
+    and waits for it; a failure is one line in the status label and a dialog (stderr when
+    ``quiet``). Subclasses build their widgets (adding :attr:`status` and setting
+    :attr:`run_button`) and connect the worker's ``yielded``/``returned``/``errored``/``aborted``.
+
+    Args:
+        parent: the window it belongs to.
+        quiet: errors on stderr instead of in dialogs (tests, headless runs).
+
+    Attributes:
+        worker: the running worker, or None.
+        progress_dialog: its progress dialog while it runs, or None.
+        errors: every error message shown, oldest first.
+        status: the one-line status label (the subclass puts it in its layout).
+        run_button: the button that starts the work (disabled while it runs), or None.
+    """
+
+    def __init__(self, parent: QWidget | None = None, *, quiet: bool = False) -> None:
+        super().__init__(parent)
+        self.quiet = quiet
+        self.errors: list[str] = []
+        self.worker: BackgroundWorker | None = None
+        self.progress_dialog: QProgressDialog | None = None
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.run_button: QPushButton | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start_worker(
+        self,
+        worker: BackgroundWorker,
+        *,
+        label: str,
+        title: str,
+        status: str,
+        connect: Mapping[str, Callable[..., Any]],
+    ) -> None:
+        """Connect ``worker``'s signals (``connect``: signal name → slot), show the progress dialog, start it.
+
+        Args:
+            worker: a worker not yet started.
+            label: the progress dialog's first line.
+            title: the progress dialog's title.
+            status: the status label's text while it runs.
+            connect: the subclass's slots; ``finished`` is connected here, after them.
+        """
+        for name, slot in connect.items():
+            getattr(worker, name).connect(slot)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        self.progress_dialog = progress_dialog(self, label=label, title=title, on_cancel=self.cancel)
+        if self.run_button is not None:
+            self.run_button.setEnabled(False)
+        self.status.setText(status)
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the running work to stop at its next yield or progress report."""
+        if self.worker is not None:
+            self.worker.abort()
+
+    def show_progress(self, text: str, done: int, total: int) -> None:
+        """Show one progress report in the progress dialog (``done`` of ``total``; 0 total: busy)."""
+        if self.progress_dialog is not None:
+            self.progress_dialog.setLabelText(text)
+            self.progress_dialog.setMaximum(max(total, 1))
+            self.progress_dialog.setValue(min(done, max(total, 1)))
+
+    def _finished(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.wait()
+            worker.deleteLater()
+        if self.progress_dialog is not None:
+            self.progress_dialog.close()
+            self.progress_dialog.deleteLater()
+            self.progress_dialog = None
+        if self.run_button is not None:
+            self.run_button.setEnabled(True)
+
+    def report_error(self, title: str, message: str) -> None:
+        """Show ``message`` in red in the status label and tell the user (a dialog, or stderr when quiet)."""
+        self.errors.append(message)
+        self.status.setText(f"<span style='color:#b00000'>{escape(message)}</span>")
+        tell_user(self, title, message, quiet=self.quiet)
+
+    def wait(self) -> None:
+        """Block until the running work has ended (tests)."""
+        if self.worker is not None:
+            self.worker.wait()
+
+    def done(self, result: int) -> None:
+        # Closing the dialog stops its work first: no thread outlives the dialog it reports to.
+        if self.worker is not None:
+            self.cancel()
+            self.worker.wait()
+            self._finished()
+        super().done(result)

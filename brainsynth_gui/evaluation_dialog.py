@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QDialog,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -30,7 +29,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMessageBox,
-    QProgressDialog,
     QPushButton,
     QSpinBox,
     QTableWidget,
@@ -39,8 +37,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from brainsynth_gui.background import BackgroundWorker, progress_dialog
-from brainsynth_gui.error_reporting import tell_user
+from brainsynth_gui.background import BackgroundWorker, WorkerDialog
 from engine.errors import BrainSynthError
 
 #: ``() -> (volumes, labels)``, called in the worker thread.
@@ -154,7 +151,7 @@ def key_figures(result) -> list[tuple[str, str]]:
     return rows
 
 
-class EvaluationDialog(QDialog):
+class EvaluationDialog(WorkerDialog):
     """Evaluate the session's generated volumes against its real scans.
 
     Args:
@@ -177,14 +174,10 @@ class EvaluationDialog(QDialog):
         quiet: bool = False,
         left_out: str = "",
     ) -> None:
-        super().__init__(parent)
+        super().__init__(parent, quiet=quiet)
         self.setWindowTitle("Evaluate generated volumes")
         self._real, self._synthetic, self.spec = real, synthetic, spec
-        self.quiet = quiet
-        self.errors: list[str] = []
         self.result = None
-        self.worker: EvaluationWorker | None = None
-        self.progress_dialog: QProgressDialog | None = None
 
         n_real, n_synthetic = counts
         grid = " x ".join(str(n) for n in spec.grid.shape)
@@ -237,9 +230,6 @@ class EvaluationDialog(QDialog):
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setWordWrap(True)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-
         self.run_button = QPushButton("Evaluate")
         self.run_button.clicked.connect(self.run)
         self.report_button = QPushButton("Write full report…")
@@ -273,10 +263,6 @@ class EvaluationDialog(QDialog):
         if folder:
             self.train_field.setText(folder)
 
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
     def run(self) -> bool:
         """Start the evaluation in the background."""
         from engine.metrics.results import EvaluationOptions
@@ -298,35 +284,23 @@ class EvaluationDialog(QDialog):
         spec = self.spec
         train = (lambda: prepare_folder(Path(train_text), spec)) if train_text else None
         worker = EvaluationWorker(real=self._real, synthetic=self._synthetic, train=train, options=options)
-        worker.yielded.connect(self._progress)
-        worker.returned.connect(self._show)
-        worker.errored.connect(self._failed)
-        worker.aborted.connect(self._cancelled)
-        worker.finished.connect(self._finished)
-        self.worker = worker
-        self.progress_dialog = progress_dialog(self, label="Evaluating…", title="Evaluating", on_cancel=worker.cancel)
-        self.run_button.setEnabled(False)
-        self.status.setText("Evaluating…")
-        worker.start()
+        self.start_worker(
+            worker,
+            label="Evaluating…",
+            title="Evaluating",
+            status="Evaluating…",
+            connect={
+                "yielded": self._progress,
+                "returned": self._show,
+                "errored": self._failed,
+                "aborted": self._cancelled,
+            },
+        )
         return True
 
     def _progress(self, report: tuple[str, int, int]) -> None:
         stage, done, total = report
-        if self.progress_dialog is not None:
-            self.progress_dialog.setLabelText(f"{stage[:1].upper()}{stage[1:]}… {done}/{total}")
-            self.progress_dialog.setMaximum(max(total, 1))
-            self.progress_dialog.setValue(min(done, max(total, 1)))
-
-    def _finished(self) -> None:
-        worker, self.worker = self.worker, None
-        if worker is not None:
-            worker.wait()
-            worker.deleteLater()
-        if self.progress_dialog is not None:
-            self.progress_dialog.close()
-            self.progress_dialog.deleteLater()
-            self.progress_dialog = None
-        self.run_button.setEnabled(True)
+        self.show_progress(f"{stage[:1].upper()}{stage[1:]}… {done}/{total}", done, total)
 
     def _show(self, result) -> None:
         self.result = result
@@ -376,25 +350,3 @@ class EvaluationDialog(QDialog):
             return []
         self.status.setText(f"Wrote {len(written)} files into {out_dir}")
         return written
-
-    def report_error(self, title: str, message: str) -> None:
-        self.errors.append(message)
-        self.status.setText(f"<span style='color:#b00000'>{_escape(message)}</span>")
-        tell_user(self, title, message, quiet=self.quiet)
-
-    def wait(self) -> None:
-        if self.worker is not None:
-            self.worker.wait()
-
-    def done(self, result: int) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
-            self.worker.wait()
-            self._finished()
-        super().done(result)
-
-
-def _escape(text: str) -> str:
-    from html import escape
-
-    return escape(text)
