@@ -106,6 +106,9 @@ class MainWindow(ErrorReportingWindow):
         self._scan_labels = None  # real scans' participants.tsv labels for the model's covariates
         self._match_message: tuple[Path, str] | None = None  # the scan a match chose, and why
         self.study_db_path: Path | None = None  # the study database last used (None: the default)
+        # sha256 → file of every checkpoint loaded: the leakage check of the augmentation utility
+        # needs the file (its training split) that made each generated volume.
+        self.checkpoint_files: dict[str, Path] = {}
 
         # Central area: display controls, viewer, timeline.
         self.viewer = OrthoViewer(self.state)
@@ -417,6 +420,8 @@ class MainWindow(ErrorReportingWindow):
 
     def _checkpoint_loaded(self, path: Path, checkpoint: Checkpoint) -> None:
         self.checkpoint = checkpoint
+        if checkpoint.sha256:
+            self.checkpoint_files[checkpoint.sha256] = path
         self._model_cache.clear()
         self.recent.add("checkpoints", path)
         self.model_info.setText(summarise_checkpoint(checkpoint))
@@ -1286,11 +1291,24 @@ class MainWindow(ErrorReportingWindow):
     def ask_evaluate(self) -> None:
         self.evaluation_dialog().exec()
 
+    def utility_session(self):
+        """This session's generated volumes, comparable real scans and loaded checkpoints, for the utility."""
+        from brainsynth_gui.utility_session import SessionVolume, UtilitySession
+
+        return UtilitySession(
+            volumes=tuple(
+                SessionVolume(e.number, np.asarray(e.volume.array, np.float32), e.provenance, e.spec)
+                for e in self.library.entries
+            ),
+            scans=tuple(self.scans.paths[i] for i in self.scans.comparable),
+            checkpoints=dict(self.checkpoint_files),
+        )
+
     def utility_dialog(self):
         """The Tools ▸ Augmentation utility dialog (run the experiment, or view a report)."""
         from brainsynth_gui.utility_dialog import UtilityDialog
 
-        return UtilityDialog(self, quiet=self.quiet)
+        return UtilityDialog(self, quiet=self.quiet, session=self.utility_session())
 
     def ask_utility(self) -> None:
         self.utility_dialog().exec()

@@ -5,6 +5,8 @@ A real scan's labels are read as training reads them
 or up to two folders above it, matched by file name, ``sub-<label>`` prefix or folder), and
 checked against the model's covariates (:meth:`engine.conditions.ConditionSpec.check`), so
 "FTD" in a file matches the model's "ftd" and a value the model does not know is not a label.
+:func:`label_texts` reads one column the same way, as text, for the augmentation utility
+(whose engine reads the labels again from the files, exactly as the command line does).
 """
 
 from __future__ import annotations
@@ -13,8 +15,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.conditions import ConditionSpec
+from engine.conditions import MISSING_VALUES, ConditionSpec
 from engine.errors import BrainSynthError
+
+
+def label_texts(paths: Sequence[Path], label: str) -> dict[Path, str | None]:
+    """Each scan's ``label`` as its ``participants.tsv`` row gives it (stripped), as training reads it.
+
+    None for a scan with no row, no such column, or a missing value ("n/a", empty...).
+
+    Raises:
+        BrainSynthError: a participants.tsv that cannot be read.
+    """
+    from engine.training.covariates import CovariateSources
+    from engine.training.data import DataItem
+
+    sources = CovariateSources()
+    out: dict[Path, str | None] = {}
+    for path in paths:
+        row = sources.row(DataItem(Path(path)))
+        value = (row or {}).get(label)
+        text = value.strip() if isinstance(value, str) else None
+        out[path] = None if text is None or text.lower() in MISSING_VALUES else text
+    return out
 
 
 @dataclass(frozen=True)

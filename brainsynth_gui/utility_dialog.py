@@ -1,15 +1,17 @@
 """Tools ▸ Augmentation utility…: run ``brainsynth-cli utility``'s experiment, or view its report.
 
-The dialog has two halves. *Run*: real scans (a folder with its ``participants.tsv``, or a
-manifest), synthetic volumes (a folder of exported volumes with sidecars), the label and its
-positive class, repeats and epochs, an output folder; the experiment
+The dialog has two halves. *Run*: real scans (the scans open in the session, or a folder with
+its ``participants.tsv``, or a manifest), synthetic volumes (the volumes generated in the
+session, or a folder of exported volumes with sidecars), the label and its positive class,
+repeats and epochs, an output folder; the experiment
 (:func:`engine.utility.experiment.iter_experiment`) runs in a
 :class:`~brainsynth_gui.background.BackgroundWorker`, one progress step per run, and Cancel
 stops it within a few training steps (finished runs are kept: running again continues).
 *View*: any output folder's ``utility.json`` figures as a table and its PNG plots.
 
-Volumes generated in the session are used by exporting them first (File ▸ Export), whose
-sidecars carry the conditions the experiment reads as labels.
+The session's volumes are first exported with their sidecars into the output folder, and the
+session's scans are used as the files they are (:mod:`brainsynth_gui.utility_session`), so the
+figures are those of ``brainsynth-cli utility`` on the same files, leakage check included.
 """
 
 from __future__ import annotations
@@ -23,14 +25,12 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
-    QDialog,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
-    QProgressDialog,
     QPushButton,
     QScrollArea,
     QSpinBox,
@@ -40,8 +40,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from brainsynth_gui.background import BackgroundWorker, create_worker, progress_dialog
-from brainsynth_gui.error_reporting import tell_user
+from brainsynth_gui.background import BackgroundWorker, WorkerDialog
+from brainsynth_gui.utility_session import UtilitySession
 from engine.errors import BrainSynthError
 
 
@@ -54,22 +54,34 @@ def _folder_row(field: QLineEdit, choose) -> QHBoxLayout:
     return row
 
 
-class UtilityDialog(QDialog):
+def _source_rows(session_choice: QCheckBox | None, folder_row: QHBoxLayout, field: QLineEdit) -> QVBoxLayout:
+    """The session choice above the folder choice; the folder is greyed out while the session is chosen."""
+    rows = QVBoxLayout()
+    if session_choice is not None:
+        rows.addWidget(session_choice)
+        session_choice.toggled.connect(lambda on: field.setEnabled(not on))
+        field.setEnabled(not session_choice.isChecked())
+    rows.addLayout(folder_row)
+    return rows
+
+
+class UtilityDialog(WorkerDialog):
     """Run the augmentation-utility experiment in the background, or view an earlier one.
 
     Args:
         parent: the main window.
         quiet: errors on stderr instead of in dialogs (tests, headless runs).
+        session: the app session's generated volumes, open scans and loaded checkpoints,
+            offered beside the folder choices (None: folders only).
     """
 
-    def __init__(self, parent: QWidget | None = None, *, quiet: bool = False) -> None:
-        super().__init__(parent)
+    def __init__(
+        self, parent: QWidget | None = None, *, quiet: bool = False, session: UtilitySession | None = None
+    ) -> None:
+        super().__init__(parent, quiet=quiet)
         self.setWindowTitle("Augmentation utility")
-        self.quiet = quiet
-        self.errors: list[str] = []
+        self.session = session
         self.summary: dict | None = None
-        self.worker: BackgroundWorker | None = None
-        self.progress_dialog: QProgressDialog | None = None
         self.events: list = []
         self._stop = threading.Event()
 
@@ -104,11 +116,42 @@ class UtilityDialog(QDialog):
         self.skip_leakage.setToolTip(
             "Without it, the generator checkpoint's training split is compared with the held-out real subjects"
         )
+        # The session's own sets, chosen by default when it has them; the folders stay the alternative.
+        self.session_real: QCheckBox | None = None
+        self.session_synthetic: QCheckBox | None = None
+        if session is not None:
+            n_scans, n_volumes = len(session.scans), len(session.volumes)
+            self.session_real = QCheckBox(
+                f"The real scans open in this session ({n_scans}), labelled by their participants.tsv"
+            )
+            self.session_real.setChecked(n_scans > 0)
+            self.session_synthetic = QCheckBox(
+                f"The volumes generated in this session ({n_volumes}), labelled by their conditions"
+            )
+            self.session_synthetic.setChecked(n_volumes > 0)
+            self.session_synthetic.setToolTip(
+                "Written with their sidecars into the output folder first, then used as the synthetic set; the "
+                "checkpoint that made them is checked for leakage"
+            )
+            self.checkpoint_field.setPlaceholderText(
+                "another checkpoint that made the volumes (the session's own is checked without it)"
+            )
         form = QFormLayout()
-        form.addRow("Real scans", _folder_row(self.real_field, lambda: self._choose(self.real_field, "Real scans")))
+        form.addRow(
+            "Real scans",
+            _source_rows(
+                self.session_real,
+                _folder_row(self.real_field, lambda: self._choose(self.real_field, "Real scans")),
+                self.real_field,
+            ),
+        )
         form.addRow(
             "Synthetic volumes",
-            _folder_row(self.synthetic_field, lambda: self._choose(self.synthetic_field, "Synthetic volumes")),
+            _source_rows(
+                self.session_synthetic,
+                _folder_row(self.synthetic_field, lambda: self._choose(self.synthetic_field, "Synthetic volumes")),
+                self.synthetic_field,
+            ),
         )
         form.addRow("Generator checkpoint", _folder_row(self.checkpoint_field, self._choose_checkpoint))
         form.addRow("", self.skip_leakage)
@@ -129,8 +172,6 @@ class UtilityDialog(QDialog):
         scroll = QScrollArea()
         scroll.setWidget(self.plots)
         scroll.setWidgetResizable(True)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
 
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
@@ -216,8 +257,12 @@ class UtilityDialog(QDialog):
 
     # -- running ------------------------------------------------------------------------------
     @property
-    def running(self) -> bool:
-        return self.worker is not None
+    def uses_session_scans(self) -> bool:
+        return self.session_real is not None and self.session_real.isChecked()
+
+    @property
+    def uses_session_volumes(self) -> bool:
+        return self.session_synthetic is not None and self.session_synthetic.isChecked()
 
     def options(self):
         """The experiment's options from the fields (raises BrainSynthError on a bad value)."""
@@ -240,16 +285,21 @@ class UtilityDialog(QDialog):
         """Start the experiment in the background (``overrides``: extra option values, for tests)."""
         from dataclasses import replace
 
-        from engine.utility.experiment import iter_experiment
+        from brainsynth_gui.utility_session import iter_session_experiment
 
         if self.worker is not None:
             return False
         real, synthetic = self.real_field.text().strip(), self.synthetic_field.text().strip()
         out, checkpoint = self.out_field.text().strip(), self.checkpoint_field.text().strip()
+        session = self.session or UtilitySession()
         try:
-            if not real or not out:
+            if not (real or self.uses_session_scans) or not out:
                 raise BrainSynthError("choose the real scans and an output folder")
             options = replace(self.options(), **(overrides or {}))
+            if self.uses_session_scans:
+                session.check_scans(options.label)
+            if self.uses_session_volumes:
+                session.check_volumes(options.label)
         except (BrainSynthError, TypeError) as exc:
             self.report_error("Cannot run", str(exc))
             return False
@@ -258,45 +308,40 @@ class UtilityDialog(QDialog):
         # worker, so no cycle that Python would collect behind Qt's back) stops a run mid-way.
         stop = threading.Event()
         self._stop = stop
-        worker = create_worker(
-            iter_experiment,
-            [real],
+        worker = BackgroundWorker(
+            iter_session_experiment,
+            session,
+            list(session.scans) if self.uses_session_scans else [real],
             [synthetic] if synthetic else [],
             options,
             out_dir=Path(out),
+            use_session_volumes=self.uses_session_volumes,
             checkpoints=[checkpoint] if checkpoint else [],
             waive_leakage_check=self.skip_leakage.isChecked(),
             cancel=stop.is_set,
-            start=False,
+        )
+        self.start_worker(
+            worker,
+            label="Checking the inputs…",
+            title="Augmentation utility",
+            status="Running…",
             connect={
                 "yielded": self._progress,
                 "returned": self._returned,
                 "errored": self._failed,
                 "aborted": self._cancelled,
-                "finished": self._finished,
             },
         )
-        self.worker = worker
-        self.progress_dialog = progress_dialog(
-            self, label="Checking the inputs…", title="Augmentation utility", on_cancel=self.cancel
-        )
-        self.run_button.setEnabled(False)
-        self.status.setText("Running…")
-        worker.start()
         return True
 
     def cancel(self) -> None:
         """Stop the experiment within a few training steps (finished runs are kept)."""
         self._stop.set()
-        if self.worker is not None:
-            self.worker.abort()
+        super().cancel()
 
     def _progress(self, event) -> None:
         self.events.append(event)
-        if self.progress_dialog is not None:
-            self.progress_dialog.setLabelText(f"{event.stage}: {event.message}")
-            self.progress_dialog.setMaximum(max(event.total, 1))
-            self.progress_dialog.setValue(min(event.done, max(event.total, 1)))
+        self.show_progress(f"{event.stage}: {event.message}", event.done, event.total)
 
     def _returned(self, result) -> None:
         self.show_summary(result.summary, result.out_dir)
@@ -306,32 +351,3 @@ class UtilityDialog(QDialog):
 
     def _cancelled(self) -> None:
         self.status.setText("Cancelled; the finished runs are kept, and Run continues from them.")
-
-    def _finished(self) -> None:
-        worker, self.worker = self.worker, None
-        if worker is not None:
-            worker.wait()
-            worker.deleteLater()
-        if self.progress_dialog is not None:
-            self.progress_dialog.close()
-            self.progress_dialog.deleteLater()
-            self.progress_dialog = None
-        self.run_button.setEnabled(True)
-
-    def report_error(self, title: str, message: str) -> None:
-        from html import escape
-
-        self.errors.append(message)
-        self.status.setText(f"<span style='color:#b00000'>{escape(message)}</span>")
-        tell_user(self, title, message, quiet=self.quiet)
-
-    def wait(self) -> None:
-        if self.worker is not None:
-            self.worker.wait()
-
-    def done(self, result: int) -> None:
-        if self.worker is not None:
-            self.cancel()
-            self.worker.wait()
-            self._finished()
-        super().done(result)
