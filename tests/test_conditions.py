@@ -228,36 +228,9 @@ def test_cli_samples_with_conditions_guidance_and_a_csv(tmp_path, conditional_ch
 
     table = tmp_path / "cohort.csv"
     table.write_text("age,sex\n70,F\n50,\n")
-    assert (
-        _cli_sample(
-            conditional_checkpoint,
-            tmp_path / "b",
-            "--conditions-csv",
-            str(table),
-            "--guidance",
-            "2",
-            "--condition",
-            "group=ftd",
-            "--shard",
-            "0/2",
-        )
-        == 0
-    )
-    assert (
-        _cli_sample(
-            conditional_checkpoint,
-            tmp_path / "b",
-            "--conditions-csv",
-            str(table),
-            "--guidance",
-            "2",
-            "--condition",
-            "group=ftd",
-            "--shard",
-            "1/2",
-        )
-        == 0
-    )
+    csv_args = ["--conditions-csv", str(table), "--guidance", "2", "--condition", "group=ftd"]
+    for shard in ("0/2", "1/2"):  # each shard takes the CSV rows of its own volumes
+        assert _cli_sample(conditional_checkpoint, tmp_path / "b", *csv_args, "--shard", shard) == 0
     first = json.loads((tmp_path / "b" / "synthetic_0000_seed0.json").read_text())
     second = json.loads((tmp_path / "b" / "synthetic_0001_seed1.json").read_text())
     assert first["conditions"] == {"age": 70.0, "sex": "F", "group": "ftd"}
