@@ -54,13 +54,19 @@ def _folder_row(field: QLineEdit, choose) -> QHBoxLayout:
     return row
 
 
-def _source_rows(session_choice: QCheckBox | None, folder_row: QHBoxLayout, field: QLineEdit) -> QVBoxLayout:
+def _source_rows(session_choice: QCheckBox | None, folder_row: QHBoxLayout) -> QVBoxLayout:
     """The session choice above the folder choice; the folder is greyed out while the session is chosen."""
     rows = QVBoxLayout()
     if session_choice is not None:
+        widgets = [folder_row.itemAt(i).widget() for i in range(folder_row.count())]
+
+        def follow(on: bool) -> None:
+            for widget in widgets:
+                widget.setEnabled(not on)
+
         rows.addWidget(session_choice)
-        session_choice.toggled.connect(lambda on: field.setEnabled(not on))
-        field.setEnabled(not session_choice.isChecked())
+        session_choice.toggled.connect(follow)
+        follow(session_choice.isChecked())
     rows.addLayout(folder_row)
     return rows
 
@@ -142,7 +148,6 @@ class UtilityDialog(WorkerDialog):
             _source_rows(
                 self.session_real,
                 _folder_row(self.real_field, lambda: self._choose(self.real_field, "Real scans")),
-                self.real_field,
             ),
         )
         form.addRow(
@@ -150,7 +155,6 @@ class UtilityDialog(WorkerDialog):
             _source_rows(
                 self.session_synthetic,
                 _folder_row(self.synthetic_field, lambda: self._choose(self.synthetic_field, "Synthetic volumes")),
-                self.synthetic_field,
             ),
         )
         form.addRow("Generator checkpoint", _folder_row(self.checkpoint_field, self._choose_checkpoint))
