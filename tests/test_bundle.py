@@ -271,3 +271,42 @@ def test_import_stores_the_paper_s_covariate_ranges(fake_bundle):
     # a value on the bundle's old [0, 1] scale is now far outside the age range: refused, not misread
     with pytest.raises(BrainSynthError, match=r"age=0\.7 is outside the training range 44 to 82"):
         spec.conditions.check({"age": 0.7})
+
+
+@pytest.mark.parametrize("spacing", ["leading", "linspace"])
+def test_imported_bundle_samples_as_the_bundle_s_own_monai_loop(fake_bundle, spacing):
+    """generate() on the imported checkpoint against the bundle's scripts/sampler.py loop: MONAI's
+    DDIMScheduler (inference.json's arguments), set_timesteps(50) and step, MONAI's plain UNet called
+    with the conditions concatenated and as context, then the decoder (leading: the layout MONAI
+    1.4.0's set_timesteps left, as the installed MONAI lays linspace)."""
+    from monai.networks.schedulers import DDIMScheduler
+
+    from engine.samplers import initial_noise, leading_timesteps
+
+    root, _, _ = fake_bundle
+    ckpt = import_bundle(root, geometry="mni-centre", ddim_spacing=spacing)
+    model = ckpt.build_model().eval()
+    condition = {"sex": 1.0, "age": 70.6, "ventricular_vol": 6.99568 + 0.7 * 164.37932, "brain_vol": 1469.075}
+    request = GenerationRequest.for_checkpoint(
+        ckpt, seeds=(5,), device="cpu", precision="fp32", conditions=(condition,)
+    )
+    assert (request.settings.steps, request.settings.spacing) == (50, spacing)
+    (volume,) = [v for event in generate(model, request) for v in event.finished]
+
+    scheduler = DDIMScheduler(**{k: v for k, v in ckpt.provenance["sampling"]["scheduler"].items() if k != "_target_"})
+    scheduler.set_timesteps(num_inference_steps=50)
+    if spacing == "leading":
+        scheduler.timesteps = torch.tensor(leading_timesteps(1000, 50))
+    unet = _plain_unet(model.unet)
+    image, _ = initial_noise(ckpt.spec.sample_shape, [5])
+    conditioning = torch.tensor([[1.0, 0.7, 0.7, 0.5]]).unsqueeze(1)
+    cond_concat = conditioning.squeeze(1)[:, :, None, None, None].expand(-1, -1, *image.shape[2:])
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            out = unet(
+                torch.cat((image, cond_concat), dim=1), timesteps=torch.Tensor((t,)).long(), context=conditioning
+            )
+            image, _ = scheduler.step(out, t, image)
+        decoded = model.autoencoder.decode_stage_2_outputs(image)
+    np.testing.assert_allclose(volume.array, (decoded * 2 - 1)[0, 0].numpy(), atol=1e-4)
+    assert volume.provenance["spacing"] == spacing
