@@ -43,10 +43,12 @@ MONAI traps this module avoids (MONAI 1.4–1.6):
 * ``DDPMScheduler.step`` uses ``alphas_cumprod[t-1]`` and ``betas[t]`` as if the previous
   step were always ``t-1``; with fewer than T steps each jump of T/N timesteps is treated as
   a jump of one, and the samples stay mostly noise (see :func:`ddpm_coefficients`).
-* ``DDIMScheduler.set_timesteps`` lays out ``linspace(T-1, 0, N).round()`` but ``step``
+* ``DDIMScheduler.set_timesteps`` (MONAI >= 1.6; up to 1.5 it laid the consistent "leading"
+  layout) lays out ``linspace(T-1, 0, N).round()`` but ``step``
   takes the previous timestep as ``t - T//N``; the two agree only in the trailing layout when
   N divides T (e.g. T=1000, N=50: linspace gives 999, 979, ..., but the last step jumps from
-  0 to -20, and for N=30 the steps drift apart). We carry the actual next timestep instead.
+  0 to -20, and for N=30 the steps drift apart). We carry the actual next timestep instead,
+  except in the ``"linspace"`` layout, which reproduces MONAI's loop for models sampled with it.
 """
 
 from __future__ import annotations
