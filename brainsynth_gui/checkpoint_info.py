@@ -49,7 +49,7 @@ def describe_checkpoint(checkpoint: Checkpoint) -> str:
         *_latent_rows(spec),
         ("Schedule", f"{spec.schedule.schedule}, T = {spec.schedule.num_train_timesteps}"),
         ("Predicts", spec.schedule.prediction_type),
-        ("Default sampler", f"{sampler.name}, {sampler.steps} steps"),
+        ("Default sampler", f"{sampler.name}, {sampler.steps} steps, {sampler.describe_spacing()}"),
         ("Weights", "EMA" if checkpoint.has_ema else "raw (no EMA kept)"),
     ]
     provenance = checkpoint.provenance or {}

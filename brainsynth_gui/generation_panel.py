@@ -64,6 +64,13 @@ def _guidance_box() -> QDoubleSpinBox:
     return box
 
 
+def _short_unit(covariate: Covariate) -> str:
+    """`` years`` or `` mL``: the first word of the covariate's unit for its label (the rest, such
+    as a data-field number, is in the field's tooltip); nothing for a unit in brackets or none."""
+    word = covariate.unit.split(",")[0].strip()
+    return "" if not word or word.startswith("(") or " " in word else f" {word}"
+
+
 class ContinuousCovariate(QWidget):
     """A continuous covariate: "any" (its null), or a value on a slider and in a field, both
     limited to the model's training range unless extrapolation is allowed
@@ -86,7 +93,7 @@ class ContinuousCovariate(QWidget):
         self.field.setDecimals(1)
         self.field.setSingleStep(max((hi - lo) / 40, 0.1))
         self.field.setValue((lo + hi) / 2)
-        self.field.setToolTip(f"{covariate.name}: training range {lo:g} to {hi:g}")
+        self.field.setToolTip(f"{covariate.name}: training range {lo:g} to {hi:g} {covariate.unit}".rstrip())
         self.slider.setValue(self._position(self.field.value()))
         self.slider.valueChanged.connect(self._slid)
         self.field.valueChanged.connect(lambda v: self._sync_slider(v))
@@ -288,7 +295,7 @@ class GenerationPanel(QWidget):
         for covariate in conditions.covariates:
             if covariate.kind == "continuous":
                 control: ContinuousCovariate | CategoricalCovariate = ContinuousCovariate(covariate)
-                label = f"{covariate.name} ({covariate.minimum:g}–{covariate.maximum:g})"
+                label = f"{covariate.name} ({covariate.minimum:g}–{covariate.maximum:g}{_short_unit(covariate)})"
             else:
                 control = CategoricalCovariate(covariate)
                 label = covariate.name

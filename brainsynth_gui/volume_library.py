@@ -53,7 +53,8 @@ class SyntheticEntry:
         p = self.provenance
         frames = len(self.volume.trajectory) if self.volume.trajectory is not None else 0
         return (
-            f"#{self.number}  seed {p['seed']}  ·  {p['sampler']} {p['steps']} steps  ·  {p['weights']} weights"
+            f"#{self.number}  seed {p['seed']}  ·  {p['sampler']} {p['steps']} steps{_spacing(p)}"
+            f"  ·  {p['weights']} weights"
             f"  ·  {frames} frames{describe_conditions(p)}"
         )
 
@@ -208,6 +209,13 @@ class RealScans:
         if key not in self._cache:
             self._cache[key] = prepare_scan(load_volume(path), spec)
         return self._cache[key]
+
+
+def _spacing(provenance: dict) -> str:
+    """`` (leading timesteps)`` for a volume sampled on a MONAI layout; nothing for BrainSynth's own
+    trailing one (and for records from before the spacing was recorded, which all ran trailing)."""
+    spacing = provenance.get("spacing", "trailing")
+    return "" if spacing == "trailing" else f" ({spacing} timesteps)"
 
 
 def describe_conditions(provenance: dict) -> str:

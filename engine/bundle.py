@@ -15,8 +15,19 @@ scheduler and the latent noise. :func:`import_bundle` turns it into one BrainSyn
 * the architecture is read from ``configs/inference.json`` when the bundle has it (JSON, read
   as data: the network arguments, the scheduler's, the latent shape of its noise expression,
   the number of inference steps and the default conditions), else the ``ldm-1mm`` preset;
-* the covariates are the bundle's (sex, age, ventricular volume, brain volume, each in [0, 1]
-  as it scales them), passed as cross-attention context and as four constant channels;
+* the covariates are the bundle's (sex, age, ventricular volume, brain volume), passed as
+  cross-attention context and as four constant channels, each min-max scaled to [0, 1] as the
+  network was trained. The bundle's own files (docs/README.md, configs/*.json) say only "values
+  between 0 and 1"; the paper (Pinaya et al. 2022, arXiv:2209.07162v1, section 2.1) gives the
+  training ranges, so the imported checkpoint takes real values (:data:`DOCUMENTED_RANGES`: age
+  in years, the two volumes in mL) and maps them to [0, 1] with those ranges. Which sex is 0 is
+  documented nowhere, so sex stays 0-1;
+* sampling is the bundle's own DDIM: MONAI's ``DDIMScheduler`` with the arguments of
+  ``configs/inference.json`` (``set_alpha_to_one`` and ``steps_offset`` at MONAI's defaults
+  there) and the timestep layout of the MONAI version ``configs/metadata.json`` names
+  (:func:`bundle_spacing`: 1.4.0 in the released bundle, whose ``set_timesteps(50)`` lays
+  980, 960, ..., 0; MONAI 1.6 changed it to ``linspace``). It is stored in the model's default
+  sampler (``SamplerSettings.spacing``), so ``sample`` and the app run it and record it;
 * the decoded grid's geometry: the bundle does not state its affine. ``"mni-centre"`` centres
   the 1 mm grid on the 1 mm MNI box; ``"register"`` generates one volume and registers it
   rigidly to the MNI152 template (ANTs, :mod:`engine.preprocess`), and keeps the translation
@@ -42,6 +53,7 @@ import torch
 
 from engine.checkpoint import Checkpoint, check_state_dict
 from engine.checkpoint_checks import MAX_JSON_DEPTH, check_memory, validate_weights
+from engine.conditions import ConditionSpec
 from engine.errors import BrainSynthError, CheckpointError
 from engine.geometry import GridGeometry
 from engine.latent import AutoencoderSpec, LatentSpec
@@ -51,6 +63,7 @@ from engine.specs import BUNDLE_COVARIATES, PRESETS, ModelSpec, ScheduleSpec, UN
 AUTOENCODER_FILE = "models/autoencoder.pt"
 DIFFUSION_FILE = "models/model.pt"
 CONFIG_FILE = "configs/inference.json"
+METADATA_FILE = "configs/metadata.json"
 GEOMETRIES: tuple[str, ...] = ("register", "mni-centre")
 BUNDLE_NAME = "brain_image_synthesis_latent_diffusion_model"
 _MAX_CONFIG_BYTES = 1 << 20
@@ -74,6 +87,30 @@ _UNET_ARGS = (
 )  # fmt: skip
 _NOISE = re.compile(r"randn\(\(\s*1\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)")
 _STEPS = re.compile(r"num_inference_steps\s*=\s*(\d+)")
+_VERSION = re.compile(r"^\s*(\d+)\.(\d+)")
+#: The timestep layouts a bundle's DDIM can have (``SamplerSettings.spacing``): MONAI <= 1.5's and MONAI >= 1.6's.
+BUNDLE_SPACINGS: tuple[str, ...] = ("leading", "linspace")
+#: MONAI's version, (major, minor), from which ``DDIMScheduler.set_timesteps`` lays its timesteps
+#: by ``linspace`` (MONAI pull request 8623, November 2025) instead of ``arange(N) * (T//N)``.
+MONAI_LINSPACE_FROM = (1, 6)
+
+#: The training ranges the bundle's conditions were min-max scaled with, as Pinaya et al. 2022
+#: ("Brain imaging generation with latent diffusion models", arXiv:2209.07162v1, section 2.1)
+#: give them for its UK Biobank training set: (name, minimum, maximum, unit). The volumes are
+#: given there in mm3 and kept here in mL (1 mL = 1000 mm3). Sex: the paper says 47% were male
+#: but not which value codes which sex, so it stays 0-1. None of these is in the bundle's own
+#: README, configs or metadata.json ("all conditioning are expected to have values between 0 and 1").
+DOCUMENTED_RANGES: dict[str, tuple[float, float, str]] = {
+    "sex": (0.0, 1.0, "(0 or 1; which sex is 1 is not documented)"),
+    "age": (44.0, 82.0, "years"),
+    "ventricular_vol": (6.99568, 171.375, "mL, ventricular CSF (UKB field 25004)"),
+    "brain_vol": (1144.24, 1793.91, "mL, normalised for head size (UKB field 25009)"),
+}
+RANGES_SOURCE = (
+    "Pinaya et al. 2022, Brain imaging generation with latent diffusion models, arXiv:2209.07162v1, section 2.1: "
+    "UK Biobank, ages 44 to 82 years, ventricular CSF 6995.68 - 171375.0 mm3 (field 25004), brain volume "
+    "normalised for head size 1144240 - 1793910 mm3 (field 25009), all min-max normalised"
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +121,7 @@ class BundleFiles:
     autoencoder: Path
     diffusion: Path
     config: Path | None
+    metadata: Path | None = None
 
 
 def find_bundle(folder: str | Path) -> BundleFiles:
@@ -101,8 +139,52 @@ def find_bundle(folder: str | Path) -> BundleFiles:
             f"{root.name} is not the MONAI brain LDM bundle: {', '.join(missing)} not found "
             f"(download {BUNDLE_NAME} from the MONAI model zoo and give the folder holding models/)"
         )
-    config = root / CONFIG_FILE
-    return BundleFiles(root, root / AUTOENCODER_FILE, root / DIFFUSION_FILE, config if config.is_file() else None)
+    config, metadata = root / CONFIG_FILE, root / METADATA_FILE
+    return BundleFiles(
+        root,
+        root / AUTOENCODER_FILE,
+        root / DIFFUSION_FILE,
+        config if config.is_file() else None,
+        metadata if metadata.is_file() else None,
+    )
+
+
+def bundle_spacing(metadata: Mapping | None) -> tuple[str, str]:
+    """The timestep layout of the bundle's DDIM, and why: from the MONAI version it names.
+
+    MONAI's ``DDIMScheduler.set_timesteps`` laid N of T steps at ``(N-1-i) * (T//N)`` ("leading")
+    up to MONAI 1.5 and at ``round(linspace(T-1, 0, N))`` ("linspace") from 1.6. The released
+    bundle's ``configs/metadata.json`` names MONAI 1.4.0 (and its weights come from MONAI
+    GenerativeModels, whose scheduler is leading too), so without a readable version it is leading.
+
+    Returns:
+        ``(spacing, reason)``: a name of :data:`BUNDLE_SPACINGS` and a sentence for the provenance.
+    """
+    version = (metadata or {}).get("monai_version")
+    match = _VERSION.match(version) if isinstance(version, str) else None
+    if match is None:
+        return "leading", (
+            f"{METADATA_FILE} names no MONAI version; leading, as MONAI 1.4.0 (the released bundle's) and "
+            "GenerativeModels lay DDIM timesteps"
+        )
+    major_minor = (int(match.group(1)), int(match.group(2)))
+    spacing = "linspace" if major_minor >= MONAI_LINSPACE_FROM else "leading"
+    return spacing, f"{METADATA_FILE} names MONAI {version}, whose DDIMScheduler lays its timesteps {spacing}"
+
+
+def documented_conditions(conditions: ConditionSpec) -> ConditionSpec:
+    """The bundle's [0, 1] conditions in real units, with the ranges of :data:`DOCUMENTED_RANGES`.
+
+    Each covariate keeps its place and its default (mapped from [0, 1] to the range), so the
+    network receives exactly what it received before: ``unit_interval`` maps a real value back
+    to the bundle's [0, 1] (``(value - min) / (max - min)``, the min-max scaling the paper states).
+    """
+    covariates = []
+    for cov in conditions.covariates:
+        lo, hi, unit = DOCUMENTED_RANGES[cov.name]
+        default = None if cov.default is None else round(lo + cov.default * (hi - lo), 6)
+        covariates.append(replace(cov, minimum=lo, maximum=hi, default=default, unit=unit))
+    return replace(conditions, covariates=tuple(covariates))
 
 
 def bundle_spec(config: Mapping | None, *, source: str = CONFIG_FILE) -> ModelSpec:
@@ -131,6 +213,11 @@ def bundle_spec(config: Mapping | None, *, source: str = CONFIG_FILE) -> ModelSp
         )
         unet = UNetSpec(**{k: unet_def[k] for k in _UNET_ARGS if k in unet_def})
         scheduler = _mapping(config.get("scheduler", {}), "scheduler")
+        if scheduler.get("set_alpha_to_one", True) is not True:
+            raise CheckpointError(
+                f"{source}: its scheduler sets set_alpha_to_one to {scheduler['set_alpha_to_one']!r}; BrainSynth's "
+                "DDIM ends at alpha-bar 1 (MONAI's default, the released bundle's)"
+            )
         schedule = ScheduleSpec(
             num_train_timesteps=scheduler.get("num_train_timesteps", 1000),
             schedule=scheduler.get("schedule", "scaled_linear_beta"),
@@ -272,6 +359,7 @@ def import_bundle(
     folder: str | Path,
     *,
     geometry: str = "register",
+    ddim_spacing: str | None = None,
     register_seed: int = 0,
     register_steps: int | None = None,
     device: str = "cpu",
@@ -283,6 +371,8 @@ def import_bundle(
         folder: the downloaded bundle (holding ``models/`` and ``configs/``).
         geometry: ``"register"`` (generate one volume, register it to the MNI template, keep the
             translation) or ``"mni-centre"`` (centre the 1 mm grid on the 1 mm MNI box).
+        ddim_spacing: the DDIM timestep layout to record (a name of :data:`BUNDLE_SPACINGS`);
+            None: the one of the MONAI version the bundle's metadata names (:func:`bundle_spacing`).
         register_seed: seed of the volume generated for registration.
         register_steps: DDIM steps of that volume (None: the bundle's own, 50).
         device: where that volume is generated.
@@ -294,9 +384,22 @@ def import_bundle(
     """
     if geometry not in GEOMETRIES:
         raise CheckpointError(f"unknown geometry {geometry!r}; use one of: {', '.join(GEOMETRIES)}")
+    if ddim_spacing is not None and ddim_spacing not in BUNDLE_SPACINGS:
+        raise CheckpointError(f"unknown DDIM spacing {ddim_spacing!r}; use one of: {', '.join(BUNDLE_SPACINGS)}")
     say = progress or (lambda _text: None)
     files = find_bundle(folder)
-    spec = bundle_spec(read_config(files.config) if files.config else None)
+    config = read_config(files.config) if files.config else None
+    spec = bundle_spec(config)
+    spacing, why = bundle_spacing(read_config(files.metadata) if files.metadata else None)
+    if ddim_spacing is not None:
+        spacing, why = ddim_spacing, f"{ddim_spacing}, as asked for at import (the bundle's metadata: {why})"
+    scheduler = dict((config or {}).get("scheduler", {}))
+    offset = scheduler.get("steps_offset", 0)
+    try:
+        sampler = replace(spec.default_sampler, spacing=spacing, steps_offset=offset)
+        spec = replace(spec, default_sampler=sampler, conditions=documented_conditions(spec.conditions))
+    except BrainSynthError as exc:
+        raise CheckpointError(f"{CONFIG_FILE}: its scheduler cannot be followed ({exc})") from None
     if geometry == "register":
         # Fail before minutes of reading and sampling when the registration cannot run.
         from engine.preprocess.ants_io import require_ants
@@ -324,8 +427,21 @@ def import_bundle(
             DIFFUSION_FILE: {"sha256": unet_sha},
             **({CONFIG_FILE: {"read": True}} if files.config else {CONFIG_FILE: {"read": False, "used": "ldm-1mm"}}),
         },
-        "conditions": "sex, age, ventricular_vol, brain_vol in [0, 1] as the bundle scales them "
-        "(its documentation gives no real ranges)",
+        "conditions": (
+            "sex, age, ventricular_vol, brain_vol, given in real units and min-max scaled to the [0, 1] the "
+            f"network takes, with the training ranges of {RANGES_SOURCE}; the bundle's own README, configs and "
+            "metadata.json give no ranges; which sex is 0 and which 1 is documented nowhere, so sex stays 0-1"
+        ),
+        "sampling": {
+            "sampler": "ddim",
+            "steps": sampler.steps,
+            "spacing": sampler.spacing,
+            "steps_offset": sampler.steps_offset,
+            "timesteps": _first_timesteps(spec),
+            "why": why,
+            # The config's scheduler arguments as written (scalars only: the record stays small).
+            "scheduler": {k: v for k, v in scheduler.items() if isinstance(v, str | int | float | bool)},
+        },
     }
     ckpt = Checkpoint(spec=spec, weights=weights, provenance=provenance)
     if geometry == "mni-centre":
@@ -349,6 +465,15 @@ def import_bundle(
         **record,
     }
     return ckpt
+
+
+def _first_timesteps(spec: ModelSpec) -> str:
+    """``"980, 960, 940, ..., 0"``: the default sampler's layout, for the provenance."""
+    from engine.samplers import timestep_layout
+
+    timesteps, _ = timestep_layout(spec.schedule.num_train_timesteps, spec.default_sampler)
+    shown = timesteps if len(timesteps) <= 4 else [*timesteps[:3], "...", timesteps[-1]]
+    return ", ".join(map(str, shown))
 
 
 def _generate_one(ckpt: Checkpoint, *, seed: int, steps: int | None, device: str) -> np.ndarray:

@@ -263,7 +263,7 @@ class GenerationRequest:
 
     def provenance(self, seed: int, *, index: int | None = None) -> dict:
         """How the volume of ``seed`` is made: the record every sidecar and the app's list of
-        generated volumes share (checkpoint, weights, sampler, steps, eta, seed, precision,
+        generated volumes share (checkpoint, weights, sampler, steps, eta, timestep spacing, seed, precision,
         device, software version, time; with a conditional model its condition, guidance and
         whether extrapolation was allowed). ``index``: the volume's position in ``seeds``
         (default: where ``seed`` first is)."""
@@ -283,6 +283,9 @@ class GenerationRequest:
             "sampler": self.settings.name,
             "steps": self.settings.steps,
             "eta": self.settings.eta,
+            # Which timesteps ran: BrainSynth's trailing layout, or the MONAI layout an imported model keeps.
+            "spacing": self.settings.spacing,
+            **({"steps_offset": self.settings.steps_offset} if self.settings.steps_offset else {}),
             "seed": int(seed),
             "precision": self.precision,
             "precision_reason": self.precision_reason,

@@ -29,15 +29,26 @@ the step after ``t_i`` is ``t_{i+1}`` (``abar = 1`` after the last). With N = T 
 ``T-1, T-2, ..., 0``, MONAI's full DDPM chain. All three samplers share this layout, so the
 same N gives the same model evaluations.
 
+Other layouts (``SamplerSettings.spacing``, :func:`timestep_layout`), for models that were
+sampled with MONAI's ``DDIMScheduler`` and must sample here exactly as there (the MONAI brain
+LDM bundle, :mod:`engine.bundle`): ``"leading"`` (MONAI <= 1.5 and GenerativeModels:
+``t_i = (N-1-i) * (T//N) + steps_offset``, e.g. 980, 960, ..., 0 for 50 of 1000) and
+``"linspace"`` (MONAI >= 1.6: ``round(linspace(T-1-offset, 0, N)) + offset``, e.g. 999, 979,
+958, ..., 0, whose ``step`` still jumps to the noise level at ``t - T//N``; DDIM only). Each
+layout gives the timesteps the network is evaluated at and, per step, the timestep whose
+alpha-bar the step goes to (-1: alpha-bar 1, MONAI's ``set_alpha_to_one``).
+
 MONAI traps this module avoids (MONAI 1.4–1.6):
 
 * ``DDPMScheduler.step`` uses ``alphas_cumprod[t-1]`` and ``betas[t]`` as if the previous
   step were always ``t-1``; with fewer than T steps each jump of T/N timesteps is treated as
   a jump of one, and the samples stay mostly noise (see :func:`ddpm_coefficients`).
-* ``DDIMScheduler.set_timesteps`` lays out ``linspace(T-1, 0, N).round()`` but ``step``
+* ``DDIMScheduler.set_timesteps`` (MONAI >= 1.6; up to 1.5 it laid the consistent "leading"
+  layout) lays out ``linspace(T-1, 0, N).round()`` but ``step``
   takes the previous timestep as ``t - T//N``; the two agree only in the trailing layout when
   N divides T (e.g. T=1000, N=50: linspace gives 999, 979, ..., but the last step jumps from
-  0 to -20, and for N=30 the steps drift apart). We carry the actual next timestep instead.
+  0 to -20, and for N=30 the steps drift apart). We carry the actual next timestep instead,
+  except in the ``"linspace"`` layout, which reproduces MONAI's loop for models sampled with it.
 """
 
 from __future__ import annotations
@@ -68,10 +79,20 @@ def default_settings(
     spec: ModelSpec, *, sampler: str | None = None, steps: int | None = None, eta: float = 0.0
 ) -> SamplerSettings:
     """The settings to run this model with: what the user named (``sampler``, ``steps``,
-    ``eta``), and for the rest the model's default sampler and :func:`default_steps`."""
+    ``eta``), and for the rest the model's default sampler and :func:`default_steps`.
+
+    The timestep spacing (and offset) of the model's default sampler go with that sampler
+    whatever the steps: an imported MONAI model runs its DDIM with MONAI's layout at any step
+    count; another sampler takes BrainSynth's trailing layout."""
+    choice = spec.default_sampler
     if sampler is None:
-        sampler = spec.default_sampler.name if spec.default_sampler is not None else DEFAULT_SAMPLER
-    return SamplerSettings(name=sampler, steps=default_steps(spec, sampler) if steps is None else steps, eta=eta)
+        sampler = choice.name if choice is not None else DEFAULT_SAMPLER
+    layout = {}
+    if choice is not None and choice.name == sampler:
+        layout = {"spacing": choice.spacing, "steps_offset": choice.steps_offset}
+    return SamplerSettings(
+        name=sampler, steps=default_steps(spec, sampler) if steps is None else steps, eta=eta, **layout
+    )
 
 
 @dataclass
@@ -118,6 +139,63 @@ def trailing_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
         raise SamplingError(f"steps must be between 1 and {big_t} (got {n})")
     # round(T*(N-i)/N) = floor((2*T*(N-i) + N) / (2*N))
     return [(2 * big_t * (n - i) + n) // (2 * n) - 1 for i in range(n)]
+
+
+def leading_timesteps(num_train_timesteps: int, steps: int, *, steps_offset: int = 0) -> list[int]:
+    """MONAI <= 1.5's ``DDIMScheduler.set_timesteps`` layout: ``(N-1-i) * (T//N) + steps_offset``.
+
+    Args:
+        num_train_timesteps: T.
+        steps: N, 1 <= N <= T.
+        steps_offset: MONAI's ``steps_offset``.
+
+    Returns:
+        N strictly decreasing timesteps, the last ``steps_offset``.
+    """
+    if not 1 <= steps <= num_train_timesteps:
+        raise SamplingError(f"steps must be between 1 and {num_train_timesteps} (got {steps})")
+    ratio = num_train_timesteps // steps
+    return [(steps - 1 - i) * ratio + steps_offset for i in range(steps)]
+
+
+def linspace_timesteps(num_train_timesteps: int, steps: int, *, steps_offset: int = 0) -> list[int]:
+    """MONAI >= 1.6's ``DDIMScheduler.set_timesteps`` layout, computed as MONAI computes it.
+
+    ``torch.linspace(T-1-offset, 0, N)`` in float32, rounded half to even, plus the offset: the
+    same float32 arithmetic, so the same integers as MONAI's for every T and N.
+    """
+    if not 1 <= steps <= num_train_timesteps:
+        raise SamplingError(f"steps must be between 1 and {num_train_timesteps} (got {steps})")
+    start = float(num_train_timesteps - 1 - steps_offset)
+    return [int(t) + steps_offset for t in torch.linspace(start, 0.0, steps).round().long().tolist()]
+
+
+def timestep_layout(num_train_timesteps: int, settings: SamplerSettings) -> tuple[list[int], list[int]]:
+    """The run's timesteps and, per step, the timestep its update goes to (-1: alpha-bar 1).
+
+    ``"trailing"`` and ``"leading"`` go from each timestep to the next one of the layout (for
+    ``"leading"`` that is ``t - T//N``, exactly what MONAI's ``step`` takes); ``"linspace"``
+    goes, as MONAI >= 1.6's ``DDIMScheduler.step`` does, to ``t - T//N`` whatever the next
+    timestep of its own layout is (the two differ by up to a timestep for 50 of 1000: the
+    model is then evaluated at t_{i+1} on a sample at noise level t_i - T//N; reproduced, not
+    corrected, so that such a model samples exactly as under MONAI).
+
+    Args:
+        num_train_timesteps: T.
+        settings: the sampler settings (steps, spacing, steps_offset).
+
+    Returns:
+        ``(timesteps, targets)``, two lists of ``settings.steps`` integers.
+    """
+    big_t, n = num_train_timesteps, settings.steps
+    if settings.spacing == "trailing":
+        timesteps = trailing_timesteps(big_t, n)
+    elif settings.spacing == "leading":
+        timesteps = leading_timesteps(big_t, n, steps_offset=settings.steps_offset)
+    else:
+        timesteps = linspace_timesteps(big_t, n, steps_offset=settings.steps_offset)
+        return timesteps, [max(t - big_t // n, -1) for t in timesteps]
+    return timesteps, [*timesteps[1:], -1]
 
 
 def ddpm_coefficients(abar_t: float, abar_prev: float) -> tuple[float, float, float]:
@@ -231,9 +309,11 @@ class Stepper:
 
     Args:
         schedule: the model's noise schedule (what the network predicts, clipping, alpha-bar).
-        timesteps: the run's timesteps, from :func:`trailing_timesteps`.
+        timesteps: the run's timesteps, from :func:`timestep_layout`.
         generators: one generator per sample, for samplers that draw noise at each step.
         settings: the sampler settings (``eta`` for DDIM).
+        targets: per step, the timestep the update goes to (-1: alpha-bar 1); None: the next
+            of ``timesteps`` (alpha-bar 1 after the last).
     """
 
     def __init__(
@@ -242,18 +322,21 @@ class Stepper:
         timesteps: Sequence[int],
         generators: Sequence[torch.Generator],
         settings: SamplerSettings,
+        targets: Sequence[int] | None = None,
     ) -> None:
         self.schedule = schedule
         self.timesteps = list(timesteps)
+        self.targets = [*self.timesteps[1:], -1] if targets is None else list(targets)
         self.generators = generators
         self.settings = settings
         self._abar = schedule.alphas_cumprod().tolist()  # float64 Python floats
 
     def step(self, model_output: torch.Tensor, index: int, x: torch.Tensor) -> StepOutput:
-        """The update from ``timesteps[index]`` to the next timestep (abar = 1 after the last)."""
+        """The update from ``timesteps[index]`` to ``targets[index]`` (abar = 1 after the last)."""
         last = index == len(self.timesteps) - 1
         a_t = self._abar[self.timesteps[index]]
-        a_prev = 1.0 if last else self._abar[self.timesteps[index + 1]]
+        target = self.targets[index]
+        a_prev = 1.0 if target < 0 else self._abar[target]
         x0, eps = self.schedule.split_prediction(model_output.to(x.dtype), x, a_t)
         if self.schedule.clip_sample:
             x0 = x0.clamp(-1.0, 1.0)
@@ -290,7 +373,8 @@ class DDIMStepper(Stepper):
     ``sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))``; as MONAI,
     ``eps`` is the one predicted from the raw network output even when ``x0`` was clamped.
     Equals MONAI's ``DDIMScheduler.step`` over the same timesteps (N dividing T; otherwise
-    MONAI's own layout is inconsistent, see the module docstring).
+    MONAI's own layout is inconsistent, see the module docstring), and MONAI's whole
+    ``set_timesteps`` + ``step`` loop on its own layouts (``spacing`` "leading" or "linspace").
     """
 
     def update(self, x, x0, eps, *, a_t, a_prev, last):
@@ -361,8 +445,8 @@ def denoise(
     ``model(x, timesteps=torch.full((B,), float(t)))``; it should be in eval mode (the caller's
     job: :func:`engine.generation.generate` does it). Inference mode is entered per step and
     left before each ``yield``, so the consumer's own code between steps never runs in it.
-    The step math is the sampler's :class:`Stepper` (:data:`STEPPERS`), all on the trailing
-    timesteps of :func:`trailing_timesteps`.
+    The step math is the sampler's :class:`Stepper` (:data:`STEPPERS`), on the timesteps of
+    :func:`timestep_layout` (the trailing layout unless ``settings.spacing`` names another).
 
     Args:
         model: the network (or any callable with that signature), predicting what
@@ -385,8 +469,8 @@ def denoise(
     if noise.shape[0] != len(generators):
         raise SamplingError(f"{noise.shape[0]} noise volumes but {len(generators)} generators; give one per sample")
 
-    timesteps = trailing_timesteps(schedule.num_train_timesteps, settings.steps)
-    stepper = STEPPERS[settings.name](schedule, timesteps, generators, settings)
+    timesteps, targets = timestep_layout(schedule.num_train_timesteps, settings)
+    stepper = STEPPERS[settings.name](schedule, timesteps, generators, settings, targets)
     total = len(timesteps)
     batch = noise.shape[0]
     x = noise

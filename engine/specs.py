@@ -406,7 +406,7 @@ class ModelSpec:
             "schedule": asdict(self.schedule),
             "grid": self.grid.to_dict(),
             "intensity": self.intensity.to_dict(),
-            "default_sampler": None if self.default_sampler is None else asdict(self.default_sampler),
+            "default_sampler": None if self.default_sampler is None else self.default_sampler.to_dict(),
             **conditions,
             **latent,
         }

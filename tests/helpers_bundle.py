@@ -102,8 +102,13 @@ def to_old_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_fake_bundle(root: Path, *, seed: int = 0, with_config: bool = True) -> tuple[Path, dict, dict]:
-    """Write the fake bundle into ``root``; returns it and the networks' (new-name) state dicts."""
+def write_fake_bundle(
+    root: Path, *, seed: int = 0, with_config: bool = True, monai_version: str | None = "1.4.0"
+) -> tuple[Path, dict, dict]:
+    """Write the fake bundle into ``root``; returns it and the networks' (new-name) state dicts.
+
+    ``monai_version``: what its ``configs/metadata.json`` names (the released bundle's 1.4.0);
+    None writes no metadata.json."""
     autoencoder, unet = build_networks(seed)
     (root / "models").mkdir(parents=True, exist_ok=True)
     torch.save(to_old_names(autoencoder.state_dict()), root / "models" / "autoencoder.pt")
@@ -111,4 +116,7 @@ def write_fake_bundle(root: Path, *, seed: int = 0, with_config: bool = True) ->
     if with_config:
         (root / "configs").mkdir(exist_ok=True)
         (root / "configs" / "inference.json").write_text(json.dumps(config(), indent=2))
+        if monai_version is not None:
+            metadata = {"version": "1.0.0", "monai_version": monai_version, "task": "Brain image synthesis"}
+            (root / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
     return root, autoencoder.state_dict(), unet.state_dict()

@@ -10,7 +10,7 @@ import torch
 
 from engine.bundle import bundle_spec, convert_old_keys, import_bundle, register_grid
 from engine.checkpoint import load_checkpoint
-from engine.errors import CheckpointError
+from engine.errors import BrainSynthError, CheckpointError
 from engine.generation import GenerationRequest, generate
 from engine.geometry import GridGeometry
 from engine.specs import PRESETS
@@ -72,8 +72,10 @@ def test_import_and_sample_end_to_end(fake_bundle, tmp_path):
         assert torch.equal(model.unet.state_dict()[key], value)
     for key, value in ae_state.items():
         assert torch.equal(model.autoencoder.state_dict()[key], value)
-    condition = {"sex": 1.0, "age": 0.7, "ventricular_vol": 0.7, "brain_vol": 0.5}
+    # In real units (years, mL), mapped to the bundle's [0, 1] with the paper's ranges: 1, 0.7, 0.7, 0.5.
+    condition = {"sex": 1.0, "age": 70.6, "ventricular_vol": 6.99568 + 0.7 * 164.37932, "brain_vol": 1469.075}
     request = GenerationRequest.for_checkpoint(loaded, seeds=(5,), steps=3, device="cpu", conditions=(condition,))
+    assert request.settings.spacing == "leading"  # the bundle's own DDIM (its metadata: MONAI 1.4.0)
     (volume,) = [v for event in generate(model, request) for v in event.finished]
     assert volume.array.shape == (32, 64, 32)
     assert np.isfinite(volume.array).all()
@@ -113,12 +115,20 @@ def test_cli_import_bundle_then_info_and_sample(fake_bundle, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "latent diffusion: 3 x 4 x 8 x 4 latent" in shown
     assert "mni-centre" in shown
-    assert "age: continuous, 0 to 1 (0-1, the bundle's scaling) (default 0.1)" in shown
+    # the paper's ranges: age in years, the bundle's default age 0.1 shown as 47.8 years
+    assert "age: continuous, 44 to 82 years (default 47.8)" in shown
+    assert "arXiv:2209.07162v1, section 2.1" in shown
+    assert "ddim, 50 steps by default (the model's own); leading timesteps" in shown
     samples = tmp_path / "samples"
-    code = main(["sample", "--checkpoint", str(out), "--steps", "2", "--out", str(samples), "--condition", "age=0.8"])
+    code = main(["sample", "--checkpoint", str(out), "--steps", "2", "--out", str(samples), "--condition", "age=74.4"])
     assert code == 0
+    assert "leading timesteps" in capsys.readouterr().err
     import nibabel as nib
 
+    (sidecar,) = sorted(samples.glob("*.json"))
+    record = json.loads(sidecar.read_text())
+    assert (record["sampler"], record["steps"], record["spacing"]) == ("ddim", 2, "leading")
+    assert record["conditions"]["age"] == 74.4
     (written,) = sorted(samples.glob("*.nii.gz"))
     image = nib.load(written)
     assert image.shape == (32, 64, 32)
@@ -191,3 +201,112 @@ def test_import_with_registration_records_the_geometry(fake_bundle):
     shift = np.asarray(geometry["shift_mm"])
     centred = GridGeometry.centred_on_mni_box((32, 64, 32))
     np.testing.assert_allclose(ckpt.spec.grid.origin_mm, np.asarray(centred.origin_mm) + shift, atol=0.01)
+
+
+@pytest.mark.parametrize(
+    ("version", "spacing"), [("1.4.0", "leading"), ("1.5.1", "leading"), ("1.6.1", "linspace"), (None, "leading")]
+)
+def test_import_records_the_ddim_of_the_bundle_s_monai(tmp_path, version, spacing):
+    """The timestep layout follows the MONAI version configs/metadata.json names (none: 1.4.0's)."""
+    root, _, _ = write_fake_bundle(tmp_path / "bundle", monai_version=version)
+    ckpt = import_bundle(root, geometry="mni-centre")
+    sampler = ckpt.spec.default_sampler
+    assert (sampler.name, sampler.steps, sampler.spacing, sampler.steps_offset) == ("ddim", 50, spacing, 0)
+    record = ckpt.provenance["sampling"]
+    assert record["spacing"] == spacing
+    assert record["timesteps"] == ("980, 960, 940, ..., 0" if spacing == "leading" else "999, 979, 958, ..., 0")
+    assert record["scheduler"]["schedule"] == "scaled_linear_beta"
+    assert (f"MONAI {version}" if version else "names no MONAI version") in record["why"]
+    # saved and loaded, the layout is still the model's
+    loaded = load_checkpoint(ckpt.save(tmp_path / "x.safetensors"))
+    assert loaded.spec.default_sampler == sampler
+
+
+def test_import_ddim_spacing_asked_for_and_schedulers_we_cannot_follow(fake_bundle, tmp_path):
+    root, _, _ = fake_bundle
+    ckpt = import_bundle(root, geometry="mni-centre", ddim_spacing="linspace")
+    assert ckpt.spec.default_sampler.spacing == "linspace"
+    assert "as asked for at import" in ckpt.provenance["sampling"]["why"]
+    with pytest.raises(CheckpointError, match="unknown DDIM spacing 'trailing'"):
+        import_bundle(root, geometry="mni-centre", ddim_spacing="trailing")
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    config["scheduler"]["set_alpha_to_one"] = False
+    with pytest.raises(CheckpointError, match="set_alpha_to_one"):
+        bundle_spec(config)
+    # a steps_offset of MONAI's is kept with the layout
+    other = tmp_path / "offset"
+    write_fake_bundle(other)
+    config["scheduler"].pop("set_alpha_to_one")
+    config["scheduler"]["steps_offset"] = 1
+    (other / "configs" / "inference.json").write_text(json.dumps(config))
+    sampler = import_bundle(other, geometry="mni-centre").spec.default_sampler
+    assert (sampler.spacing, sampler.steps_offset) == ("leading", 1)
+    config["scheduler"]["steps_offset"] = 25  # 49 * 20 + 25 > 999
+    (other / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"its scheduler cannot be followed.*beyond the model.s last"):
+        import_bundle(other, geometry="mni-centre")
+
+
+def test_import_stores_the_paper_s_covariate_ranges(fake_bundle):
+    """Real units with the ranges of Pinaya et al. 2022 (section 2.1); the network still gets [0, 1]."""
+    from engine.bundle import DOCUMENTED_RANGES
+
+    root, _, _ = fake_bundle
+    spec = import_bundle(root, geometry="mni-centre").spec
+    age = spec.conditions.covariate("age")
+    assert (age.minimum, age.maximum, age.unit, age.default) == (44.0, 82.0, "years", 47.8)
+    vent = spec.conditions.covariate("ventricular_vol")
+    assert (vent.minimum, vent.maximum) == (6.99568, 171.375)  # 6995.68 - 171375.0 mm3 in mL
+    brain = spec.conditions.covariate("brain_vol")
+    assert (brain.minimum, brain.maximum) == (1144.24, 1793.91)  # 1144240 - 1793910 mm3 in mL
+    sex = spec.conditions.covariate("sex")
+    assert (sex.minimum, sex.maximum) == (0.0, 1.0)
+    assert "not documented" in sex.unit
+    assert set(DOCUMENTED_RANGES) == set(spec.conditions.names)
+    # the bundle's own defaults (0.0, 0.1, 0.2, 0.4) reach the network unchanged
+    encoded = spec.conditions.encode([spec.conditions.check({})])
+    np.testing.assert_allclose(encoded.numpy(), [[0.0, 0.1, 0.2, 0.4]], rtol=1e-6, atol=1e-7)
+    encoded = spec.conditions.encode([spec.conditions.check({"age": 63.0, "brain_vol": 1793.91})])
+    np.testing.assert_allclose(encoded.numpy(), [[0.0, 0.5, 0.2, 1.0]], rtol=1e-6, atol=1e-7)
+    # a value on the bundle's old [0, 1] scale is now far outside the age range: refused, not misread
+    with pytest.raises(BrainSynthError, match=r"age=0\.7 is outside the training range 44 to 82"):
+        spec.conditions.check({"age": 0.7})
+
+
+@pytest.mark.parametrize("spacing", ["leading", "linspace"])
+def test_imported_bundle_samples_as_the_bundle_s_own_monai_loop(fake_bundle, spacing):
+    """generate() on the imported checkpoint against the bundle's scripts/sampler.py loop: MONAI's
+    DDIMScheduler (inference.json's arguments), set_timesteps(50) and step, MONAI's plain UNet called
+    with the conditions concatenated and as context, then the decoder (leading: the layout MONAI
+    1.4.0's set_timesteps left, as the installed MONAI lays linspace)."""
+    from monai.networks.schedulers import DDIMScheduler
+
+    from engine.samplers import initial_noise, leading_timesteps
+
+    root, _, _ = fake_bundle
+    ckpt = import_bundle(root, geometry="mni-centre", ddim_spacing=spacing)
+    model = ckpt.build_model().eval()
+    condition = {"sex": 1.0, "age": 70.6, "ventricular_vol": 6.99568 + 0.7 * 164.37932, "brain_vol": 1469.075}
+    request = GenerationRequest.for_checkpoint(
+        ckpt, seeds=(5,), device="cpu", precision="fp32", conditions=(condition,)
+    )
+    assert (request.settings.steps, request.settings.spacing) == (50, spacing)
+    (volume,) = [v for event in generate(model, request) for v in event.finished]
+
+    scheduler = DDIMScheduler(**{k: v for k, v in ckpt.provenance["sampling"]["scheduler"].items() if k != "_target_"})
+    scheduler.set_timesteps(num_inference_steps=50)
+    if spacing == "leading":
+        scheduler.timesteps = torch.tensor(leading_timesteps(1000, 50))
+    unet = _plain_unet(model.unet)
+    image, _ = initial_noise(ckpt.spec.sample_shape, [5])
+    conditioning = torch.tensor([[1.0, 0.7, 0.7, 0.5]]).unsqueeze(1)
+    cond_concat = conditioning.squeeze(1)[:, :, None, None, None].expand(-1, -1, *image.shape[2:])
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            out = unet(
+                torch.cat((image, cond_concat), dim=1), timesteps=torch.Tensor((t,)).long(), context=conditioning
+            )
+            image, _ = scheduler.step(out, t, image)
+        decoded = model.autoencoder.decode_stage_2_outputs(image)
+    np.testing.assert_allclose(volume.array, (decoded * 2 - 1)[0, 0].numpy(), atol=1e-4)
+    assert volume.provenance["spacing"] == spacing

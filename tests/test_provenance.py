@@ -24,6 +24,7 @@ PROVENANCE_KEYS = {
     "sampler",
     "steps",
     "eta",
+    "spacing",
     "seed",
     "precision",
     "device",

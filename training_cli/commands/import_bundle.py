@@ -2,8 +2,10 @@
 
 Converts a downloaded ``brain_image_synthesis_latent_diffusion_model`` (MONAI model zoo) into one
 BrainSynth checkpoint: both networks (read with ``torch.load(weights_only=True)``, old key names
-converted), the bundle's covariates, DDIM 50 steps, and the decoded grid's geometry
-(``--geometry register``, the default, or ``mni-centre``). See :mod:`engine.bundle`.
+converted), the bundle's covariates (in real units, with the training ranges of Pinaya et al.
+2022), the bundle's own DDIM (50 steps, MONAI's timestep layout: ``--ddim-spacing``), and the
+decoded grid's geometry (``--geometry register``, the default, or ``mni-centre``). See
+:mod:`engine.bundle`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Read models/autoencoder.pt and models/model.pt of a downloaded "
             "brain_image_synthesis_latent_diffusion_model bundle (weights only; nothing in them runs) and "
-            "write one BrainSynth checkpoint with both networks, the bundle's conditions (sex, age, "
-            "ventricular_vol, brain_vol in [0, 1]) and the decoded grid's geometry."
+            "write one BrainSynth checkpoint with both networks, the bundle's conditions (sex 0-1, age in years, "
+            "ventricular_vol and brain_vol in mL, mapped to the bundle's [0, 1] with the training ranges of "
+            "Pinaya et al. 2022), the bundle's own DDIM and the decoded grid's geometry."
         ),
     )
     parser.add_argument("bundle", metavar="DIR", help="the bundle folder (holding models/ and configs/)")
@@ -33,6 +36,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=(
             "where the decoded 1 mm grid lies: register one generated volume rigidly to the MNI152 template "
             "(default; needs brainsynth[preprocess] and minutes on a CPU) or centre it on the MNI box"
+        ),
+    )
+    parser.add_argument(
+        "--ddim-spacing",
+        choices=("leading", "linspace"),
+        default=None,
+        help=(
+            "timestep layout of the bundle's DDIM: leading (MONAI <= 1.5, 980, 960, ..., 0 for 50 steps) or "
+            "linspace (MONAI >= 1.6, 999, 979, 958, ..., 0); default: that of the MONAI version the bundle's "
+            "configs/metadata.json names (1.4.0: leading)"
         ),
     )
     parser.add_argument("--device", default="auto", help="device for the registration volume (default: auto)")
@@ -52,11 +65,16 @@ def run(args: argparse.Namespace) -> int:
     ckpt = import_bundle(
         args.bundle,
         geometry=args.geometry,
+        ddim_spacing=args.ddim_spacing,
         register_seed=args.seed,
         device=args.device,
         progress=lambda text: print(text, file=sys.stderr),
     )
     ckpt.save(out, overwrite=args.overwrite)
     geometry = ckpt.provenance.get("geometry", {})
-    print(f"wrote {out} ({ckpt.spec.name}; geometry: {geometry.get('description', '')})")
+    sampler = ckpt.spec.default_sampler
+    print(
+        f"wrote {out} ({ckpt.spec.name}; geometry: {geometry.get('description', '')}; "
+        f"sampling: {sampler.name} {sampler.steps} steps, {sampler.describe_spacing()})"
+    )
     return 0

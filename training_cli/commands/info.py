@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             f"intensity    {printable(spec.intensity.kind)}: "
             f"brain p{spec.intensity.upper_percentile:g} → {spec.intensity.scale:g}"
         ),
-        f"sampler      {sampler.name}, {sampler.steps} steps by default ({whose})",
+        f"sampler      {sampler.name}, {sampler.steps} steps by default ({whose}); {sampler.describe_spacing()}",
         f"memory       {_memory_line(spec)}",
     ]
     if spec.latent is not None:

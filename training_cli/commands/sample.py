@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     model = ckpt.build_model(use_ema=request.weights == "ema", device=request.torch_device)
     request = resolve_precision(model, request)
     print(
-        f"sampling {len(seeds)} volume(s) with {settings.name}, {settings.steps} steps, "
+        f"sampling {len(seeds)} volume(s) with {settings.name}, {settings.steps} steps "
+        f"({settings.describe_spacing()}), "
         f"on {describe_device(request.torch_device)} from {ckpt_path.name}; precision {request.precision_reason}",
         file=sys.stderr,
     )
