@@ -35,7 +35,15 @@ import numpy as np
 
 from engine import __version__
 from engine.utility import splits
-from engine.utility.data import TASKS, LabelledScan, assign_targets, load_arrays, real_scans, synthetic_scans
+from engine.utility.data import (
+    TASKS,
+    LabelledScan,
+    assign_targets,
+    check_intensity_scales,
+    load_arrays,
+    real_scans,
+    synthetic_scans,
+)
 from engine.utility.errors import UtilityError
 from engine.utility.leakage import LeakageReport, check_leakage
 from engine.utility.stats import (
@@ -176,6 +184,8 @@ class _Prepared:
     leakage: LeakageReport
     fingerprint: str
     sources: dict
+    #: Median brain level (99.5th percentile, standard / scale) of the real and synthetic inputs.
+    intensity_levels: dict = field(default_factory=dict)
 
 
 def prepare_experiment(
@@ -286,6 +296,7 @@ def prepare_experiment(
     test_scans = [scan for test in tests for subject in test for scan in subject.scans]
     leakage = check_leakage(synthetic, test_scans, checkpoints=checkpoints, waive=waive_leakage_check)
     shape = load_arrays(real + synthetic, progress=progress)
+    intensity_levels = check_intensity_scales(real + synthetic)
     fingerprint = hashlib.sha256(
         json.dumps(
             {
@@ -304,7 +315,9 @@ def prepare_experiment(
         "synthetic": [str(Path(p)) for p in synthetic_sources],
         "checkpoints": [str(Path(p)) for p in checkpoints],
     }
-    return _Prepared(options, real, synthetic, shape, tests, plans, sizes, steps, leakage, fingerprint, sources)
+    return _Prepared(
+        options, real, synthetic, shape, tests, plans, sizes, steps, leakage, fingerprint, sources, intensity_levels
+    )
 
 
 def _run_file(out_dir: Path, key: str) -> Path:
@@ -588,6 +601,7 @@ def summarise(prepared: _Prepared, results: dict[str, dict]) -> dict:
             "real_labels": counts,
             "synthetic_volumes": len(prepared.synthetic),
             "synthetic_labels": synthetic_counts,
+            "input_brain_level": prepared.intensity_levels,
             "test_subjects_per_repeat": [len(t) for t in prepared.tests],
             "sources": prepared.sources,
             "fingerprint": prepared.fingerprint,
