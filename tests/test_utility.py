@@ -429,6 +429,11 @@ def test_synthetic_only_arm_on_exported_volumes_reaches_auc_near_one(exported):
     with open(root / "real" / "participants.tsv", encoding="utf-8") as fh:
         truth = {r["participant_id"]: r["group"] for r in csv.DictReader(fh, delimiter="\t")}
     assert run["targets"] == [float(truth[s] == "ftd") for s in run["test_subjects"]]
+    # The real-only model recognises the synthetic volumes' conditions (the generator's labels hold).
+    assert summary["label_fidelity"]["auc"]["mean"] >= 0.9
+    report = (root / "ftd" / "report.md").read_text()
+    assert "## Do the synthetic volumes carry the label?" in report
+    assert "hardly show the label" not in report
 
 
 def test_swapping_the_positive_class_swaps_what_the_scores_mean(exported):
@@ -502,3 +507,24 @@ def test_positive_spelt_otherwise_than_the_real_labels_names_their_spelling(tmp_
         r"no real scan has that 'group' .*the real scans spell it 'ftd'",
         options=options,
     )
+
+
+def test_a_generator_with_swapped_conditions_is_exposed_by_the_label_check(tmp_path):
+    # Synthetic patients labelled control and controls labelled ftd: a generator that swapped
+    # its categories. The synthetic-only model then ranks real subjects backwards, and the
+    # real-only model scoring the synthetic volumes says why.
+    write_real(tmp_path / "real", patients=8, controls=8, seed=13)
+    write_synthetic(
+        tmp_path / "synthetic", patients=8, controls=8, seed=14, spelling={"ftd": "control", "control": "ftd"}
+    )
+    options = _options(repeats=1, real_train_sizes=(None,), synthetic_ratios=(0.5,))
+    result = run_experiment(
+        [tmp_path / "real"], [tmp_path / "synthetic"], options, out_dir=tmp_path / "out", waive_leakage_check=True
+    )
+    summary = result.summary
+    assert summary["arms"]["real"]["auc"]["mean"] >= 0.9
+    assert summary["arms"]["synthetic"]["auc"]["mean"] <= 0.1
+    assert summary["label_fidelity"]["auc"]["mean"] <= 0.1
+    assert len(summary["label_fidelity"]["auc"]["per_repeat"]) == 1
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "hardly show the label as the real scans show it" in report

@@ -14,6 +14,13 @@ Arms (the same network, budget, batch size, learning rate and augmentation):
   ``r × size`` synthetic volumes with the real subjects' class balance (nested across r);
 * ``synthetic``: every synthetic volume (validation volumes carved from them), once per repeat.
 
+A check of the synthetic labels rides along: each ``real`` run's final network also scores
+every synthetic volume against the condition it was generated with (``on_synthetic`` in the
+run; ``label_fidelity`` in the summary, from the largest real size). A generator whose
+volumes do not show the label as real scans show it gives about 0.5 there, and then a
+synthetic-only model has nothing to transfer: its figure on real scans is chance, or, on
+few test subjects, anything from 0 to 1 (issue 18's smoke run: 0.000 on 6 subjects).
+
 :func:`iter_experiment` is a generator of :class:`UtilityProgress` events (a GUI can cancel
 between them) returning the :class:`UtilityResult`; :func:`run_experiment` drives it with a
 callback.
@@ -442,6 +449,9 @@ def iter_experiment(
             init_seed=_seed(options.seed, plan.repeat, "init"),
             data_seed=_seed(options.seed, plan.key, "data"),
             report=check_cancel,
+            extra_x=np.stack([s.array for s in prepared.synthetic])
+            if plan.arm == "real" and prepared.synthetic
+            else None,
         )
         predictions = _subject_predictions(test, test_scans, outcome.predictions)
         targets = [s.target for s in test]
@@ -469,6 +479,12 @@ def iter_experiment(
                 name: _finite(metric(name, np.array(targets), np.array(predictions))) for name in METRICS[options.task]
             },
         }
+        if outcome.extra_predictions:
+            labels = np.array([s.target for s in prepared.synthetic])
+            record["on_synthetic"] = {
+                name: _finite(metric(name, labels, np.array(outcome.extra_predictions)))
+                for name in METRICS[options.task]
+            }
         atomic_write_text(path, json.dumps(record, indent=1), overwrite=True)
         results[plan.key] = record
         yield UtilityProgress("training", done + 1, total, f"{plan.key}: {_describe(record, options.task)}")
@@ -573,6 +589,7 @@ def summarise(prepared: _Prepared, results: dict[str, dict]) -> dict:
             arms["synthetic"] = summary
     if by_ratio:
         arms["real+synthetic"] = by_ratio[_ratio_text(options.synthetic_ratios[0])]
+    fidelity = _label_fidelity(runs_of("real", largest, None), names) if prepared.synthetic else None
     _add_worth(curve, primary)
     counts: dict[str, int] = {}
     for scan in prepared.real:
@@ -612,8 +629,24 @@ def summarise(prepared: _Prepared, results: dict[str, dict]) -> dict:
         "test_subjects": [[s.key for s in t] for t in prepared.tests],
         "arms": arms,
         "arms_by_ratio": by_ratio,
+        "label_fidelity": fidelity,
         "learning_curve": curve,
     }
+
+
+def _label_fidelity(runs: list[dict], names: Sequence[str]) -> dict | None:
+    """How the real-only model (largest size) scores the synthetic volumes against their
+    conditions: each metric's mean over repeats and the per-repeat values (None for runs saved
+    before this check existed)."""
+    per = [r.get("on_synthetic") for r in runs]
+    if not any(per):
+        return None
+    out: dict = {"real_train_size": runs[0]["real_train_size"] if runs else None}
+    for name in names:
+        values = [p.get(name) if p else None for p in per]
+        finite = [v for v in values if v is not None]
+        out[name] = {"mean": float(np.mean(finite)) if finite else None, "per_repeat": values}
+    return out
 
 
 def _add_worth(curve: list[dict], primary: str) -> None:
