@@ -18,7 +18,7 @@ from engine.training.data import sha256_file
 from engine.utility import stats
 from engine.utility.errors import UtilityError
 from engine.utility.experiment import UtilityOptions, prepare_experiment, run_experiment
-from tests.helpers_utility import AFFINE, write_real, write_synthetic
+from tests.helpers_utility import AFFINE, exported_arrays, write_exported, write_real, write_synthetic
 from tests.helpers_volumes import write_nifti, write_phantom
 from training_cli.main import main
 
@@ -394,3 +394,137 @@ def test_one_repeat_per_array_task_then_one_summary(tmp_path):
     assert len(merged.summary["arms"]["real"]["runs"]) == 2
     with pytest.raises(UtilityError, match="--only-repeat must be from 0 to 1"):
         run_experiment([tmp_path / "real"], [], options, out_dir=tmp_path / "out", only_repeat=2)
+
+
+# ---------------------------------------------------------------- real and synthetic encoded alike
+# Issue 18's smoke run gave a synthetic-only AUC of 0.000. These tests would catch the bugs that
+# could cause it: labels encoded differently on the two sides, intensities on other scales,
+# volumes in other orientations. Synthetic volumes go through the real export path here.
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exported")
+    write_real(root / "real", patients=10, controls=10, seed=11)
+    write_exported(root / "synthetic", patients=10, controls=10, seed=12)
+    runs = {}
+    for positive in ("ftd", "control"):
+        options = UtilityOptions(label="group", positive=positive, repeats=1, **FAST)
+        runs[positive] = run_experiment(
+            [root / "real"], [root / "synthetic"], options, out_dir=root / positive, waive_leakage_check=True
+        ).summary
+    return root, runs
+
+
+def _synthetic_run(root: Path, positive: str) -> dict:
+    return json.loads((root / positive / "runs" / "repeat0_synthetic.json").read_text())
+
+
+def test_synthetic_only_arm_on_exported_volumes_reaches_auc_near_one(exported):
+    root, runs = exported
+    summary = runs["ftd"]
+    assert summary["parameters"]["synthetic_labels"] == {"control": 10, "ftd": 10}
+    assert summary["arms"]["synthetic"]["auc"]["mean"] >= 0.9
+    assert summary["arms"]["real"]["auc"]["mean"] >= 0.9
+    run = _synthetic_run(root, "ftd")
+    # Targets are the real test subjects' groups, read from participants.tsv.
+    with open(root / "real" / "participants.tsv", encoding="utf-8") as fh:
+        truth = {r["participant_id"]: r["group"] for r in csv.DictReader(fh, delimiter="\t")}
+    assert run["targets"] == [float(truth[s] == "ftd") for s in run["test_subjects"]]
+    # The real-only model recognises the synthetic volumes' conditions (the generator's labels hold).
+    assert summary["label_fidelity"]["auc"]["mean"] >= 0.9
+    report = (root / "ftd" / "report.md").read_text()
+    assert "## Do the synthetic volumes carry the label?" in report
+    assert "hardly show the label" not in report
+
+
+def test_swapping_the_positive_class_swaps_what_the_scores_mean(exported):
+    root, runs = exported
+    # Trained and tested with control as the positive class: as good a classifier...
+    assert runs["control"]["arms"]["synthetic"]["auc"]["mean"] >= 0.9
+    ftd, control = _synthetic_run(root, "ftd"), _synthetic_run(root, "control")
+    assert ftd["test_subjects"] == control["test_subjects"]
+    assert control["targets"] == [1.0 - t for t in ftd["targets"]]
+    # ...whose scores, read against the FTD labels, give 1 - AUC: they rank controls first.
+    assert stats.roc_auc(np.array(ftd["targets"]), np.array(control["predictions"])) == pytest.approx(
+        1.0 - control["metrics"]["auc"]
+    )
+    assert stats.roc_auc(np.array(ftd["targets"]), np.array(control["predictions"])) <= 0.1
+
+
+def test_real_and_exported_volumes_reach_the_classifier_on_one_scale_and_orientation(tmp_path):
+    from engine.utility.data import LabelledScan, check_intensity_scales, load_arrays
+
+    groups, arrays = exported_arrays(patients=2, controls=2, seed=3)
+    paths = write_exported(tmp_path / "synthetic", patients=2, controls=2, seed=3)
+    # The same volumes as "prepared real scans", stored in another orientation (LPS on disk).
+    real = [write_nifti(tmp_path / f"real{i}.nii.gz", array, AFFINE, axcodes="LPS") for i, array in enumerate(arrays)]
+    scans = [LabelledScan(path=p, subject=p.name, label=g, kind="real") for p, g in zip(real, groups, strict=True)]
+    scans += [
+        LabelledScan(path=p, subject=p.name, label=g, kind="synthetic") for p, g in zip(paths, groups, strict=True)
+    ]
+    assert load_arrays(scans) == (16, 16, 16)
+    for r, s, array in zip(scans[:4], scans[4:], arrays, strict=True):
+        np.testing.assert_allclose(r.array, array / 1000.0, atol=1e-6)
+        np.testing.assert_allclose(s.array, r.array, atol=1e-5)  # model space and back: rounding only
+    levels = check_intensity_scales(scans)
+    assert levels["real"] == pytest.approx(levels["synthetic"], rel=1e-4)
+    assert 0.5 < levels["real"] <= 1.0
+
+
+def test_synthetic_volumes_on_another_intensity_scale_are_refused(tmp_path):
+    write_real(tmp_path / "real", patients=6, controls=6)
+    write_synthetic(tmp_path / "synthetic", patients=4, controls=4, gain=0.001)  # [0, 1], not [0, 1000]
+    _refused(
+        tmp_path,
+        [tmp_path / "real"],
+        [tmp_path / "synthetic"],
+        r"synthetic volumes are on another intensity scale than the real scans \(.*median 0.000803 vs 0.806 of the",
+        waive_leakage_check=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("spelling", "match"),
+    [
+        ({"ftd": "FTD"}, r"spelt differently from the real labels \('FTD' for 'ftd'\)"),
+        ({"ftd": " Ftd", "control": "Control"}, r"\('Control' for 'control', 'Ftd' for 'ftd'\)"),
+        ({"ftd": "bvftd"}, r"4 of 8 synthetic volumes have a 'group' that no real scan has \(synthetic: 'bvftd' \(4\)"),
+        ({"ftd": "control"}, r"--positive 'ftd': no synthetic volume has that 'group' \(synthetic: 'control' \(8\)\)"),
+    ],
+)
+def test_synthetic_labels_must_spell_the_real_vocabulary(tmp_path, spelling, match):
+    write_real(tmp_path / "real", patients=6, controls=6)
+    write_synthetic(tmp_path / "synthetic", patients=4, controls=4, spelling=spelling)
+    _refused(tmp_path, [tmp_path / "real"], [tmp_path / "synthetic"], match, waive_leakage_check=True)
+
+
+def test_positive_spelt_otherwise_than_the_real_labels_names_their_spelling(tmp_path):
+    write_real(tmp_path / "real", patients=6, controls=6)
+    options = UtilityOptions(label="group", positive="FTD", **FAST)
+    _refused(
+        tmp_path,
+        [tmp_path / "real"],
+        [],
+        r"no real scan has that 'group' .*the real scans spell it 'ftd'",
+        options=options,
+    )
+
+
+def test_a_generator_with_swapped_conditions_is_exposed_by_the_label_check(tmp_path):
+    # Synthetic patients labelled control and controls labelled ftd: a generator that swapped
+    # its categories. The synthetic-only model then ranks real subjects backwards, and the
+    # real-only model scoring the synthetic volumes says why.
+    write_real(tmp_path / "real", patients=8, controls=8, seed=13)
+    write_synthetic(
+        tmp_path / "synthetic", patients=8, controls=8, seed=14, spelling={"ftd": "control", "control": "ftd"}
+    )
+    options = _options(repeats=1, real_train_sizes=(None,), synthetic_ratios=(0.5,))
+    result = run_experiment(
+        [tmp_path / "real"], [tmp_path / "synthetic"], options, out_dir=tmp_path / "out", waive_leakage_check=True
+    )
+    summary = result.summary
+    assert summary["arms"]["real"]["auc"]["mean"] >= 0.9
+    assert summary["arms"]["synthetic"]["auc"]["mean"] <= 0.1
+    assert summary["label_fidelity"]["auc"]["mean"] <= 0.1
+    assert len(summary["label_fidelity"]["auc"]["per_repeat"]) == 1
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "hardly show the label as the real scans show it" in report

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -65,6 +65,7 @@ class RunOutcome:
     best_step: int
     best_val_loss: float | None
     val_losses: list[tuple[int, float]]
+    extra_predictions: list[float] = field(default_factory=list)
 
 
 def build_network(shape: tuple[int, int, int], *, width: int) -> torch.nn.Module:
@@ -103,6 +104,7 @@ def train_and_predict(
     init_seed: int,
     data_seed: int,
     report: Callable[[int, int], None] | None = None,
+    extra_x: np.ndarray | None = None,
 ) -> RunOutcome:
     """Train one arm and predict the test volumes.
 
@@ -114,6 +116,8 @@ def train_and_predict(
         init_seed: seed of the initial weights.
         data_seed: seed of the batch order and augmentation.
         report: ``report(step, steps)`` every few steps (may raise CancelledError to stop).
+        extra_x: more volumes for the final network to predict (``extra_predictions``), in a
+            call of their own, so the test predictions are the same with or without them.
 
     Returns:
         Test predictions: probabilities of the positive class, or values in the label's unit.
@@ -177,14 +181,19 @@ def train_and_predict(
         net.load_state_dict(best_state)
     else:
         best_step = step
-    raw = _predict_raw(net, test_x, device)
-    predictions = 1.0 / (1.0 + np.exp(-raw)) if task == "classify" else raw * spread + centre
+
+    def predict(x: np.ndarray) -> list[float]:
+        raw = _predict_raw(net, x, device)
+        values = 1.0 / (1.0 + np.exp(-raw)) if task == "classify" else raw * spread + centre
+        return [float(v) for v in values]
+
     return RunOutcome(
-        predictions=[float(v) for v in predictions],
+        predictions=predict(test_x),
         steps_run=step,
         best_step=best_step,
         best_val_loss=best_loss,
         val_losses=history,
+        extra_predictions=predict(extra_x) if extra_x is not None and len(extra_x) else [],
     )
 
 

@@ -176,12 +176,78 @@ def synthetic_scans(sources: Sequence[str | os.PathLike], *, label: str) -> list
     return scans
 
 
+def _spelling(value: str) -> str:
+    """A label's spelling-blind form: case and surrounding space ignored, numbers by value."""
+    number = as_number(value)
+    return repr(number) if number is not None else value.strip().casefold()
+
+
+def _counted(scans: Sequence[LabelledScan]) -> str:
+    counts: dict[str, int] = {}
+    for s in scans:
+        counts[s.label] = counts.get(s.label, 0) + 1
+    return ", ".join(f"{value!r} ({n})" for value, n in sorted(counts.items()))
+
+
+def check_vocabulary(scans: Sequence[LabelledScan], *, positive: str, label: str) -> None:
+    """Refuse classification labels that real and synthetic scans spell differently.
+
+    A label is compared as text, exactly, on both sides: a synthetic volume whose sidecar says
+    ``FTD`` where ``participants.tsv`` says ``ftd`` would otherwise silently count as a
+    negative, and a synthetic-only model would learn the classes the wrong way round (or
+    from one class only). So every synthetic value must be one of the real scans' values,
+    and ``positive`` must be among the synthetic values too.
+
+    Raises:
+        UtilityError: ``positive`` missing on either side, or a synthetic value the real scans
+            do not have (the message names the real spelling when only case or form differ).
+    """
+    real = [s for s in scans if s.kind == "real"]
+    synthetic = [s for s in scans if s.kind != "real"]
+    real_values = {s.label for s in real}
+    if positive not in real_values:
+        near = sorted(v for v in real_values if _spelling(v) == _spelling(positive))
+        hint = f"; the real scans spell it {near[0]!r}" if near else ""
+        raise UtilityError(
+            f"--positive {positive!r}: no real scan has that {label!r} (values: {', '.join(sorted(real_values))}){hint}"
+        )
+    if not synthetic:
+        return
+    unknown = [s for s in synthetic if s.label not in real_values]
+    if unknown:
+        by_spelling = {_spelling(v): v for v in sorted(real_values)}
+        respelt = sorted(
+            {(s.label, by_spelling[_spelling(s.label)]) for s in unknown if _spelling(s.label) in by_spelling}
+        )
+        if respelt:
+            pairs = ", ".join(f"{syn!r} for {real!r}" for syn, real in respelt)
+            raise UtilityError(
+                f"the synthetic volumes' {label!r} conditions are spelt differently from the real labels ({pairs}); "
+                "labels must match exactly (case included): generate with the real scans' spelling, or use a "
+                "labels file that spells them as the generator does"
+            )
+        raise UtilityError(
+            f"{len(unknown)} of {len(synthetic)} synthetic volumes have a {label!r} that no real scan has "
+            f"(synthetic: {_counted(synthetic)}; real: {', '.join(sorted(real_values))}); "
+            "real and synthetic labels must come from one vocabulary"
+        )
+    if positive not in {s.label for s in synthetic}:
+        raise UtilityError(
+            f"--positive {positive!r}: no synthetic volume has that {label!r} (synthetic: {_counted(synthetic)}); "
+            f"generate some with --condition {label}={positive}"
+        )
+
+
 def assign_targets(scans: Sequence[LabelledScan], *, task: str, positive: str | None, label: str) -> None:
     """Set each scan's ``target``: 1.0 for ``positive`` and 0.0 otherwise, or the number.
 
+    Real and synthetic scans are encoded by one rule (the label's text equals ``positive``),
+    after :func:`check_vocabulary` has made sure both sides spell the labels alike.
+
     Raises:
-        UtilityError: an unknown task, no --positive for classification, a positive value no
-            real scan has, or a non-number for regression.
+        UtilityError: an unknown task, no --positive for classification, labels that real and
+            synthetic scans spell differently (see :func:`check_vocabulary`), or a non-number
+            for regression.
     """
     if task not in TASKS:
         raise UtilityError(f"--task must be classify or regress (got {task!r})")
@@ -191,10 +257,7 @@ def assign_targets(scans: Sequence[LabelledScan], *, task: str, positive: str | 
             raise UtilityError(
                 f"--positive: which value of {label!r} is the positive class? (values: {', '.join(values)})"
             )
-        if positive not in {s.label for s in scans if s.kind == "real"}:
-            raise UtilityError(
-                f"--positive {positive!r}: no real scan has that {label!r} (values: {', '.join(values)})"
-            )
+        check_vocabulary(scans, positive=positive, label=label)
         for s in scans:
             s.target = 1.0 if s.label == positive else 0.0
         return
@@ -253,3 +316,45 @@ def load_arrays(scans: Sequence[LabelledScan], *, scale: float = 1000.0, progres
             "real and synthetic volumes must share one model grid (prepare the real scans with the generator's preset)"
         )
     return reference.shape
+
+
+#: Largest factor by which the real and the synthetic brains' typical bright level may differ.
+MAX_SCALE_RATIO = 2.0
+
+
+def brain_level(array: np.ndarray) -> float:
+    """A volume's bright level: the 99.5th percentile of its non-zero (brain) voxels, in the
+    array's own units (0 for an empty volume). Standard space puts it at the scale for
+    prepared scans and exports alike, so real and synthetic levels should agree."""
+    brain = array[array > 0]
+    return float(np.percentile(brain, 99.5)) if brain.size else 0.0
+
+
+def check_intensity_scales(scans: Sequence[LabelledScan]) -> dict[str, float]:
+    """Check that real and synthetic volumes, as loaded, share one intensity scale.
+
+    Both are meant to be in standard space; a set of volumes on another scale (say [0, 1]
+    instead of [0, 1000]) still passes the range check of :func:`load_arrays`, but a network
+    trained on one scale says nothing about the other.
+
+    Returns:
+        The median :func:`brain_level` of each kind present (``{"real": ..., "synthetic": ...}``),
+        in standard / scale units.
+
+    Raises:
+        UtilityError: the two medians differ by more than :data:`MAX_SCALE_RATIO`.
+    """
+    levels: dict[str, float] = {}
+    for kind in ("real", "synthetic"):
+        values = [brain_level(s.array) for s in scans if s.kind == kind and s.array is not None]
+        if values:
+            levels[kind] = float(np.median(values))
+    if len(levels) == 2:
+        real, synthetic = levels["real"], levels["synthetic"]
+        if min(real, synthetic) <= 0 or max(real, synthetic) / min(real, synthetic) > MAX_SCALE_RATIO:
+            raise UtilityError(
+                f"the synthetic volumes are on another intensity scale than the real scans (the brain's 99.5th "
+                f"percentile: median {synthetic:.3g} vs {real:.3g} of the standard scale); use volumes "
+                "exported by 'brainsynth-cli sample' or the app and real scans put through 'brainsynth-cli prepare'"
+            )
+    return levels

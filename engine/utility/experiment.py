@@ -14,6 +14,13 @@ Arms (the same network, budget, batch size, learning rate and augmentation):
   ``r × size`` synthetic volumes with the real subjects' class balance (nested across r);
 * ``synthetic``: every synthetic volume (validation volumes carved from them), once per repeat.
 
+A check of the synthetic labels rides along: each ``real`` run's final network also scores
+every synthetic volume against the condition it was generated with (``on_synthetic`` in the
+run; ``label_fidelity`` in the summary, from the largest real size). A generator whose
+volumes do not show the label as real scans show it gives about 0.5 there, and then a
+synthetic-only model has nothing to transfer: its figure on real scans is chance, or, on
+few test subjects, anything from 0 to 1 (issue 18's smoke run: 0.000 on 6 subjects).
+
 :func:`iter_experiment` is a generator of :class:`UtilityProgress` events (a GUI can cancel
 between them) returning the :class:`UtilityResult`; :func:`run_experiment` drives it with a
 callback.
@@ -35,7 +42,15 @@ import numpy as np
 
 from engine import __version__
 from engine.utility import splits
-from engine.utility.data import TASKS, LabelledScan, assign_targets, load_arrays, real_scans, synthetic_scans
+from engine.utility.data import (
+    TASKS,
+    LabelledScan,
+    assign_targets,
+    check_intensity_scales,
+    load_arrays,
+    real_scans,
+    synthetic_scans,
+)
 from engine.utility.errors import UtilityError
 from engine.utility.leakage import LeakageReport, check_leakage
 from engine.utility.stats import (
@@ -176,6 +191,8 @@ class _Prepared:
     leakage: LeakageReport
     fingerprint: str
     sources: dict
+    #: Median brain level (99.5th percentile, standard / scale) of the real and synthetic inputs.
+    intensity_levels: dict = field(default_factory=dict)
 
 
 def prepare_experiment(
@@ -286,6 +303,7 @@ def prepare_experiment(
     test_scans = [scan for test in tests for subject in test for scan in subject.scans]
     leakage = check_leakage(synthetic, test_scans, checkpoints=checkpoints, waive=waive_leakage_check)
     shape = load_arrays(real + synthetic, progress=progress)
+    intensity_levels = check_intensity_scales(real + synthetic)
     fingerprint = hashlib.sha256(
         json.dumps(
             {
@@ -304,7 +322,9 @@ def prepare_experiment(
         "synthetic": [str(Path(p)) for p in synthetic_sources],
         "checkpoints": [str(Path(p)) for p in checkpoints],
     }
-    return _Prepared(options, real, synthetic, shape, tests, plans, sizes, steps, leakage, fingerprint, sources)
+    return _Prepared(
+        options, real, synthetic, shape, tests, plans, sizes, steps, leakage, fingerprint, sources, intensity_levels
+    )
 
 
 def _run_file(out_dir: Path, key: str) -> Path:
@@ -429,6 +449,9 @@ def iter_experiment(
             init_seed=_seed(options.seed, plan.repeat, "init"),
             data_seed=_seed(options.seed, plan.key, "data"),
             report=check_cancel,
+            extra_x=np.stack([s.array for s in prepared.synthetic])
+            if plan.arm == "real" and prepared.synthetic
+            else None,
         )
         predictions = _subject_predictions(test, test_scans, outcome.predictions)
         targets = [s.target for s in test]
@@ -456,6 +479,12 @@ def iter_experiment(
                 name: _finite(metric(name, np.array(targets), np.array(predictions))) for name in METRICS[options.task]
             },
         }
+        if outcome.extra_predictions:
+            labels = np.array([s.target for s in prepared.synthetic])
+            record["on_synthetic"] = {
+                name: _finite(metric(name, labels, np.array(outcome.extra_predictions)))
+                for name in METRICS[options.task]
+            }
         atomic_write_text(path, json.dumps(record, indent=1), overwrite=True)
         results[plan.key] = record
         yield UtilityProgress("training", done + 1, total, f"{plan.key}: {_describe(record, options.task)}")
@@ -560,6 +589,7 @@ def summarise(prepared: _Prepared, results: dict[str, dict]) -> dict:
             arms["synthetic"] = summary
     if by_ratio:
         arms["real+synthetic"] = by_ratio[_ratio_text(options.synthetic_ratios[0])]
+    fidelity = _label_fidelity(runs_of("real", largest, None), names) if prepared.synthetic else None
     _add_worth(curve, primary)
     counts: dict[str, int] = {}
     for scan in prepared.real:
@@ -588,6 +618,7 @@ def summarise(prepared: _Prepared, results: dict[str, dict]) -> dict:
             "real_labels": counts,
             "synthetic_volumes": len(prepared.synthetic),
             "synthetic_labels": synthetic_counts,
+            "input_brain_level": prepared.intensity_levels,
             "test_subjects_per_repeat": [len(t) for t in prepared.tests],
             "sources": prepared.sources,
             "fingerprint": prepared.fingerprint,
@@ -598,8 +629,24 @@ def summarise(prepared: _Prepared, results: dict[str, dict]) -> dict:
         "test_subjects": [[s.key for s in t] for t in prepared.tests],
         "arms": arms,
         "arms_by_ratio": by_ratio,
+        "label_fidelity": fidelity,
         "learning_curve": curve,
     }
+
+
+def _label_fidelity(runs: list[dict], names: Sequence[str]) -> dict | None:
+    """How the real-only model (largest size) scores the synthetic volumes against their
+    conditions: each metric's mean over repeats and the per-repeat values (None for runs saved
+    before this check existed)."""
+    per = [r.get("on_synthetic") for r in runs]
+    if not any(per):
+        return None
+    out: dict = {"real_train_size": runs[0]["real_train_size"] if runs else None}
+    for name in names:
+        values = [p.get(name) if p else None for p in per]
+        finite = [v for v in values if v is not None]
+        out[name] = {"mean": float(np.mean(finite)) if finite else None, "per_repeat": values}
+    return out
 
 
 def _add_worth(curve: list[dict], primary: str) -> None:

@@ -167,6 +167,7 @@ def report_markdown(summary: dict) -> str:
         )
     lines += ["", f"![learning curve]({CURVE_PLOT})", "", "## Reading", ""]
     lines += [_verdict(summary)]
+    lines += _fidelity_lines(summary)
     leak = summary["leakage_check"]
     lines += ["", "## Leakage check", ""]
     if leak["waived"]:
@@ -180,6 +181,39 @@ def report_markdown(summary: dict) -> str:
         lines.append("No synthetic volumes.")
     lines += [f"- note: {w}" for w in leak["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+#: Below this ROC AUC, the real-only model hardly tells the synthetic classes apart.
+WEAK_FIDELITY_AUC = 0.6
+
+
+def _fidelity_lines(summary: dict) -> list[str]:
+    """The label check: how a real-trained model scores the synthetic volumes (see the engine)."""
+    fidelity = summary.get("label_fidelity")
+    if not fidelity:
+        return []
+    primary = summary["primary_metric"]
+    figure = fidelity.get(primary, {})
+    if figure.get("mean") is None:
+        return []
+    per = ", ".join(_fmt(v) for v in figure["per_repeat"])
+    lines = [
+        "",
+        "## Do the synthetic volumes carry the label?",
+        "",
+        (
+            f"The real-only model ({fidelity['real_train_size']} real training subjects) scoring the "
+            f"{summary['parameters']['synthetic_volumes']} synthetic volumes against the conditions they were "
+            f"generated with: {METRIC_NAMES[primary]} {_fmt(figure['mean'])} (mean over repeats; per repeat {per})."
+        ),
+    ]
+    if primary == "auc" and figure["mean"] < WEAK_FIDELITY_AUC:
+        lines.append(
+            "The synthetic volumes hardly show the label as the real scans show it, so a model trained on them "
+            "alone has little to transfer to real scans: its figure there is then near chance, and on few test "
+            "subjects it can land anywhere from 0 to 1."
+        )
+    return lines
 
 
 def _counts(counts: dict) -> str:

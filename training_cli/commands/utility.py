@@ -220,5 +220,8 @@ def run(args: argparse.Namespace) -> int:
         diff = row[f"{names[0]}_difference"]
         extra = f" (vs real {diff}, p {row['p_value']})" if diff != "—" else ""
         print(f"{row['arm']}: {figures}{extra}")
+    fidelity = result.summary.get("label_fidelity") or {}
+    if (fidelity.get(names[0]) or {}).get("mean") is not None:
+        print(f"real-only model on the synthetic volumes' conditions: {names[0]} {fidelity[names[0]]['mean']:.3f}")
     print(f"wrote {Path(args.out) / RESULT_FILE}, report.md and plots")
     return 0
