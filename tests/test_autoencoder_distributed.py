@@ -213,6 +213,40 @@ def test_two_rank_run_ends_alike_writes_once_and_resumes(tmp_path, data_dir):
     assert (state["epoch"], state["world_size"], state["global_step"]) == (3, 2, 9)
 
 
+def test_a_run_stopped_mid_epoch_resumes_exactly(tmp_path, data_dir):
+    """As SLURM's signal does: stop after a step, save, resume; the end equals an unstopped run's."""
+    from engine.training.autoencoder import saved_config, train_autoencoder
+
+    def run(out: Path, stop_after: int | None) -> dict:
+        config = _config(str(data_dir), str(out), epochs=2, adversarial_warmup_epochs=1, batch_size=2)
+        polls = iter(range(10**6))
+        lines: list[str] = []
+        stop = (lambda: next(polls) + 1 >= stop_after) if stop_after else None
+        train_autoencoder(config, callback=lines.append, stop_requested=stop)
+        if stop_after:
+            assert lines[-1] == f"stopped on request at step {stop_after}; --resume {config.run_dir} continues"
+            state = torch.load(config.run_dir / RESUME_FILE, weights_only=True)
+            assert (state["epoch"], state["step_in_epoch"]) == (1, stop_after - 3)  # 3 steps per epoch
+            lines.clear()
+            train_autoencoder(saved_config(config.run_dir), resume=True, callback=lines.append)
+            assert f"resuming in epoch 2 after step {stop_after - 3} of it ({stop_after} in total)" in lines
+        state = torch.load(config.run_dir / RESUME_FILE, weights_only=True)
+        return {"state": state, "rows": read_csv(config.run_dir / "logs" / "epochs.csv")}
+
+    stopped, plain = run(tmp_path / "stopped", 4), run(tmp_path / "plain", None)
+    assert stopped["state"]["global_step"] == plain["state"]["global_step"] == 6
+    for part in ("model", "ema"):
+        for key, value in plain["state"][part].items():
+            assert torch.equal(stopped["state"][part][key], value), (part, key)
+    for key, value in plain["state"]["extra"]["discriminator"].items():
+        assert torch.equal(stopped["state"]["extra"]["discriminator"][key], value), key
+    # Each epoch logged once, with the same losses (the stopped epoch's sums were saved with it).
+    assert [r["epoch"] for r in stopped["rows"]] == ["1", "2"]
+    for a, b in zip(stopped["rows"], plain["rows"], strict=True):
+        for column in ("l1", "kl", "generator_adv", "discriminator", "val_l1", "psnr"):
+            assert a[column] == b[column], column
+
+
 def _worker(mode: str, data_dir: str, out: str, batch_size: str, only: str) -> None:
     if mode == "step":
         _one_step(data_dir, out, int(batch_size), int(only))
