@@ -133,6 +133,9 @@ class RunConfig:
 class TrainConfig(RunConfig):
     """Everything a training run needs; the defaults follow the reference study.
 
+    The options it shares with the autoencoder's run are declared in :class:`RunConfig`; the
+    fields keep their names, defaults and checks (``config.toml`` lists the shared ones first).
+
     Attributes:
         preset: model preset name (``paper``, ``demo``, ``tiny``).
         data: folders of NIfTI/MGZ scans, single scan files, or CSV manifests
