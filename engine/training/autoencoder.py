@@ -29,7 +29,8 @@ patch adversarial term (MONAI's ``PatchDiscriminator``, least-squares GAN loss, 
 * **Resume**: ``resume/state.pt`` (:class:`engine.training.resume.ResumeState`: the autoencoder,
   its optimizer, the EMA, the scaler, the counters and RNG states, and as ``extra`` the
   discriminator, its optimizer and the epoch's loss sums; read back with ``weights_only=True``)
-  after every epoch and when a stop is requested (SLURM's signal before a time limit), so
+  after every epoch, every ``resume_every_minutes`` (10) or ``resume_every_steps``, and when a
+  stop is requested (SLURM's signal before a time limit), so
   ``resume=True`` continues where the run stopped; mid-epoch only with as many processes.
 * **EMA** of the autoencoder's weights (decay 0.999 with the trainer's warm-up), saved beside
   the raw weights; the EMA is what ``train --autoencoder`` uses.
@@ -405,6 +406,7 @@ class _AutoencoderTrainer:
         self.stop_requested = stop_requested
         self.run_dir = config.run_dir
         self.device = ctx.device
+        self.last_state_save = time.monotonic()  # when the resume state was last written (monotonic s)
         lo, hi = spec.latent.autoencoder.data_range
         self.lo, self.hi = lo, hi
 
@@ -593,6 +595,8 @@ class _AutoencoderTrainer:
                         self._save_state(order)
                         self.say(f"stopped on request at step {p.global_step}; --resume {self.run_dir} continues")
                         return self.run_dir / BEST_FILE
+                    if p.step_in_epoch < len(batches) and self._state_due():
+                        self._save_state(order)
                 self._end_epoch(order, log, adversarial=adversarial, seconds=time.perf_counter() - started)
         finally:
             if log is not None:
@@ -732,6 +736,15 @@ class _AutoencoderTrainer:
                     "epoch_sums": dict(self.sums),
                 },
             ).write(self.run_dir / STATE_FILE)
+        self.last_state_save = time.monotonic()
+
+    def _state_due(self) -> bool:
+        """Whether a mid-epoch resume state is due (``resume_every_steps`` / ``_minutes``, as ``train``)."""
+        cfg = self.config
+        if cfg.resume_every_steps and self.progress.global_step % cfg.resume_every_steps == 0:
+            return True
+        minutes = cfg.resume_every_minutes
+        return bool(minutes) and time.monotonic() - self.last_state_save >= minutes * 60
 
 
 def _restore(

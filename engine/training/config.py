@@ -85,6 +85,8 @@ class RunConfig:
     cache_dir: str | None = None
     device: str = "auto"
     cpu_threads: int = 0
+    resume_every_steps: int = 0
+    resume_every_minutes: float = 10.0
 
     def validate_run(self, *, data_hint: str = "") -> None:
         """Check the shared options (not the preset, whose rule differs by run); raise one
@@ -99,8 +101,12 @@ class RunConfig:
             raise TrainingError("no run directory given; pass --out RUN_DIR")
         _positive_int(self.epochs, "epochs")
         _positive_int(self.batch_size, "batch-size")
-        for name in ("sample_every", "cpu_threads"):
+        for name in ("sample_every", "cpu_threads", "resume_every_steps"):
             _non_negative_int(getattr(self, name), name.replace("_", "-"))
+        if not _finite(self.resume_every_minutes) or self.resume_every_minutes < 0:
+            raise TrainingError(
+                f"resume-every-minutes must be 0 or a positive number (got {self.resume_every_minutes!r})"
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise TrainingError(f"seed must be a whole number from 0 to 2**63-1 (got {self.seed!r})")
         if not _finite(self.lr) or self.lr <= 0:
@@ -208,8 +214,6 @@ class TrainConfig(RunConfig):
     grad_clip: float = 1.0
     val_timesteps: int = 2
     checkpoint_every: int = 10
-    resume_every_steps: int = 0
-    resume_every_minutes: float = 10.0
     sample_count: int = 3
     sample_steps: int = 50
     sample_sampler: str = "ddim"
@@ -234,11 +238,11 @@ class TrainConfig(RunConfig):
         _positive_int(self.val_timesteps, "val-timesteps")
         _positive_int(self.sample_count, "sample-count")
         _positive_int(self.sample_steps, "sample-steps")
-        for name in ("checkpoint_every", "resume_every_steps", "freeze_encoder_levels", "workers"):
+        for name in ("checkpoint_every", "freeze_encoder_levels", "workers"):
             _non_negative_int(getattr(self, name), name.replace("_", "-"))
         if len(self.adam_betas) != 2 or not all(_finite(b) and 0 <= b < 1 for b in self.adam_betas):
             raise TrainingError(f"adam-betas must be two numbers in [0, 1) (got {self.adam_betas!r})")
-        for name in ("weight_decay", "grad_clip", "resume_every_minutes"):
+        for name in ("weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not _finite(value) or value < 0:
                 raise TrainingError(f"{name.replace('_', '-')} must be 0 or a positive number (got {value!r})")

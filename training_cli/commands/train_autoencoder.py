@@ -51,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="auto (bf16 where the device does it fast, else fp32), fp32, bf16 or fp16 (CUDA)",
     )
     p.add_argument("--cpu-threads", type=int, default=0, help="compute threads per process (0 = one per core)")
+    p.add_argument(
+        "--resume-every-minutes",
+        type=float,
+        default=10.0,
+        help="also write the resume state this often within an epoch (10; 0 = only at epoch ends)",
+    )
     p.add_argument("--sample-every", type=int, default=5, help="PNG of reconstructions every N epochs (5)")
     p.add_argument("--cache-dir", help="cache of prepared volumes (default: the user cache folder)")
     p.set_defaults(func=run)
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             precision=args.precision,
             cpu_threads=args.cpu_threads,
+            resume_every_minutes=args.resume_every_minutes,
             sample_every=args.sample_every,
             cache_dir=args.cache_dir,
         )
