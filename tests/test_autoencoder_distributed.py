@@ -182,7 +182,10 @@ def test_two_ranks_step_both_networks_like_one_process_on_their_union(tmp_path, 
 
 def test_two_rank_run_ends_alike_writes_once_and_resumes(tmp_path, data_dir):
     out = tmp_path / "two"
-    done = _run([*TORCHRUN, "-m", "tests.test_autoencoder_distributed", "run", str(data_dir), str(out), "1", "-1"])
+    # A longer limit than the helper's 300 s: two launches of two ranks each, on a shared machine.
+    done = _run(
+        [*TORCHRUN, "-m", "tests.test_autoencoder_distributed", "run", str(data_dir), str(out), "1", "-1"], timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     final = [torch.load(out / f"final{r}.pt", weights_only=True) for r in (0, 1)]
     for net in ("g", "d", "ema"):
@@ -204,7 +207,9 @@ def test_two_rank_run_ends_alike_writes_once_and_resumes(tmp_path, data_dir):
     for key, value in final[0]["d"].items():
         assert torch.equal(state["extra"]["discriminator"][key], value), key
 
-    resumed = _run([*TORCHRUN, "-m", "training_cli", "train-autoencoder", "--resume", str(run), "--epochs", "3"])
+    resumed = _run(
+        [*TORCHRUN, "-m", "training_cli", "train-autoencoder", "--resume", str(run), "--epochs", "3"], timeout=600
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert resumed.stdout.count("resuming after epoch 2") == 1
     assert resumed.stdout.count("epoch 3, l1") == 1
