@@ -59,8 +59,88 @@ RESUMABLE_OVERRIDES = frozenset(
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """The options every BrainSynth training run has: the diffusion model's (:class:`TrainConfig`)
+    and the autoencoder's (:class:`engine.training.autoencoder.AutoencoderTrainConfig`).
+
+    Both runs prepare and split their data, seed, choose a precision, a device and compute
+    threads through the same code (the diffusion trainer's data preparation and
+    :mod:`engine.training.distributed`), so these options are declared and checked once, here.
+    A subclass may give a field another default; its meaning and its check stay these (see
+    :class:`TrainConfig` for each one).
+    """
+
+    preset: str = "demo"
+    data: list[str] = field(default_factory=list)
+    out: str = ""
+    epochs: int = 100
+    batch_size: int = 2
+    lr: float = 5e-5
+    precision: str = "auto"
+    ema_decay: float = 0.999
+    val_fraction: float = 0.2
+    seed: int = 0
+    sample_every: int = 25
+    max_failed_fraction: float = 0.1
+    cache_dir: str | None = None
+    device: str = "auto"
+    cpu_threads: int = 0
+    resume_every_steps: int = 0
+    resume_every_minutes: float = 10.0
+
+    def validate_run(self, *, data_hint: str = "") -> None:
+        """Check the shared options (not the preset, whose rule differs by run); raise one
+        :class:`TrainingError` naming the bad key.
+
+        Args:
+            data_hint: what the "no data" message adds after "pass --data FOLDER or CSV manifest".
+        """
+        if not self.data:
+            raise TrainingError(f"no training data given; pass --data FOLDER or CSV manifest{data_hint}")
+        if not self.out:
+            raise TrainingError("no run directory given; pass --out RUN_DIR")
+        _positive_int(self.epochs, "epochs")
+        _positive_int(self.batch_size, "batch-size")
+        for name in ("sample_every", "cpu_threads", "resume_every_steps"):
+            _non_negative_int(getattr(self, name), name.replace("_", "-"))
+        if not _finite(self.resume_every_minutes) or self.resume_every_minutes < 0:
+            raise TrainingError(
+                f"resume-every-minutes must be 0 or a positive number (got {self.resume_every_minutes!r})"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise TrainingError(f"seed must be a whole number from 0 to 2**63-1 (got {self.seed!r})")
+        if not _finite(self.lr) or self.lr <= 0:
+            raise TrainingError(f"lr must be a positive number (got {self.lr!r})")
+        if not _finite(self.ema_decay) or not 0 <= self.ema_decay < 1:
+            raise TrainingError(f"ema-decay must be in [0, 1), 0 turning the EMA off (got {self.ema_decay!r})")
+        if not _finite(self.val_fraction) or not 0 <= self.val_fraction < 1:
+            raise TrainingError(f"val-fraction must be in [0, 1) (got {self.val_fraction!r})")
+        if not _finite(self.max_failed_fraction) or not 0 <= self.max_failed_fraction <= 1:
+            raise TrainingError(f"max-failed-fraction must be in [0, 1] (got {self.max_failed_fraction!r})")
+        if self.precision not in PRECISIONS:
+            raise TrainingError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out).expanduser()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/TOML-serialisable values (tuples become lists, None is left out)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple | list) else value
+        return out
+
+
+@dataclass
+class TrainConfig(RunConfig):
     """Everything a training run needs; the defaults follow the reference study.
+
+    The options it shares with the autoencoder's run are declared in :class:`RunConfig`; the
+    fields keep their names, defaults and checks (``config.toml`` lists the shared ones first).
 
     Attributes:
         preset: model preset name (``paper``, ``demo``, ``tiny``).
@@ -128,25 +208,12 @@ class TrainConfig:
             (where ``conditions`` gives no rate), so any subset of covariates can be asked for.
     """
 
-    preset: str = "demo"
-    data: list[str] = field(default_factory=list)
-    out: str = ""
-    epochs: int = 100
-    batch_size: int = 2
     grad_accum: int = 1
-    lr: float = 5e-5
     adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    precision: str = "auto"
-    ema_decay: float = 0.999
-    val_fraction: float = 0.2
     val_timesteps: int = 2
-    seed: int = 0
     checkpoint_every: int = 10
-    resume_every_steps: int = 0
-    resume_every_minutes: float = 10.0
-    sample_every: int = 25
     sample_count: int = 3
     sample_steps: int = 50
     sample_sampler: str = "ddim"
@@ -154,11 +221,7 @@ class TrainConfig:
     init_use_ema: bool = True
     autoencoder: str | None = None
     freeze_encoder_levels: int = 0
-    max_failed_fraction: float = 0.1
-    cache_dir: str | None = None
-    device: str = "auto"
     workers: int = 0
-    cpu_threads: int = 0
     tensorboard: bool = True
     conditions: str = ""
     condition_dropout: float = 0.1
@@ -170,39 +233,19 @@ class TrainConfig:
 
         if self.preset not in PRESETS:
             raise TrainingError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
-        if not self.data:
-            raise TrainingError("no training data given; pass --data FOLDER or CSV manifest, or set data in the TOML")
-        if not self.out:
-            raise TrainingError("no run directory given; pass --out RUN_DIR")
-        _positive_int(self.epochs, "epochs")
-        _positive_int(self.batch_size, "batch-size")
+        self.validate_run(data_hint=", or set data in the TOML")
         _positive_int(self.grad_accum, "grad-accum")
         _positive_int(self.val_timesteps, "val-timesteps")
         _positive_int(self.sample_count, "sample-count")
         _positive_int(self.sample_steps, "sample-steps")
-        for name in (
-            "checkpoint_every",
-            "resume_every_steps",
-            "sample_every",
-            "freeze_encoder_levels",
-            "workers",
-            "cpu_threads",
-        ):
+        for name in ("checkpoint_every", "freeze_encoder_levels", "workers"):
             _non_negative_int(getattr(self, name), name.replace("_", "-"))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise TrainingError(f"seed must be a whole number from 0 to 2**63-1 (got {self.seed!r})")
-        if not _finite(self.lr) or self.lr <= 0:
-            raise TrainingError(f"lr must be a positive number (got {self.lr!r})")
         if len(self.adam_betas) != 2 or not all(_finite(b) and 0 <= b < 1 for b in self.adam_betas):
             raise TrainingError(f"adam-betas must be two numbers in [0, 1) (got {self.adam_betas!r})")
-        for name in ("weight_decay", "grad_clip", "resume_every_minutes"):
+        for name in ("weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not _finite(value) or value < 0:
                 raise TrainingError(f"{name.replace('_', '-')} must be 0 or a positive number (got {value!r})")
-        if not _finite(self.ema_decay) or not 0 <= self.ema_decay < 1:
-            raise TrainingError(f"ema-decay must be in [0, 1), 0 turning the EMA off (got {self.ema_decay!r})")
-        if not _finite(self.val_fraction) or not 0 <= self.val_fraction < 1:
-            raise TrainingError(f"val-fraction must be in [0, 1) (got {self.val_fraction!r})")
         for name in ("condition_dropout", "covariate_dropout"):
             value = getattr(self, name)
             if not _finite(value) or not 0 <= value <= 1:
@@ -211,10 +254,6 @@ class TrainConfig:
             from engine.training.covariates import parse_conditions
 
             parse_conditions(self.conditions)
-        if not _finite(self.max_failed_fraction) or not 0 <= self.max_failed_fraction <= 1:
-            raise TrainingError(f"max-failed-fraction must be in [0, 1] (got {self.max_failed_fraction!r})")
-        if self.precision not in PRECISIONS:
-            raise TrainingError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.sample_sampler not in SAMPLER_NAMES:
             raise TrainingError(
                 f"unknown sampler {self.sample_sampler!r} for training samples; choose one of: "
@@ -241,20 +280,6 @@ class TrainConfig:
             raise TrainingError("freezing encoder levels is not available for latent-diffusion runs (--autoencoder)")
         if self.freeze_encoder_levels and not self.init_from:
             raise TrainingError("freezing encoder levels only makes sense with --init-from CHECKPOINT")
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out).expanduser()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/TOML-serialisable values (tuples become lists, None is left out)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            out[f.name] = list(value) if isinstance(value, tuple | list) else value
-        return out
 
     def to_toml(self) -> str:
         """The config as a TOML document that :func:`load_config` reads back unchanged."""

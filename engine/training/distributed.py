@@ -223,3 +223,33 @@ def shard_indices(order: list[int], *, rank: int, world_size: int) -> list[int]:
     per_rank = -(-len(order) // world_size)
     padded = (order * (per_rank * world_size // max(1, len(order)) + 1))[: per_rank * world_size]
     return padded[rank::world_size]
+
+
+def set_threads(cpu_threads: int, ctx: DistContext) -> str:
+    """Set the compute threads (``cpu_threads``, else one per physical core available, shared
+    among this job's processes on the machine) and say what was set.
+
+    An ``OMP_NUM_THREADS`` in the environment is a choice someone made (a job script, or
+    torchrun's one thread per process) and is kept when ``cpu_threads`` is 0.
+
+    Args:
+        cpu_threads: threads per process asked for (0 = decide as above).
+        ctx: this process's place in the job.
+    """
+    from engine.device import set_cpu_threads
+
+    if not cpu_threads and os.environ.get("OMP_NUM_THREADS"):
+        return f"{torch.get_num_threads()} compute thread(s), as OMP_NUM_THREADS says"
+    return set_cpu_threads(cpu_threads or None, processes=_processes_on_this_machine(ctx))
+
+
+def _processes_on_this_machine(ctx: DistContext) -> int:
+    """Processes of this job sharing this machine's cores: torchrun's ``LOCAL_WORLD_SIZE`` when
+    it is set (a CPU job of several processes per node), else 1 (SLURM gives each task its own
+    cores, which :func:`engine.device.physical_cores_available` reads from the affinity)."""
+    if not ctx.distributed:
+        return 1
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1

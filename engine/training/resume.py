@@ -153,6 +153,9 @@ class ResumeState:
         precision: the precision the run computes in (``fp32``, ``bf16``, ``fp16``), so a
             resumed run keeps it; None in states written before it was saved.
         precision_reason: why that precision was chosen, as reported when the run started.
+        extra: what else a trainer must restore, as tensors and plain containers (the
+            autoencoder trainer's discriminator, its optimizer and the epoch's loss sums);
+            empty for the diffusion trainer and in states written before it was saved.
     """
 
     model: dict[str, torch.Tensor]
@@ -169,6 +172,7 @@ class ResumeState:
     rng: dict[str, Any]
     precision: str | None = None
     precision_reason: str | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def write(self, path: Path) -> None:
         """Write the state atomically (a killed write leaves the previous state intact)."""
@@ -191,6 +195,7 @@ class ResumeState:
             "rng": self.rng,
             "precision": self.precision,
             "precision_reason": self.precision_reason,
+            "extra": self.extra,
         }
         with atomic_path(path, overwrite=True) as tmp:
             torch.save(state, tmp)
@@ -232,6 +237,7 @@ class ResumeState:
                 rng=state["rng"],
                 precision=precision,
                 precision_reason=reason if isinstance(reason, str) else None,
+                extra=dict(state.get("extra") or {}),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TrainingError(f"the resume state {path} is damaged (bad or missing entry {exc})") from None

@@ -43,9 +43,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from engine.device import set_cpu_threads
-from engine.training.config import TrainConfig
-from engine.training.distributed import DistContext, no_sync_if, setup, shard_indices
+from engine.training.config import RunConfig, TrainConfig
+from engine.training.distributed import DistContext, no_sync_if, set_threads, setup, shard_indices
 from engine.training.errors import TrainingError
 from engine.training.logging import (
     EPOCH_COLUMNS,
@@ -282,34 +281,6 @@ class _StepOutcome:
     stop: bool
 
 
-def _set_threads(config: TrainConfig, ctx: DistContext) -> str:
-    """Set the compute threads (``cpu_threads``, else one per physical core available, shared
-    among this job's processes on the machine) and say what was set.
-
-    An ``OMP_NUM_THREADS`` in the environment is a choice someone made (a job script, or
-    torchrun's one thread per process) and is kept when ``cpu_threads`` is 0.
-    """
-    import os
-
-    if not config.cpu_threads and os.environ.get("OMP_NUM_THREADS"):
-        return f"{torch.get_num_threads()} compute thread(s), as OMP_NUM_THREADS says"
-    return set_cpu_threads(config.cpu_threads or None, processes=_processes_on_this_machine(ctx))
-
-
-def _processes_on_this_machine(ctx: DistContext) -> int:
-    """Processes of this job sharing this machine's cores: torchrun's ``LOCAL_WORLD_SIZE`` when
-    it is set (a CPU job of several processes per node), else 1 (SLURM gives each task its own
-    cores, which :func:`engine.device.physical_cores_available` reads from the affinity)."""
-    import os
-
-    if not ctx.distributed:
-        return 1
-    try:
-        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
-
-
 def _prepare_run_dir(config: TrainConfig, ctx: DistContext, *, resume: bool) -> None:
     from engine.atomic import atomic_write_text, remove_orphaned_temporaries
 
@@ -326,10 +297,13 @@ def _prepare_run_dir(config: TrainConfig, ctx: DistContext, *, resume: bool) -> 
     ctx.barrier()
 
 
-def _prepare_data(
-    config: TrainConfig, ctx: DistContext, spec: ModelSpec, *, resume: bool, emit: _Emit
-) -> _TrainingData:
+def _prepare_data(config: RunConfig, ctx: DistContext, spec: ModelSpec, *, resume: bool, emit: _Emit) -> _TrainingData:
+    """Prepare (ranks share the files), check and split the run's scans; rank 0 writes
+    ``failed_files.csv`` and ``split.csv``. Also the autoencoder trainer's data path, whose
+    config has no covariates (``conditions``)."""
     from engine.training import data
+
+    conditions_wanted = getattr(config, "conditions", "")
 
     items = data.discover(config.data)
     cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else data.default_cache_dir()
@@ -366,7 +340,7 @@ def _prepare_data(
         try:
             strata = covariates.group_strata(usable, sources=sources)
         except TrainingError as exc:
-            if config.conditions:
+            if conditions_wanted:
                 raise
             # An unconditional run never needed the covariates: train, unstratified, and say why.
             strata = {it.sha256: it.item.group or "" for it in usable}
@@ -385,10 +359,10 @@ def _prepare_data(
         if not split.val:
             emit("warning", "no validation scans: 'best' is chosen by the training loss")
     conditional: dict[str, Any] = {}
-    if config.conditions:
+    if conditions_wanted:
         conditions, values, warnings = covariates.build_conditions(
             usable,
-            covariates.parse_conditions(config.conditions),
+            covariates.parse_conditions(conditions_wanted),
             dropout=config.condition_dropout,
             covariate_dropout=config.covariate_dropout,
             sources=sources,
@@ -545,7 +519,7 @@ class _Trainer:
             spec = latent_spec(spec, autoencoder)  # the autoencoder's grid is the model's
         check_training_precision(config.precision, ctx.device)  # before minutes of data preparation
         emit = _emitter(callback if ctx.is_main else None)
-        threads = _set_threads(config, ctx)
+        threads = set_threads(config.cpu_threads, ctx)
         if ctx.device.type == "cpu":
             emit("info", f"using {threads}")
         _prepare_run_dir(config, ctx, resume=resume)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Callable
 
 from engine.sampler_registry import SAMPLER_NAMES
 
@@ -166,8 +167,17 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(event.message if not parseable else f"brainsynth-train info: {event.message}", flush=True)
 
-    # SLURM sends SIGTERM (or the --signal chosen in the job script) before the time limit:
-    # finish the current step, save the resume state, exit cleanly.
+    train(config, resume=bool(resume_dir), callback=on_event, stop_requested=stop_on_signals())
+    return 0
+
+
+def stop_on_signals() -> Callable[[], bool]:
+    """Catch SIGTERM and SIGUSR1 from now on; returns whether one has arrived.
+
+    SLURM sends SIGTERM (or the --signal chosen in the job script) before the time limit: the
+    trainers poll this once per step, finish the current step, save the resume state and
+    exit cleanly.
+    """
     requested = {"stop": False}
 
     def handle(signum, frame) -> None:
@@ -176,6 +186,4 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
         if sig is not None:
             signal.signal(sig, handle)
-
-    train(config, resume=bool(resume_dir), callback=on_event, stop_requested=lambda: requested["stop"])
-    return 0
+    return lambda: requested["stop"]

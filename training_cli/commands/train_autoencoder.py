@@ -3,6 +3,8 @@
 Trains MONAI's AutoencoderKL of a latent preset (L1 + KL, optional perceptual, patch adversarial
 after a warm-up) on prepared scans and writes RUN_DIR/autoencoder.safetensors, which
 ``brainsynth-cli train --preset ldm-demo --autoencoder RUN_DIR/autoencoder.safetensors`` uses.
+Under torchrun or ``srun`` (one task per GPU) it trains on all the job's processes, as ``train``
+does; SIGTERM / SIGUSR1 (SLURM's warning before a time limit) save the resume state and stop.
 """
 
 from __future__ import annotations
@@ -41,7 +43,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay, 0 = off (0.999)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of subjects for validation (0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed (0)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun/srun: each rank's GPU)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="auto (bf16 where the device does it fast, else fp32), fp32, bf16 or fp16 (CUDA)",
+    )
+    p.add_argument("--cpu-threads", type=int, default=0, help="compute threads per process (0 = one per core)")
+    p.add_argument(
+        "--resume-every-minutes",
+        type=float,
+        default=10.0,
+        help="also write the resume state this often within an epoch (10; 0 = only at epoch ends)",
+    )
     p.add_argument("--sample-every", type=int, default=5, help="PNG of reconstructions every N epochs (5)")
     p.add_argument("--cache-dir", help="cache of prepared volumes (default: the user cache folder)")
     p.set_defaults(func=run)
@@ -72,9 +87,20 @@ def run(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction,
             seed=args.seed,
             device=args.device,
+            precision=args.precision,
+            cpu_threads=args.cpu_threads,
+            resume_every_minutes=args.resume_every_minutes,
             sample_every=args.sample_every,
             cache_dir=args.cache_dir,
         )
-    best = train_autoencoder(config, resume=bool(args.resume), callback=lambda line: print(line, flush=True))
-    print(f"best autoencoder: {best}", file=sys.stderr)
+    from training_cli.commands.train import stop_on_signals
+
+    best = train_autoencoder(
+        config,
+        resume=bool(args.resume),
+        callback=lambda line: print(line, flush=True),
+        stop_requested=stop_on_signals(),
+    )
+    if best.exists():
+        print(f"best autoencoder: {best}", file=sys.stderr)
     return 0
