@@ -57,7 +57,7 @@ import torch
 from engine.training.config import RunConfig, _finite, _non_negative_int
 from engine.training.distributed import DistContext, set_threads, setup, shard_indices
 from engine.training.errors import TrainingError
-from engine.training.resume import RESUME_FILE, ResumeState, TrainingProgress, rng_state, set_rng_state
+from engine.training.resume import RESUME_FILE, ResumeState, TrainingProgress, cpu_state, set_rng_state, state_due
 from engine.training.trainer import _mix, _prepare_data, epoch_order
 
 if TYPE_CHECKING:
@@ -715,23 +715,21 @@ class _AutoencoderTrainer:
 
             sync_logs(self.run_dir / "logs")  # the log on disk holds every row this state counts
             nets = self.nets
-            ResumeState(
-                model={k: v.detach().cpu() for k, v in nets.model.state_dict().items()},
-                ema={k: v.detach().cpu() for k, v in nets.ema.module.state_dict().items()} if nets.ema else {},
-                ema_updates=nets.ema.updates if nets.ema else 0,
-                optimizer=nets.opt_g.state_dict(),
-                scaler=nets.scaler.state_dict(),
+            ResumeState.capture(
+                model=nets.model,
+                ema=nets.ema,
+                optimizer=nets.opt_g,
+                scaler=nets.scaler,
                 progress=self.progress,
                 world_size=self.ctx.world_size,
                 batch_size=self.config.batch_size,
                 grad_accum=1,
                 seed=self.config.seed,
                 data_order=order,
-                rng=rng_state(),
                 precision=self.precision.precision,
                 precision_reason=self.precision.reason,
                 extra={
-                    "discriminator": {k: v.detach().cpu() for k, v in nets.disc.state_dict().items()},
+                    "discriminator": cpu_state(nets.disc),
                     "disc_optimizer": nets.opt_d.state_dict(),
                     "epoch_sums": dict(self.sums),
                 },
@@ -740,11 +738,7 @@ class _AutoencoderTrainer:
 
     def _state_due(self) -> bool:
         """Whether a mid-epoch resume state is due (``resume_every_steps`` / ``_minutes``, as ``train``)."""
-        cfg = self.config
-        if cfg.resume_every_steps and self.progress.global_step % cfg.resume_every_steps == 0:
-            return True
-        minutes = cfg.resume_every_minutes
-        return bool(minutes) and time.monotonic() - self.last_state_save >= minutes * 60
+        return state_due(self.config, global_step=self.progress.global_step, last_save=self.last_state_save)
 
 
 def _restore(

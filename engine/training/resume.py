@@ -174,6 +174,46 @@ class ResumeState:
     precision_reason: str | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def capture(
+        cls,
+        *,
+        model: torch.nn.Module,
+        ema: Any,
+        optimizer: torch.optim.Optimizer,
+        scaler: Any,
+        progress: TrainingProgress,
+        world_size: int,
+        batch_size: int,
+        grad_accum: int,
+        seed: int,
+        data_order: list[int],
+        precision: str | None,
+        precision_reason: str | None,
+        extra: dict[str, Any] | None = None,
+    ) -> ResumeState:
+        """The state of a run now: weights copied to the CPU, the global RNGs read.
+
+        ``ema`` is the run's ``EMA`` (or None); ``extra`` as the attribute of that name.
+        """
+        return cls(
+            model=cpu_state(model),
+            ema=cpu_state(ema.module) if ema else {},
+            ema_updates=ema.updates if ema else 0,
+            optimizer=optimizer.state_dict(),
+            scaler=scaler.state_dict(),
+            progress=progress,
+            world_size=world_size,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            seed=seed,
+            data_order=data_order,
+            rng=rng_state(),
+            precision=precision,
+            precision_reason=precision_reason,
+            extra=extra or {},
+        )
+
     def write(self, path: Path) -> None:
         """Write the state atomically (a killed write leaves the previous state intact)."""
         from engine.atomic import atomic_path
@@ -263,6 +303,22 @@ class ResumeState:
             )
         if self.data_order != epoch_order:
             raise TrainingError(f"{source} does not match this run's data (the epoch's order differs); start anew")
+
+
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's ``state_dict`` detached onto the CPU (what a resume state stores)."""
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def state_due(config: Any, *, global_step: int, last_save: float) -> bool:
+    """Whether a mid-epoch resume state is due: every ``config.resume_every_steps`` steps or
+    ``config.resume_every_minutes`` minutes (``time.monotonic()`` of the last save)."""
+    import time
+
+    if config.resume_every_steps and global_step % config.resume_every_steps == 0:
+        return True
+    minutes = config.resume_every_minutes
+    return bool(minutes) and time.monotonic() - last_save >= minutes * 60
 
 
 def check_run_dir(run_dir: Path, *, resume: bool) -> None:

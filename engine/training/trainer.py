@@ -68,8 +68,8 @@ from engine.training.resume import (
     ResumeState,
     TrainingProgress,
     check_run_dir,
-    rng_state,
     set_rng_state,
+    state_due,
 )
 
 if TYPE_CHECKING:
@@ -576,30 +576,24 @@ class _Trainer:
 
             sync_logs(self.run_dir / "logs")  # the logs on disk hold every row this state counts
             nets = self.nets
-            ResumeState(
-                model={k: v.detach().cpu() for k, v in nets.model.state_dict().items()},
-                ema={k: v.detach().cpu() for k, v in nets.ema.module.state_dict().items()} if nets.ema else {},
-                ema_updates=nets.ema.updates if nets.ema else 0,
-                optimizer=nets.optimizer.state_dict(),
-                scaler=nets.scaler.state_dict(),
+            ResumeState.capture(
+                model=nets.model,
+                ema=nets.ema,
+                optimizer=nets.optimizer,
+                scaler=nets.scaler,
                 progress=self.progress,
                 world_size=self.ctx.world_size,
                 batch_size=self.config.batch_size,
                 grad_accum=self.config.grad_accum,
                 seed=self.config.seed,
                 data_order=order,
-                rng=rng_state(),
                 precision=self.precision,
                 precision_reason=self.precision_reason,
             ).write(self.run_dir / RESUME_FILE)
         self.last_state_save = time.monotonic()
 
     def _state_due(self) -> bool:
-        cfg = self.config
-        if cfg.resume_every_steps and self.progress.global_step % cfg.resume_every_steps == 0:
-            return True
-        minutes = cfg.resume_every_minutes
-        return bool(minutes) and time.monotonic() - self.last_state_save >= minutes * 60
+        return state_due(self.config, global_step=self.progress.global_step, last_save=self.last_state_save)
 
     # ------------------------------------------------------------------ checkpoints
     def _provenance(self, **extra: Any) -> dict:
