@@ -528,3 +528,26 @@ def test_a_generator_with_swapped_conditions_is_exposed_by_the_label_check(tmp_p
     assert len(summary["label_fidelity"]["auc"]["per_repeat"]) == 1
     report = (tmp_path / "out" / "report.md").read_text()
     assert "hardly show the label as the real scans show it" in report
+
+
+def test_worth_in_real_subjects_reads_only_where_more_real_subjects_did_better():
+    """A learning curve that dips (noise on small sets) must not turn a worse augmented figure
+    into 'worth more real subjects' (the demo run's real-only AUC: 0.85 at 4 and 8, 0.65 at 16)."""
+    from engine.utility.experiment import _add_worth
+
+    def point(arm, n, auc):
+        return {"arm": arm, "real_train_size": n, "auc": {"mean": auc}}
+
+    curve = [
+        point("real", 4, 0.6),
+        point("real", 8, 0.8),
+        point("real", 16, 0.65),
+        point("real+synthetic", 4, 0.7),  # between the real figures at 4 and 8: worth 6
+        point("real+synthetic", 8, 0.7),  # below real at 8, matched only on the dip: no worth
+    ]
+    _add_worth(curve, "auc")
+    assert curve[3]["equivalent_real_size"] == pytest.approx(6.0)
+    assert curve[4]["equivalent_real_size"] == pytest.approx(6.0)  # the rising segment, not 14 on the dip
+    lower_better = [{"arm": c["arm"], "real_train_size": c["real_train_size"], "mae": c["auc"]} for c in curve]
+    _add_worth(lower_better, "mae")  # for MAE, falling is better: only the 8 -> 16 segment counts
+    assert lower_better[3]["equivalent_real_size"] == pytest.approx(16 - 8 * 0.05 / 0.15)

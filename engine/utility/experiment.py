@@ -664,9 +664,13 @@ def _add_worth(curve: list[dict], primary: str) -> None:
 
 
 def _inverse(points: list[tuple[int, float]], value: float, *, higher: bool) -> float | None:
+    # Only where more real subjects did better: on a segment where the real-only figure got
+    # worse with more subjects (noise on small sets), matching it would read a worse
+    # augmented figure as "worth" more real subjects.
     for (n0, v0), (n1, v1) in itertools.pairwise(points):
+        improves = v1 > v0 if higher else v1 < v0
         lo, hi = (v0, v1) if v0 <= v1 else (v1, v0)
-        if lo <= value <= hi and v1 != v0:
+        if improves and lo <= value <= hi:
             return float(n0 + (value - v0) * (n1 - n0) / (v1 - v0))
     if len(points) == 1 and value == points[0][1]:
         return float(points[0][0])
