@@ -153,3 +153,16 @@ def write_exported(folder: Path, *, patients: int, controls: int, seed: int = 10
         for i, array in enumerate(arrays)
     ]
     return export_batch(volumes, spec=spec, out_dir=folder)
+
+
+def figures(summary: dict) -> dict:
+    """Every figure of a result; run times aside, which differ between runs of course."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "seconds"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip({"arms": summary["arms"], "curve": summary["learning_curve"], "tests": summary["test_subjects"]})

@@ -6,7 +6,7 @@ import pytest
 
 from brainsynth_gui.utility_dialog import UtilityDialog
 from tests.helpers_qt import wait_until
-from tests.helpers_utility import write_real, write_synthetic
+from tests.helpers_utility import figures, write_real, write_synthetic
 
 SMALL = {"width": 4, "batch_size": 4, "bootstrap": 50, "device": "cpu"}
 
@@ -100,19 +100,6 @@ def test_the_tools_menu_opens_it(qapp, tmp_path):
 
 
 # ---------------------------------------------------------------- the session's own sets
-def _figures(summary: dict) -> dict:
-    """Every figure of a result; run times aside, which differ between runs of course."""
-
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "seconds"}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return strip({"arms": summary["arms"], "curve": summary["learning_curve"], "tests": summary["test_subjects"]})
-
-
 def _write_split(run, rows) -> None:
     run.mkdir(parents=True, exist_ok=True)
     lines = ["split,path,subject_id,group,sha256", *(f"train,/data/{s}.nii.gz,,ftd,{'1' * 64}" for s in rows)]
@@ -203,7 +190,7 @@ def test_the_session_volumes_and_scans_give_the_figures_of_a_cli_run_on_the_same
         assert main(args) == 0
         cli = json.loads((cli_out / "utility.json").read_text())
         assert cli["parameters"]["fingerprint"] == summary["parameters"]["fingerprint"]
-        assert _figures(cli) == _figures(summary)
+        assert figures(cli) == figures(summary)
 
         # Running again reuses the exported folder and the finished runs.
         dialog.events = []

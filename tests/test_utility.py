@@ -18,7 +18,7 @@ from engine.training.data import sha256_file
 from engine.utility import stats
 from engine.utility.errors import UtilityError
 from engine.utility.experiment import UtilityOptions, prepare_experiment, run_experiment
-from tests.helpers_utility import AFFINE, exported_arrays, write_exported, write_real, write_synthetic
+from tests.helpers_utility import AFFINE, exported_arrays, figures, write_exported, write_real, write_synthetic
 from tests.helpers_volumes import write_nifti, write_phantom
 from training_cli.main import main
 
@@ -27,19 +27,6 @@ FAST = {"epochs": 10, "batch_size": 4, "width": 4, "bootstrap": 200, "device": "
 
 def _options(**kwargs) -> UtilityOptions:
     return UtilityOptions(label="group", positive="ftd", **{**FAST, **kwargs})
-
-
-def _figures(summary: dict) -> dict:
-    """Every figure of a result; run times aside, which differ between runs of course."""
-
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "seconds"}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return strip({"arms": summary["arms"], "curve": summary["learning_curve"], "tests": summary["test_subjects"]})
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +87,11 @@ def test_rerun_skips_finished_runs_and_a_fresh_run_gives_the_same_figures(separa
     )
     assert [p.stat().st_mtime_ns for p in runs] == stamps
     assert sum("done earlier" in e.message for e in events) == len(runs)
-    assert _figures(again.summary) == _figures(result.summary)
+    assert figures(again.summary) == figures(result.summary)
     fresh = run_experiment(
         [root / "real"], [root / "synthetic"], options, out_dir=tmp_path / "fresh", waive_leakage_check=True
     )
-    assert _figures(fresh.summary) == _figures(result.summary)
+    assert figures(fresh.summary) == figures(result.summary)
 
 
 def test_another_experiment_in_the_same_folder_is_refused(separable):
