@@ -16,6 +16,7 @@ figures are those of ``brainsynth-cli utility`` on the same files, leakage check
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -69,6 +70,41 @@ def _source_rows(session_choice: QCheckBox | None, folder_row: QHBoxLayout) -> Q
         follow(session_choice.isChecked())
     rows.addLayout(folder_row)
     return rows
+
+
+#: The experiment's options as this dialog names them; the engine's messages use the CLI's flags.
+FIELD_NAMES = {
+    "--real": "Real scans",
+    "--synthetic": "Synthetic volumes",
+    "--checkpoint": "Generator checkpoint",
+    "--no-leakage-check": "Skip the leakage check",
+    "--label": "Label",
+    "--positive": "Positive class",
+    "--task": "Task",
+    "--repeats": "Repeats",
+    "--epochs": "Epochs",
+    "--out": "Output folder",
+}
+#: Options only the command line sets, named in words.
+CLI_ONLY = {"--labels": "a labels file (command line only)", "--test-fraction": "the test fraction (command line only)"}
+
+
+def in_app_terms(message: str) -> str:
+    """An engine message with the CLI's option flags replaced by this dialog's names for them.
+
+    ``--condition group=ftd`` becomes a choice in the Generate panel, ``--overwrite`` an empty
+    output folder; other flags become the name of their field here, in quotes.
+    """
+    message = re.sub(r"--condition (\S+?=\S*?)(?=[\s;,)]|$)", r"\1 chosen in the Generate panel", message)
+    message = message.replace("--overwrite", "an empty output folder")
+
+    def field(match: re.Match) -> str:
+        flag = match.group(0)
+        if flag in CLI_ONLY:
+            return CLI_ONLY[flag]
+        return f"“{FIELD_NAMES[flag]}”" if flag in FIELD_NAMES else flag
+
+    return re.sub(r"--[a-z][a-z-]*", field, message)
 
 
 class UtilityDialog(WorkerDialog):
@@ -305,7 +341,7 @@ class UtilityDialog(WorkerDialog):
             if self.uses_session_volumes:
                 session.check_volumes(options.label)
         except (BrainSynthError, TypeError) as exc:
-            self.report_error("Cannot run", str(exc))
+            self.report_error("Cannot run", in_app_terms(str(exc)))
             return False
         self.events = []
         # The worker's own abort flag stops it between runs; this event (no reference to the
@@ -351,7 +387,7 @@ class UtilityDialog(WorkerDialog):
         self.show_summary(result.summary, result.out_dir)
 
     def _failed(self, message: str) -> None:
-        self.report_error("The experiment stopped", message)
+        self.report_error("The experiment stopped", in_app_terms(message))
 
     def _cancelled(self) -> None:
         self.status.setText("Cancelled; the finished runs are kept, and Run continues from them.")

@@ -157,7 +157,7 @@ class UtilitySession:
 
         Args:
             out_dir: the experiment's output folder.
-            cancel: asked after each volume; True stops the export (nothing of it is kept).
+            cancel: asked after each volume; True stops the export (none of its files are kept).
 
         Raises:
             ExportError: the folder cannot be written.
@@ -178,15 +178,28 @@ class UtilitySession:
         groups: dict[int, list[SessionVolume]] = {}
         for v in self.volumes:
             groups.setdefault(id(v.spec), []).append(v)
-        for group in groups.values():
-            export_batch(
-                [ExportVolume(number=v.number, array=v.array, provenance=v.provenance) for v in group],
-                spec=group[0].spec,
-                out_dir=folder,
-                prefix=EXPORT_PREFIX,
-                overwrite=True,  # a folder of this digest only ever holds these volumes
-                progress=progress,
-            )
+        written: list[Path] = []
+        try:
+            for group in groups.values():
+                export_batch(
+                    [ExportVolume(number=v.number, array=v.array, provenance=v.provenance) for v in group],
+                    spec=group[0].spec,
+                    out_dir=folder,
+                    prefix=EXPORT_PREFIX,
+                    overwrite=True,  # a folder of this digest only ever holds these volumes
+                    progress=progress,
+                )
+                items = [(v.number, int(v.provenance["seed"])) for v in group]
+                written += [p for pair in export_targets(folder, prefix=EXPORT_PREFIX, items=items, overwrite=True)
+                            for p in pair]  # fmt: skip
+        except BaseException:
+            # export_batch removes its own batch's files; the batches before it go too, so the
+            # folder is complete or absent.
+            for path in written:
+                path.unlink(missing_ok=True)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+            raise
         return folder
 
 

@@ -74,7 +74,9 @@ def test_a_bad_input_is_one_message_and_a_missing_report_too(qtbot, data):
     dialog.positive_field.setText("als")
     assert dialog.run(overrides=SMALL)
     wait_until(lambda: not dialog.running, timeout=60)
-    assert dialog.errors[-1].startswith("--positive 'als': no real scan has that 'group'")
+    # The engine's message, in the dialog's own words: its field, not the CLI's flag.
+    assert dialog.errors[-1].startswith("“Positive class” 'als': no real scan has that 'group'")
+    assert "--" not in dialog.errors[-1]
     assert not dialog.open_report(data / "nowhere")
     assert "holds no utility.json" in dialog.errors[-1]
     dialog.real_field.clear()
@@ -258,3 +260,55 @@ def test_what_the_session_lacks_is_one_message_before_anything_runs(qtbot, tmp_p
     assert dialog.errors[-1].startswith("2 of 3 generated volumes have no 'group' condition (#2, #3): generate them")
     assert not dialog.running
     assert not (tmp_path / "out").exists()  # nothing was written
+
+
+def test_every_flag_the_experiment_names_reads_as_the_dialog_names_it():
+    import re
+    from pathlib import Path
+
+    from brainsynth_gui.utility_dialog import in_app_terms
+
+    engine = "".join(p.read_text() for p in sorted(Path("engine/utility").glob("*.py")))
+    flags = set(re.findall(r"--[a-z][a-z-]*", engine))
+    assert {"--positive", "--label", "--condition", "--out"} <= flags
+    # What the dialog itself cannot set (spin boxes and fixed values) never reaches it.
+    unreachable = {"--steps", "--batch-size", "--width", "--bootstrap", "--val-fraction", "--synthetic-ratio",
+                   "--real-train-sizes", "--device", "--only-repeat"}  # fmt: skip
+    for flag in sorted(flags - unreachable):
+        said = in_app_terms(f"{flag} x=1: try again")
+        assert "--" not in said, (flag, said)
+    assert in_app_terms("generate some with --condition group=ftd") == (
+        "generate some with group=ftd chosen in the Generate panel"
+    )
+
+
+def test_a_cancelled_session_export_keeps_none_of_its_files(tmp_path):
+    """Volumes of two specs are written by two batches: a cancel in the second removes the first's too."""
+    import dataclasses
+
+    import numpy as np
+
+    from brainsynth_gui.utility_session import SessionVolume, UtilitySession
+    from engine.errors import CancelledError
+    from engine.specs import PRESETS
+
+    spec = PRESETS["tiny"]
+    other = dataclasses.replace(spec)  # equal, but another object: a second batch
+    rng = np.random.default_rng(0)
+    volumes = tuple(
+        SessionVolume(number=i, array=rng.random(spec.grid.shape, dtype=np.float32), provenance={"seed": i}, spec=s)
+        for i, s in enumerate((spec, spec, other, other), start=1)
+    )
+    session = UtilitySession(volumes=volumes)
+    asked = []
+
+    def cancel() -> bool:
+        asked.append(1)
+        return len(asked) >= 3  # the first batch is complete by then
+
+    with pytest.raises(CancelledError):
+        session.export_volumes(tmp_path, cancel=cancel)
+    assert len(asked) == 3
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    folder = session.export_volumes(tmp_path)  # and a run without a cancel writes them all
+    assert len(list(folder.glob("*.nii.gz"))) == 4

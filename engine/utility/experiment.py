@@ -338,8 +338,8 @@ def _read_run(path: Path, fingerprint: str) -> dict | None:
         return None  # a damaged file is trained again (writes are atomic, so this is rare)
     if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
         raise UtilityError(
-            f"{path} belongs to another experiment (other scans or options); use another --out, or --overwrite "
-            "to start this one afresh"
+            f"{path} belongs to another experiment (other scans or options); use another --out, or start this "
+            "one afresh with --overwrite"
         )
     return saved
 
