@@ -151,7 +151,7 @@ def to_scanner_space(
     """
     import nibabel as nib
 
-    from engine.preprocessing import _resample
+    from engine.preprocessing import resample
 
     mni_to_scanner = np.eye(4)
     mni_to_scanner[:3, :3] = _rotation(rotation_deg)
@@ -177,7 +177,7 @@ def to_scanner_space(
     affine[:3, 3] = frame @ lo
     # The sampling grid in MNI mm: scanner mm → MNI mm is the inverse rigid motion.
     target_in_mni = np.linalg.inv(mni_to_scanner) @ affine
-    data = _resample(head, source_affine=head_affine, target_affine=target_in_mni, target_shape=shape, order=1)
+    data = resample(head, source_affine=head_affine, target_affine=target_in_mni, target_shape=shape, order=1)
     return data, RawGeometry(
         rotation_deg=tuple(rotation_deg),
         shift_mm=tuple(shift_mm),

@@ -92,7 +92,7 @@ def _antialias_sigmas(matrix: np.ndarray) -> np.ndarray:
     return np.maximum(0.0, (footprint - 1.0) / 2.0)
 
 
-def _resample(
+def resample(
     data: np.ndarray,
     *,
     source_affine: np.ndarray,
@@ -147,7 +147,7 @@ def resample_to_grid(volume: Volume, grid: GridGeometry, *, order: int = 1) -> n
     Returns:
         float32 array of ``grid.shape`` in RAS+.
     """
-    return _resample(
+    return resample(
         volume.data, source_affine=volume.affine, target_affine=grid.affine, target_shape=grid.shape, order=order
     )
 
@@ -178,7 +178,7 @@ def resample_grid_to_grid(
     """
     if tuple(data.shape) != tuple(source_grid.shape):
         raise ValueError(f"data shape {tuple(data.shape)} does not match the grid {tuple(source_grid.shape)}")
-    return _resample(
+    return resample(
         data,
         source_affine=source_grid.affine,
         target_affine=target_affine,

@@ -134,7 +134,7 @@ def test_ants_images_keep_the_world_position_of_an_oblique_scan():
     from scipy import ndimage
 
     from engine.preprocess.ants_io import to_ants, to_array
-    from engine.preprocessing import _resample
+    from engine.preprocessing import resample
 
     rng = np.random.default_rng(1)
     data = ndimage.gaussian_filter(rng.random((40, 36, 30)).astype(np.float32), 2.0)
@@ -146,7 +146,7 @@ def test_ants_images_keep_the_world_position_of_an_oblique_scan():
     target[:3, 3] = centre - 14.5
     shape = (30, 30, 30)
     by_ants = to_array(ants.resample_image_to_target(to_ants(data, affine), to_ants(np.zeros(shape), target)))
-    by_scipy = _resample(data, source_affine=affine, target_affine=target, target_shape=shape, order=1)
+    by_scipy = resample(data, source_affine=affine, target_affine=target, target_shape=shape, order=1)
     by_nibabel = resample_from_to(nib.Nifti1Image(data, affine), (shape, target), order=1).get_fdata()
     inside = (by_ants > 0) & (by_scipy > 0) & (by_nibabel > 0)
     assert inside.mean() > 0.5
@@ -198,7 +198,7 @@ def test_nibabels_own_odd_files_are_refused_with_one_line_each(tmp_path, capsys)
 def _coarsen(src: Path, dst: Path, factors=(1.5, 1.5, 1.5)) -> None:
     """The raw scan on a coarser grid of the same orientation (anti-aliased), int16 + slope again."""
     from engine.demo_raw import save_int16_nifti
-    from engine.preprocessing import _resample
+    from engine.preprocessing import resample
 
     img = nib.load(src)
     data = np.asarray(img.get_fdata(dtype=np.float32))
@@ -206,7 +206,7 @@ def _coarsen(src: Path, dst: Path, factors=(1.5, 1.5, 1.5)) -> None:
     step[:3, 3] = [(f - 1) / 2 for f in factors]
     affine = img.affine @ step
     shape = tuple(int(np.floor(n / f)) for n, f in zip(img.shape, factors, strict=True))
-    coarse = _resample(data, source_affine=img.affine, target_affine=affine, target_shape=shape, order=1)
+    coarse = resample(data, source_affine=img.affine, target_affine=affine, target_shape=shape, order=1)
     save_int16_nifti(dst, coarse, affine)
 
 

@@ -58,7 +58,7 @@ from engine.training.config import RunConfig, _finite, _non_negative_int
 from engine.training.distributed import DistContext, set_threads, setup, shard_indices
 from engine.training.errors import TrainingError
 from engine.training.resume import RESUME_FILE, ResumeState, TrainingProgress, cpu_state, set_rng_state, state_due
-from engine.training.trainer import _mix, _prepare_data, epoch_order
+from engine.training.trainer import derive_seed, epoch_order, prepare_training_data
 
 if TYPE_CHECKING:
     from engine.precision import PrecisionChoice
@@ -153,7 +153,9 @@ def perceptual_loss(device: torch.device):
         raise TrainingError(
             "the perceptual loss needs the LPIPS network's weights, which MONAI downloads and which are not "
             f"available here ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "train with --perceptual-weight 0 (the default), or install lpips where its weights can be downloaded"
+            "train with --perceptual-weight 0 (the default); or install lpips and torchvision and, offline, copy "
+            "the torch hub cache (TORCH_HOME/hub/checkpoints, by default ~/.cache/torch/hub/checkpoints) with "
+            "torchvision's SqueezeNet 1.1 weights from a machine where MONAI's PerceptualLoss has loaded once"
         ) from None
 
 
@@ -265,7 +267,7 @@ def build_autoencoder_networks(
     from engine.training.networks import EMA
 
     device = ctx.device
-    torch.manual_seed(_mix(config.seed, "autoencoder-init"))
+    torch.manual_seed(derive_seed(config.seed, "autoencoder-init"))
     model = spec.latent.autoencoder.build().to(device)
     disc = build_discriminator(spec).to(device)
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
@@ -459,7 +461,7 @@ class _AutoencoderTrainer:
             if not resume:
                 atomic_write_text(run_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2))
         ctx.barrier()
-        data = _prepare_data(config, ctx, spec, resume=resume, emit=emit)
+        data = prepare_training_data(config, ctx, spec, resume=resume, emit=emit)
         state = ResumeState.read(run_dir / STATE_FILE) if resume else None
         precision = choose_autoencoder_precision(config, ctx, spec, state=state)
         emit("info", f"precision: {precision.reason}")
@@ -510,7 +512,7 @@ class _AutoencoderTrainer:
         cfg, nets = self.config, self.nets
         step = self.progress.global_step
         x = self.to_data(torch.stack([self.train_set[i] for i in indices]).to(self.device))
-        seeds = [_mix(cfg.seed, "autoencoder-noise", step, i) for i in indices]
+        seeds = [derive_seed(cfg.seed, "autoencoder-noise", step, i) for i in indices]
         nets.step.train()
         nets.disc.train()
         with self._autocast():

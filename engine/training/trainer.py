@@ -126,7 +126,7 @@ class TrainResult:
     train_seconds: float = 0.0
 
 
-def _mix(*parts: int | str) -> int:
+def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed from integers and labels; stable across processes and Python versions."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
@@ -134,7 +134,7 @@ def _mix(*parts: int | str) -> int:
 
 def epoch_order(n: int, *, seed: int, epoch: int) -> list[int]:
     """The global sample order of an epoch: a permutation fixed by (seed, epoch)."""
-    generator = torch.Generator().manual_seed(_mix(seed, "order", epoch))
+    generator = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
     return torch.randperm(n, generator=generator).tolist()
 
 
@@ -181,8 +181,10 @@ class StepNoise:
             indices: the training-set indices of the micro-batch's volumes.
         """
         if not self.per_sample:
-            return self._draw(x0, _mix(self.seed, "step", step, rank, micro_batch))
-        draws = [self._draw(x0[i : i + 1], _mix(self.seed, "sample", step, index)) for i, index in enumerate(indices)]
+            return self._draw(x0, derive_seed(self.seed, "step", step, rank, micro_batch))
+        draws = [
+            self._draw(x0[i : i + 1], derive_seed(self.seed, "sample", step, index)) for i, index in enumerate(indices)
+        ]
         return torch.cat([t for t, _ in draws]), torch.cat([eps for _, eps in draws])
 
     def _draw(self, x0: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,7 +299,9 @@ def _prepare_run_dir(config: TrainConfig, ctx: DistContext, *, resume: bool) -> 
     ctx.barrier()
 
 
-def _prepare_data(config: RunConfig, ctx: DistContext, spec: ModelSpec, *, resume: bool, emit: _Emit) -> _TrainingData:
+def prepare_training_data(
+    config: RunConfig, ctx: DistContext, spec: ModelSpec, *, resume: bool, emit: _Emit
+) -> _TrainingData:
     """Prepare (ranks share the files), check and split the run's scans; rank 0 writes
     ``failed_files.csv`` and ``split.csv``. Also the autoencoder trainer's data path, whose
     config has no covariates (``conditions``)."""
@@ -523,7 +527,7 @@ class _Trainer:
         if ctx.device.type == "cpu":
             emit("info", f"using {threads}")
         _prepare_run_dir(config, ctx, resume=resume)
-        data = _prepare_data(config, ctx, spec, resume=resume, emit=emit)
+        data = prepare_training_data(config, ctx, spec, resume=resume, emit=emit)
         if autoencoder is not None:
             data, spec = _encode_latents(config, ctx, spec, data, autoencoder, emit=emit)
         state = ResumeState.read(config.run_dir / RESUME_FILE) if resume else None
@@ -548,7 +552,7 @@ class _Trainer:
             ctx,
             spec,
             precision=choice.precision,
-            init_seed=_mix(config.seed, "init"),
+            init_seed=derive_seed(config.seed, "init"),
             report=emit,
             autoencoder=autoencoder,
         )
@@ -692,7 +696,7 @@ class _Trainer:
                 with self._autocast():
                     labels = self._labels(
                         [self.data.train_conditions[i] for i in indices] if self.data.train_conditions else [],
-                        dropout_seed=_mix(self.config.seed, "conditions", step, self.ctx.rank, j),
+                        dropout_seed=derive_seed(self.config.seed, "conditions", step, self.ctx.rank, j),
                     )
                     pred = nets.ddp(x=xt, timesteps=t, **labels)
                 loss = torch.nn.functional.mse_loss(pred.float(), target.float())
@@ -755,7 +759,7 @@ class _Trainer:
             chunk = mine[start : start + self.config.batch_size]
             x0 = torch.stack([val_set[v] for v, _ in chunk]).to(self.device)
             # CPU generators: the same noise on every device and in every epoch.
-            seeds = [_mix(self.config.seed, "val", v, i) for v, i in chunk]
+            seeds = [derive_seed(self.config.seed, "val", v, i) for v, i in chunk]
             eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
             eps = eps.to(self.device)
             t = torch.tensor([timestep(v, i) for v, i in chunk], device=self.device)
