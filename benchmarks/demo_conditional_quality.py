@@ -13,12 +13,17 @@ Held-out populations (seeds the model never saw), each with its ``participants.t
    A; beside MMD(B, A) of two held-out sets of the group. Target: ratio <= 3. The Gaussian
    kernel's sigma is fixed per group from its held-out scans (as ``demo_model_quality.py``),
    and both figures are repeated over ``--splits`` random half-splits of the held-out scans.
+   Each group's mean ventricle volume and frontal tissue share beside its held-out scans, and the
+   share of the held-out control-to-FTD difference that the generated groups carry.
 2. **Ventricle volume against requested age**: ``--per-age`` volumes at each of 50, 60, 70
    and 80 years (group control, sex any; the same seeds at every age, so the pairs differ by
    the age alone); the least-squares slope of ventricle volume (ml per decade) beside the
    same slope over the held-out controls against their recorded ages.
 3. **Frontal tissue by group**: the frontal (and anterior temporal) tissue fraction of
    generated controls and generated FTD volumes, beside held-out controls and FTD subjects.
+
+``--paired-only N`` is a quick check during training: N seeds at age 65, each generated as a
+control and as FTD, so each pair differs by the group alone (percentiles of the differences).
 
 Each group's generated volumes are saved (``generated_GROUP.npy``) and the figures so far
 written after each group, so a stopped run started again with the same arguments continues.
@@ -84,9 +89,10 @@ def measures(volumes: np.ndarray, spec) -> tuple[np.ndarray, np.ndarray]:
     return np.array(ventricles), np.array(fractions)
 
 
-def sample(model, spec, *, seeds, conditions, guidance, settings) -> np.ndarray:
+def sample(model, spec, *, seeds, conditions, guidance, settings, precision="auto") -> np.ndarray:
     request = GenerationRequest(
         spec=spec,
+        precision=precision,
         seeds=tuple(seeds),
         settings=settings,
         device="cpu",
@@ -101,6 +107,38 @@ def sample(model, spec, *, seeds, conditions, guidance, settings) -> np.ndarray:
     return np.stack(out)
 
 
+def steering_shares(result: dict) -> dict:
+    """How much of the held-out control-to-FTD difference the generated groups carry (1 = all of it)."""
+    shares = {}
+    for measure, key in (("frontal_tissue", "frontal_tissue_{}"), ("ventricles", "ventricles_{}_ml")):
+        control, ftd = result[key.format("control")], result[key.format("ftd")]
+        held = ftd["heldout_mean"] - control["heldout_mean"]
+        shares[measure] = (ftd["generated_mean"] - control["generated_mean"]) / held if held else None
+    return shares
+
+
+def paired_contrast(model, spec, *, count: int, seed: int, guidance: float, settings, precision: str) -> dict:
+    """The same seeds, age 65 and any sex, generated as control and as FTD: the group alone differs."""
+    seeds = seeds_from(seed + 20_000, count)
+    out = {}
+    for group in ("control", "ftd"):
+        vent, front = measures(
+            sample(model, spec, seeds=seeds, conditions=[{"age": 65.0, "group": group}] * count,
+                   guidance=guidance, settings=settings, precision=precision),
+            spec,
+        )  # fmt: skip
+        out[group] = (vent, front)
+
+    def spread(values):
+        return [float(v) for v in np.percentile(values, [10, 50, 90])]
+
+    return {
+        "count": count,
+        "frontal_tissue_ftd_minus_control": spread(out["ftd"][1] - out["control"][1]),
+        "ventricles_ml_ftd_minus_control": spread(out["ftd"][0] - out["control"][0]),
+    }
+
+
 def slope_per_decade(ages, values) -> float:
     return float(np.polyfit(np.asarray(ages, float), np.asarray(values, float), 1)[0] * 10.0)
 
@@ -108,18 +146,27 @@ def slope_per_decade(ages, values) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--heldout-control", required=True)
-    parser.add_argument("--heldout-ftd", required=True)
+    parser.add_argument("--heldout-control")
+    parser.add_argument("--heldout-ftd")
     parser.add_argument("--count", type=int, default=32, help="volumes per set (generated, A, B)")
     parser.add_argument("--per-age", type=int, default=8, help="volumes per requested age")
     parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16"), help="as `sample --precision` (auto)"
+    )
     parser.add_argument("--sampler")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--splits", type=int, default=50, help="random held-out half-splits for the spread")
     parser.add_argument("--out", default="conditional-quality")
+    parser.add_argument(
+        "--paired-only", type=int, metavar="N",
+        help="only the quick check: N seeds generated as control and as FTD (p10/p50/p90 of the paired differences)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if not args.paired_only and not (args.heldout_control and args.heldout_ftd):
+        parser.error("--heldout-control and --heldout-ftd are needed (unless --paired-only)")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,9 +176,22 @@ def main() -> None:
         raise SystemExit("this benchmark needs a model conditioned on group (and age, sex)")
     model = ckpt.build_model()
     settings = default_settings(spec, sampler=args.sampler, steps=args.steps)
+    if args.paired_only:
+        contrast = paired_contrast(
+            model,
+            spec,
+            count=args.paired_only,
+            seed=args.seed,
+            guidance=args.guidance,
+            settings=settings,
+            precision=args.precision,
+        )
+        print(json.dumps({"guidance": args.guidance, **contrast}, indent=2))
+        return
     n = args.count
     result: dict = {"checkpoint": str(args.checkpoint), "sampler": settings.name, "steps": settings.steps}
     result["guidance"] = args.guidance
+    result["precision"] = args.precision
     held = {}
     start = time.perf_counter()
     for group, folder in (("control", args.heldout_control), ("ftd", args.heldout_ftd)):
@@ -155,6 +215,7 @@ def main() -> None:
                 conditions=conditions,
                 guidance=args.guidance,
                 settings=settings,
+                precision=args.precision,
             )
             np.save(saved, generated.astype(np.float32))
 
@@ -173,12 +234,13 @@ def main() -> None:
             # one draw of A and B; the unbiased baseline scatters around 0, so also its spread
             "random_splits": split_spread(g, a, b, sigma, splits=args.splits, seed=args.seed),
         }
-        _, front = measures(generated, spec)
+        vent, front = measures(generated, spec)
         vent_h, front_h = measures(scans, spec)
         result[f"frontal_tissue_{group}"] = {
             "generated_mean": float(front.mean()),
             "heldout_mean": float(front_h.mean()),
         }
+        result[f"ventricles_{group}_ml"] = {"generated_mean": float(vent.mean()), "heldout_mean": float(vent_h.mean())}
         if group == "control":
             result["ventricles_vs_age_heldout_ml_per_decade"] = slope_per_decade([r["age"] for r in rows], vent_h)
         (out / "conditional_quality.json").write_text(json.dumps(result, indent=2))  # figures so far
@@ -189,7 +251,13 @@ def main() -> None:
     for age in AGES:
         condition = {"age": age, "group": "control"}
         generated = sample(
-            model, spec, seeds=seeds, conditions=[condition] * len(seeds), guidance=args.guidance, settings=settings
+            model,
+            spec,
+            seeds=seeds,
+            conditions=[condition] * len(seeds),
+            guidance=args.guidance,
+            settings=settings,
+            precision=args.precision,
         )
         ages += [age] * len(seeds)
         volumes.append(measures(generated, spec)[0])
@@ -198,6 +266,7 @@ def main() -> None:
     result["ventricles_by_requested_age_ml"] = {
         f"{a:g}": float(volumes[i * len(seeds) : (i + 1) * len(seeds)].mean()) for i, a in enumerate(AGES)
     }
+    result["group_steering"] = steering_shares(result)
     result["seconds"] = round(time.perf_counter() - start, 1)
     (out / "conditional_quality.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

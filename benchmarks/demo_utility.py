@@ -1,6 +1,6 @@
 """Issue 18's demo experiment: does augmenting with synthetic scans help on this demo?
 
-    python benchmarks/demo_utility.py --checkpoint CKPT [--work DIR] [--quick]
+    python benchmarks/demo_utility.py --checkpoint CKPT [--work DIR] [--guidance G] [--quick]
 
 The command sequence it runs (each step is skipped when its output is already there, so a
 stopped run continues)::
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--population-seed", type=int, default=7, help="seed of the real population (default 7)")
     parser.add_argument("--quick", action="store_true", help="a smaller smoke run")
     parser.add_argument("--device", default="cpu", help="device for sampling and training (default cpu)")
+    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of the sampling (1)")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     work = Path(args.work)
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             # Four volumes per batch: batched convolutions use the CPU cores better (per-sample
             # seeds keep the volumes the same whatever the batch).
             sample += ["--prefix", group, "--device", args.device, "--batch-size", "4", "--overwrite"]
+            if args.guidance != 1.0:
+                sample += ["--guidance", f"{args.guidance:g}"]
             if args.quick:
                 sample += ["--steps", "20"]
             cli(*sample)
