@@ -178,6 +178,7 @@ class UtilitySession:
         groups: dict[int, list[SessionVolume]] = {}
         for v in self.volumes:
             groups.setdefault(id(v.spec), []).append(v)
+        target_of = {v.number: pair for v, pair in zip(self.volumes, targets, strict=True)}
         written: list[Path] = []
         try:
             for group in groups.values():
@@ -189,9 +190,7 @@ class UtilitySession:
                     overwrite=True,  # a folder of this digest only ever holds these volumes
                     progress=progress,
                 )
-                items = [(v.number, int(v.provenance["seed"])) for v in group]
-                written += [p for pair in export_targets(folder, prefix=EXPORT_PREFIX, items=items, overwrite=True)
-                            for p in pair]  # fmt: skip
+                written += [path for v in group for path in target_of[v.number]]
         except BaseException:
             # export_batch removes its own batch's files; the batches before it go too, so the
             # folder is complete or absent.
