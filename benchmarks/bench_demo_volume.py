@@ -1,13 +1,15 @@
 """How long one `demo` volume takes with the default sampler (target: under 10 s on 2 CPU cores).
 
 Usage: python benchmarks/bench_demo_volume.py [--checkpoint CKPT] [--sampler S --steps K] [--repeats 3]
-           [--condition NAME=VALUE ...] [--guidance G]
+           [--condition NAME=VALUE ...] [--guidance G] [--precision auto|fp32|bf16]
 
 With a conditional model, ``--condition`` and ``--guidance`` time a conditioned volume: guidance
 other than 1 runs the network on the conditional and the unconditional half of a doubled batch,
 so expect up to twice the time of plain conditional sampling (``--guidance 1``).
 
-Uses the bundled demo checkpoint when there is one (the weights do not change the time);
+``--precision`` defaults to ``auto``, what the app and ``brainsynth-cli sample`` use (bf16
+autocast on a CPU with bf16 units where a timed step is faster); ``--precision fp32`` for the
+fp32 figure. Uses the bundled demo checkpoint when there is one (the weights do not change the time);
 otherwise the demo preset with random weights. Reports the median wall time of whole
 volumes (model load excluded, one warm-up volume first) and seconds per step.
 """
@@ -18,11 +20,12 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
 from engine.checkpoint import load_checkpoint
-from engine.generation import GenerationRequest, generate
+from engine.generation import GenerationRequest, generate, resolve_precision
 from engine.resources import bundled_checkpoint
 from engine.sampler_registry import SAMPLER_NAMES
 from engine.samplers import default_settings
@@ -38,6 +41,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--condition", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--guidance", type=float)
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto",
+        help="auto (the default of the app and of sample: bf16 where this CPU runs it faster), fp32 or bf16",
+    )  # fmt: skip
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,12 +61,14 @@ def main() -> None:
     condition = dict(item.split("=", 1) for item in args.condition)
     conditional = {"conditions": (condition,), "guidance": args.guidance} if condition else {}
 
+    base = GenerationRequest(
+        spec=spec, seeds=[0], settings=settings, device="cpu", preview_every=0, precision=args.precision, **conditional
+    )
+    base = resolve_precision(model, base)  # once, outside the timing (auto times a step; the choice is cached)
+
     def one_volume(seed: int) -> float:
         start = time.perf_counter()
-        for _ in generate(
-            model,
-            GenerationRequest(spec=spec, seeds=[seed], settings=settings, device="cpu", preview_every=0, **conditional),
-        ):
+        for _ in generate(model, replace(base, seeds=[seed])):
             pass
         return time.perf_counter() - start
 
@@ -72,6 +81,8 @@ def main() -> None:
         "sampler": settings.name,
         "steps": settings.steps,
         "threads": args.threads,
+        "precision": base.precision,
+        "precision_reason": base.precision_reason,
         "condition": condition or None,
         "guidance": args.guidance if condition else None,
         "seconds_per_volume_median": round(median, 2),

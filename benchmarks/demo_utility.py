@@ -6,7 +6,7 @@ The command sequence it runs (each step is skipped when its output is already th
 stopped run continues)::
 
     # a real population the generator never saw (population seed 7; the conditional demo
-    # model trained on seeds 1, 4 and 5), half of it FTD-like, labelled in participants.tsv
+    # model trained on seeds 1 and 4), half of it FTD-like, labelled in participants.tsv
     brainsynth-cli demo-data --out WORK/raw --count 40 --seed 7 --ftd-fraction 0.5
     # onto the demo model's grid; prepare carries participants.tsv along
     brainsynth-cli prepare --preset demo WORK/raw --out WORK/real

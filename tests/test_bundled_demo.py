@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -10,6 +12,8 @@ from engine.generation import GenerationRequest, generate
 from engine.resources import bundled_checkpoint, bundled_demo_scans
 from engine.samplers import SamplerSettings
 from engine.specs import PRESETS
+from engine.training.covariates import PARTICIPANTS_FILE, read_participants
+from engine.utility.leakage import split_beside
 from engine.volumes import load_volume
 
 
@@ -20,7 +24,20 @@ def test_bundled_checkpoint_generates_a_finite_volume_on_the_demo_grid():
     ckpt = load_checkpoint(path)
     assert ckpt.spec.name == "demo"
     assert ckpt.has_ema
-    assert ckpt.spec == PRESETS["demo"], "the bundled model is the current demo preset (network, schedule, grid)"
+    assert dataclasses.replace(ckpt.spec, conditions=None) == PRESETS["demo"], (
+        "the bundled model is the current demo preset (network, schedule, grid) with conditions"
+    )
+    conditions = ckpt.spec.conditions
+    assert conditions is not None, "the bundled demo model is conditional"
+    assert [c.name for c in conditions.covariates] == ["age", "sex", "group"]
+    by_name = {c.name: c for c in conditions.covariates}
+    assert by_name["group"].categories == ("control", "ftd")
+    assert by_name["sex"].categories == ("F", "M")
+    assert 40 <= by_name["age"].minimum < by_name["age"].maximum <= 90
+    assert conditions.dropout > 0, "it learnt the null condition that classifier-free guidance needs"
+    training = ckpt.provenance["training"]
+    split_rows = split_beside(path).read_text().strip().splitlines()[1:]
+    assert len(split_rows) == training["train_scans"] + training["val_scans"], "its run's split ships beside it"
     assert ckpt.provenance.get("training"), "the demo model records how it was trained"
     model = ckpt.build_model()
     events = generate(
@@ -42,6 +59,16 @@ def test_bundled_demo_scans_lie_on_the_demo_grid():
         np.testing.assert_allclose(volume.affine, spec.grid.affine, atol=1e-4)
         assert volume.data.min() >= 0
         assert volume.data.max() <= spec.intensity.scale
+
+
+def test_bundled_demo_scans_are_labelled_with_both_groups():
+    """Show a real scan of the same group and the utility dialog read these labels."""
+    scans = bundled_demo_scans()
+    rows = read_participants(scans[0].parent / PARTICIPANTS_FILE)
+    names = {p.name.removesuffix(".nii.gz") for p in scans}
+    assert names <= set(rows), "every bundled scan has a participants.tsv row"
+    assert {rows[n]["group"] for n in names} == {"control", "ftd"}
+    assert all(45 <= float(rows[n]["age"]) <= 85 and rows[n]["sex"] in ("F", "M") for n in names)
 
 
 def test_bundled_model_with_its_own_sampler_makes_a_brain_like_the_demo_scans():

@@ -324,6 +324,26 @@ def test_generator_not_given_or_its_split_unreachable(tmp_path, tiny_spec, tiny_
     )
 
 
+def test_a_checkpoint_copied_out_of_its_run_is_checked_by_the_split_beside_it(tmp_path, tiny_spec, tiny_weights):
+    """As the bundled demo model is: its run folder is gone, ``NAME.split.csv`` came along."""
+    options, test, train_only = _leak_setup(tmp_path, None)
+    checkpoint = _generator(tmp_path, tiny_spec, tiny_weights, run_dir=tmp_path / "gone")
+    for sidecar in (tmp_path / "synthetic").glob("*.json"):
+        meta = json.loads(sidecar.read_text())
+        sidecar.write_text(json.dumps({**meta, "checkpoint_sha256": sha256_file(checkpoint)}))
+    beside = tmp_path / "generator.split.csv"
+    beside.write_text("split,path,subject_id,group,sha256\n" + f"train,/data/{test[0]}.nii.gz,,ftd,{'1' * 64}\n")
+    real, synthetic = [tmp_path / "real"], [tmp_path / "synthetic"]
+    _refused(tmp_path, real, synthetic, r"was trained on 1 subject\(s\) of the real test set", options=options,
+             checkpoints=[checkpoint])  # fmt: skip
+    beside.write_text(
+        "split,path,subject_id,group,sha256\n"
+        + "".join(f"train,/data/{s}.nii.gz,,ftd,{'1' * 64}\n" for s in train_only)
+    )
+    prepared = prepare_experiment(real, synthetic, options, checkpoints=[checkpoint])
+    assert prepared.leakage.checked == {"generator.safetensors": str(beside)}
+
+
 # ---------------------------------------------------------------- the command line
 def test_cli_error_is_one_line_before_training(tmp_path, capsys):
     write_real(tmp_path / "real", patients=0, controls=10)

@@ -2,7 +2,8 @@
 
 A synthetic volume's sidecar names the checkpoint that made it (file name and SHA-256). The
 checkpoint's provenance names its training run (``training.run_dir``), whose ``split.csv``
-lists every scan the run trained and validated on (path, subject id, SHA-256; written by
+(or, for a checkpoint copied out of its run, ``NAME.split.csv`` beside it) lists every scan
+the run trained and validated on (path, subject id, SHA-256; written by
 :func:`engine.training.data.write_split`), and the checkpoint it started from
 (``training.init_from`` / ``init_from_sha256``), whose run is checked the same way.
 
@@ -53,6 +54,11 @@ def _stem(path: str) -> str:
     from engine.volumes import strip_extension
 
     return strip_extension(Path(path))
+
+
+def split_beside(checkpoint: Path) -> Path:
+    """Where a checkpoint copied out of its run keeps the run's split: ``NAME.split.csv`` beside it."""
+    return checkpoint.with_name(f"{_stem(str(checkpoint))}.split.csv")
 
 
 def _read_split_rows(path: Path) -> list[dict[str, str]]:
@@ -147,6 +153,9 @@ def _check_run(path: Path, sha: str, by_sha, by_subject, by_stem, report: Leakag
         report.warnings.append(message + " (a parent model; not checked)")
         return
     split_file = Path(run_dir) / "split.csv"
+    beside = split_beside(path)
+    if not split_file.is_file() and beside.is_file():
+        split_file = beside  # a checkpoint copied out of its run, with its split (the bundled demo model)
     if not split_file.is_file():
         message = (
             f"the training split of {path.name} ({split_file}) is not reachable from here, so whether its model saw "
@@ -154,8 +163,8 @@ def _check_run(path: Path, sha: str, by_sha, by_subject, by_stem, report: Leakag
         )
         if depth == 0:
             raise UtilityError(
-                message + "; copy the run's split.csv to that path, or pass --no-leakage-check (the report then "
-                "says so)"
+                message + f"; copy the run's split.csv to that path or beside the checkpoint as {beside.name}, or "
+                "pass --no-leakage-check (the report then says so)"
             )
         report.warnings.append(message + " (a parent model)")
         return
