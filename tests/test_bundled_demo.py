@@ -35,10 +35,10 @@ def test_bundled_checkpoint_generates_a_finite_volume_on_the_demo_grid():
     assert by_name["sex"].categories == ("F", "M")
     assert 40 <= by_name["age"].minimum < by_name["age"].maximum <= 90
     assert conditions.dropout > 0, "it learnt the null condition that classifier-free guidance needs"
+    assert ckpt.provenance.get("training"), "the demo model records how it was trained"
     training = ckpt.provenance["training"]
     split_rows = split_beside(path).read_text().strip().splitlines()[1:]
     assert len(split_rows) == training["train_scans"] + training["val_scans"], "its run's split ships beside it"
-    assert ckpt.provenance.get("training"), "the demo model records how it was trained"
     model = ckpt.build_model()
     events = generate(
         model, GenerationRequest(spec=ckpt.spec, seeds=[0], settings=SamplerSettings("dpmpp-2m", 4), device="cpu")

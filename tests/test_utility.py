@@ -272,6 +272,13 @@ def _generator(tmp_path, tiny_spec, tiny_weights, *, split_subjects=None, run_di
     return path
 
 
+def _made_by(folder: Path, checkpoint: Path) -> None:
+    """Point every synthetic sidecar in ``folder`` at ``checkpoint`` (its SHA-256)."""
+    for sidecar in folder.glob("*.json"):
+        meta = json.loads(sidecar.read_text())
+        sidecar.write_text(json.dumps({**meta, "checkpoint_sha256": sha256_file(checkpoint)}))
+
+
 def _leak_setup(tmp_path, checkpoint: Path | None):
     write_real(tmp_path / "real", patients=6, controls=6)
     sha = sha256_file(checkpoint) if checkpoint else "f" * 64
@@ -286,9 +293,7 @@ def _leak_setup(tmp_path, checkpoint: Path | None):
 def test_generator_trained_on_a_test_subject_is_refused(tmp_path, tiny_spec, tiny_weights):
     options, test, _ = _leak_setup(tmp_path, None)
     checkpoint = _generator(tmp_path, tiny_spec, tiny_weights, split_subjects=[test[0]])
-    for sidecar in (tmp_path / "synthetic").glob("*.json"):
-        meta = json.loads(sidecar.read_text())
-        sidecar.write_text(json.dumps({**meta, "checkpoint_sha256": sha256_file(checkpoint)}))
+    _made_by(tmp_path / "synthetic", checkpoint)
     _refused(
         tmp_path,
         [tmp_path / "real"],
@@ -302,9 +307,7 @@ def test_generator_trained_on_a_test_subject_is_refused(tmp_path, tiny_spec, tin
 def test_generator_trained_on_other_subjects_is_checked_and_recorded(tmp_path, tiny_spec, tiny_weights):
     _, _, train_only = _leak_setup(tmp_path, None)
     checkpoint = _generator(tmp_path, tiny_spec, tiny_weights, split_subjects=train_only)
-    for sidecar in (tmp_path / "synthetic").glob("*.json"):
-        meta = json.loads(sidecar.read_text())
-        sidecar.write_text(json.dumps({**meta, "checkpoint_sha256": sha256_file(checkpoint)}))
+    _made_by(tmp_path / "synthetic", checkpoint)
     prepared = prepare_experiment(
         [tmp_path / "real"], [tmp_path / "synthetic"], _options(repeats=2), checkpoints=[checkpoint]
     )
@@ -316,9 +319,7 @@ def test_generator_not_given_or_its_split_unreachable(tmp_path, tiny_spec, tiny_
     real, synthetic = [tmp_path / "real"], [tmp_path / "synthetic"]
     _refused(tmp_path, real, synthetic, r"pass that file with --checkpoint", options=options)
     checkpoint = _generator(tmp_path, tiny_spec, tiny_weights, run_dir=tmp_path / "elsewhere")
-    for sidecar in (tmp_path / "synthetic").glob("*.json"):
-        meta = json.loads(sidecar.read_text())
-        sidecar.write_text(json.dumps({**meta, "checkpoint_sha256": sha256_file(checkpoint)}))
+    _made_by(tmp_path / "synthetic", checkpoint)
     _refused(
         tmp_path, real, synthetic, r"split.csv\) is not reachable from here", options=options, checkpoints=[checkpoint]
     )
@@ -328,9 +329,7 @@ def test_a_checkpoint_copied_out_of_its_run_is_checked_by_the_split_beside_it(tm
     """As the bundled demo model is: its run folder is gone, ``NAME.split.csv`` came along."""
     options, test, train_only = _leak_setup(tmp_path, None)
     checkpoint = _generator(tmp_path, tiny_spec, tiny_weights, run_dir=tmp_path / "gone")
-    for sidecar in (tmp_path / "synthetic").glob("*.json"):
-        meta = json.loads(sidecar.read_text())
-        sidecar.write_text(json.dumps({**meta, "checkpoint_sha256": sha256_file(checkpoint)}))
+    _made_by(tmp_path / "synthetic", checkpoint)
     beside = tmp_path / "generator.split.csv"
     beside.write_text("split,path,subject_id,group,sha256\n" + f"train,/data/{test[0]}.nii.gz,,ftd,{'1' * 64}\n")
     real, synthetic = [tmp_path / "real"], [tmp_path / "synthetic"]
