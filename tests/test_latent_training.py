@@ -146,3 +146,41 @@ def test_cli_train_autoencoder_and_resume(tmp_path, scans, capsys):
     assert "epoch 2" in capsys.readouterr().out
     assert main(["train-autoencoder", "--resume", str(tmp_path / "nowhere")]) == 1
     assert "cannot be read" in capsys.readouterr().err
+
+
+def test_cli_train_on_latents_then_sample(tmp_path, scans, autoencoder_run, capsys):
+    """The command line path of the README: train --autoencoder, then sample the checkpoint."""
+    import nibabel as nib
+
+    from training_cli.main import main
+
+    _, best, _ = autoencoder_run
+    run = tmp_path / "ldm"
+    args = ["train", "--preset", "ldm-tiny", "--autoencoder", str(best), "--data", str(scans), "--out", str(run)]
+    options = ["--epochs", "1", "--batch-size", "2", "--device", "cpu", "--sample-every", "0", "--no-tensorboard"]
+    assert main([*args, *options, "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "scale factor" in capsys.readouterr().out
+    checkpoint = run / "checkpoints" / "last.safetensors"
+    assert load_checkpoint(checkpoint).spec.latent is not None
+    out = tmp_path / "synth"
+    sample = ["sample", "--checkpoint", str(checkpoint), "--num-samples", "1", "--steps", "2", "--out", str(out)]
+    assert main([*sample, "--device", "cpu", "--seed", "0"]) == 0
+    (volume,) = sorted(out.glob("*.nii.gz"))
+    assert nib.load(volume).shape == SPEC.grid.shape  # decoded to the autoencoder's grid, not the latent's
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "tiny",
+                "--autoencoder",
+                str(best),
+                "--data",
+                str(scans),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 1
+    )
+    assert "choose a latent preset" in capsys.readouterr().err

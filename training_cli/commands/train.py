@@ -39,7 +39,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rg = p.add_argument_group("run")
     rg.add_argument("--config", metavar="TOML", help="TOML file with training options (flags override it)")
     rg.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
-    rg.add_argument("--preset", metavar="NAME", help="model preset: paper, demo or tiny (default: demo)")
+    rg.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="model preset: paper, demo, tiny, or a latent one (ldm-demo, ldm-1mm) with --autoencoder (default: demo)",
+    )
+    rg.add_argument(
+        "--autoencoder",
+        metavar="AE",
+        help="latent diffusion: the autoencoder from train-autoencoder (RUN_DIR/autoencoder.safetensors); "
+        "the scans are encoded once and cached in the run directory",
+    )
     rg.add_argument(
         "--data", metavar="PATH", action="append", help="folder of scans, scan file or CSV manifest (repeatable)"
     )
