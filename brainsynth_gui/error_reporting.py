@@ -6,6 +6,8 @@ import sys
 
 from PySide6.QtWidgets import QMainWindow, QMessageBox, QWidget
 
+from brainsynth_gui.gui_thread_gc import collect_garbage_on_gui_thread
+
 
 def tell_user(parent: QWidget, title: str, message: str, *, quiet: bool) -> None:
     """A warning dialog, or one line on stderr when ``quiet`` (headless runs, tests)."""
@@ -24,6 +26,7 @@ class ErrorReportingWindow(QMainWindow):
 
     def __init__(self, *, quiet: bool = False) -> None:
         super().__init__()
+        collect_garbage_on_gui_thread()  # worker threads must never destroy this window's widgets
         self.quiet = quiet
         self.errors: list[str] = []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -79,3 +80,13 @@ def _keep_thread_count():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_between_tests():
+    """Once a window has moved cyclic collection onto the GUI thread's timer, tests that never run
+    an event loop would not collect at all: collect here, on the main thread, as the timer would."""
+    yield
+    module = sys.modules.get("brainsynth_gui.gui_thread_gc")
+    if module is not None and module._collector is not None:
+        module._collector.check()

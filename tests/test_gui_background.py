@@ -203,3 +203,36 @@ def test_running_workers_forgets_each_worker_once_it_has_finished(qtbot):
     slow = running.start(BackgroundWorker(time.sleep, 0.2))
     running.wait()  # blocks until it is done
     assert slow.isFinished()
+
+
+def test_cyclic_garbage_is_collected_on_the_gui_thread_not_in_a_worker(qtbot):
+    """A widget caught in a reference cycle must be destroyed on the GUI thread: a worker thread's
+    allocations used to trigger the collection there, and Qt crashed (a segfault in CI)."""
+    import gc
+
+    from PySide6.QtWidgets import QWidget
+
+    from brainsynth_gui.error_reporting import ErrorReportingWindow
+
+    window = ErrorReportingWindow(quiet=True)
+    qtbot.addWidget(window)
+    assert not gc.isenabled()  # the window moved collection onto the GUI thread's timer
+
+    destroyed_in: list[str] = []
+
+    class Cyclic(QWidget):
+        def __del__(self) -> None:
+            destroyed_in.append(threading.current_thread().name)
+
+    widget = Cyclic()
+    widget.myself = widget  # a reference cycle: only the cyclic collector frees it
+    del widget
+    threshold = gc.get_threshold()[0]
+    hoard: list[list] = []  # allocations kept alive, so the collector's count stays past its threshold
+    worker = create_worker(lambda: hoard.extend([] for _ in range(5 * threshold)), start=False)
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        worker.start()
+    worker.wait()
+    assert destroyed_in == []  # not collected in the worker
+    qtbot.waitUntil(lambda: bool(destroyed_in), timeout=5_000)  # the GUI thread's timer collects it
+    assert destroyed_in == [threading.main_thread().name]
