@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import gc
 import os
-import sys
 import tempfile
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -87,6 +87,7 @@ def _collect_garbage_between_tests():
     """Once a window has moved cyclic collection onto the GUI thread's timer, tests that never run
     an event loop would not collect at all: collect here, on the main thread, as the timer would."""
     yield
-    module = sys.modules.get("brainsynth_gui.gui_thread_gc")
-    if module is not None and module._collector is not None:
-        module._collector.check()
+    if not gc.isenabled():  # only the GUI-thread collector turns automatic collection off
+        from brainsynth_gui.gui_thread_gc import collect_garbage_on_gui_thread
+
+        collect_garbage_on_gui_thread().check()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
 import pytest
 from PySide6.QtCore import QObject, Qt, Slot
+from PySide6.QtWidgets import QWidget
 
 from brainsynth_gui.background import OOM_HINT, BackgroundWorker, create_worker
+from brainsynth_gui.error_reporting import ErrorReportingWindow
 from engine.errors import CheckpointError
 
 
@@ -208,12 +211,6 @@ def test_running_workers_forgets_each_worker_once_it_has_finished(qtbot):
 def test_cyclic_garbage_is_collected_on_the_gui_thread_not_in_a_worker(qtbot):
     """A widget caught in a reference cycle must be destroyed on the GUI thread: a worker thread's
     allocations used to trigger the collection there, and Qt crashed (a segfault in CI)."""
-    import gc
-
-    from PySide6.QtWidgets import QWidget
-
-    from brainsynth_gui.error_reporting import ErrorReportingWindow
-
     window = ErrorReportingWindow(quiet=True)
     qtbot.addWidget(window)
     assert not gc.isenabled()  # the window moved collection onto the GUI thread's timer
